@@ -1,0 +1,273 @@
+"""Ingest: the cloud end of the rollout stream.
+
+A ZeroMQ ROUTER socket with CURVE encryption and authentication. Only robots whose public
+key is in the allow-list folder can connect (ZAP handler); a connection's messages must carry
+the robot id its key was enrolled under. Each connection starts with a handshake (protocol
+version, robot id, config hash + spec) and is refused with a reason on any mismatch. Chunks
+are validated, deduplicated by (robot_id, episode_id, seq), written durably into the episode
+store, and only then acknowledged. A bad message gets an Error reply naming the field, is
+logged, and touches nothing else: one loop serves every robot, fair-queued by ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import yaml
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from vlac.cloud.store import EpisodeStore
+from vlac.shared import keys, wire
+from vlac.shared.config import check, describe, opt
+from vlac.shared.episode import validate_chunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestConfig:
+    bind: str = opt("tcp://127.0.0.1:5555", "ZeroMQ address to listen on.")
+    store_root: Path = opt(Path(".cache/store"), "Root folder of the episode store.")
+    server_secret_key: Path = opt(Path("keys/server/ingest.key_secret"),
+                                  "Ingest's CURVE secret key file (vlac keys generate).")
+    allowed_keys_dir: Path = opt(Path("keys/robots"),
+                                 "Folder of robot public keys (*.key): the allow-list.")
+    spec_file: Path | None = opt(None, "YAML robot spec robots must match; default: Meta-World.")
+    batch_max: int = opt(64, "Most messages handled per loop turn.")
+    status_every_s: float = opt(10.0, "Seconds between status log lines (0: never).")
+    fsync: bool = opt(True, "fsync every chunk before acknowledging it (keep on).")
+    duration_s: float = opt(0.0, "Stop after this many seconds (0: run until stopped).")
+
+    def __post_init__(self) -> None:
+        self.store_root = Path(self.store_root)
+        self.server_secret_key = Path(self.server_secret_key)
+        self.allowed_keys_dir = Path(self.allowed_keys_dir)
+        if self.spec_file is not None:
+            self.spec_file = Path(self.spec_file)
+            check(self.spec_file.exists(), "spec_file", f"{self.spec_file} does not exist")
+        check(self.bind.startswith(("tcp://", "ipc://", "inproc://")), "bind",
+              f"{self.bind!r} is not a ZeroMQ address like tcp://0.0.0.0:5555")
+        check(self.batch_max >= 1, "batch_max", "must be at least 1")
+
+    def spec(self) -> wire.RobotSpec:
+        if self.spec_file is None:
+            return wire.DEFAULT_SPEC
+        return msgspec.convert(yaml.safe_load(self.spec_file.read_text()), wire.RobotSpec)
+
+
+@dataclass
+class RobotStatus:
+    robot_id: str
+    connected_at: float = 0.0
+    last_seen: float = 0.0
+    policy_version: int = -1
+    spool_depth: int = 0
+    chunks: int = 0
+    duplicates: int = 0
+    steps: int = 0
+    errors: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class _Session:
+    robot_id: str
+    spec: wire.RobotSpec
+
+
+class Ingest:
+    """Serve robots until ``stop()``; usable in a thread (tests) or as the main process."""
+
+    def __init__(self, cfg: IngestConfig, ctx: zmq.Context | None = None) -> None:
+        self.cfg = cfg
+        self.expected_spec = cfg.spec()
+        self.store = EpisodeStore(cfg.store_root, fsync=cfg.fsync)
+        self.allowed = keys.allow_list(cfg.allowed_keys_dir)
+        self._pair = keys.load_pair(cfg.server_secret_key)
+        self._ctx = ctx or zmq.Context()
+        self._own_ctx = ctx is None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.sessions: dict[bytes, _Session] = {}
+        self.robots: dict[str, RobotStatus] = {}
+        self.errors: Counter = Counter()
+        self.address = cfg.bind
+        self.ingest_id = f"ingest-{int(time.time())}"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait_ready(self, timeout: float = 10.0) -> str:
+        if not self._ready.wait(timeout):
+            raise TimeoutError("ingest did not start listening")
+        return self.address
+
+    # ------------------------------------------------------------------ loop
+    def serve(self) -> dict:
+        auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("vlac.cloud.ingest.auth"))
+        auth.start()
+        auth.configure_curve(domain="*", location=str(self.cfg.allowed_keys_dir))
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.curve_server = True
+        sock.curve_secretkey = self._pair.secret
+        sock.curve_publickey = self._pair.public
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.HARD_MAX_BYTES)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.RCVHWM, 1_000)
+        if self.cfg.bind.endswith(":0"):
+            port = sock.bind_to_random_port(self.cfg.bind.rsplit(":", 1)[0])
+            self.address = f"{self.cfg.bind.rsplit(':', 1)[0]}:{port}"
+        else:
+            sock.bind(self.cfg.bind)
+        log.info("ingest listening on %s, %d robots allowed, store %s", self.address,
+                 len(self.allowed), self.cfg.store_root)
+        self._ready.set()
+        started = time.monotonic()
+        next_status = started + self.cfg.status_every_s
+        try:
+            while not self._stop.is_set():
+                if self.cfg.duration_s and time.monotonic() - started > self.cfg.duration_s:
+                    break
+                if not sock.poll(100):
+                    continue
+                for _ in range(self.cfg.batch_max):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    reply = self._handle(frames)
+                    if reply is not None:
+                        try:
+                            sock.send_multipart([frames[0], wire.encode(reply)], zmq.NOBLOCK)
+                        except zmq.ZMQError as e:  # peer gone or its queue full: it resends
+                            log.debug("reply to a robot dropped: %s", e)
+                if self.cfg.status_every_s and time.monotonic() > next_status:
+                    log.info("ingest: %s", self.summary())
+                    next_status = time.monotonic() + self.cfg.status_every_s
+        finally:
+            sock.close(linger=0)
+            auth.stop()
+            if self._own_ctx:
+                self._ctx.term()
+        return self.summary()
+
+    def summary(self) -> dict:
+        return {"robots": len(self.robots),
+                "chunks": sum(r.chunks for r in self.robots.values()),
+                "steps": sum(r.steps for r in self.robots.values()),
+                "duplicates": sum(r.duplicates for r in self.robots.values()),
+                "errors": dict(self.errors)}
+
+    # ------------------------------------------------------------------ messages
+    def _error(self, robot: str, code: str, message: str, fld: str = "",
+               episode_id: str = "", seq: int = -1, retry: bool = False) -> wire.Error:
+        self.errors[code] += 1
+        if robot in self.robots:
+            self.robots[robot].errors[code] += 1
+        log.warning("refused a message from %s: %s: %s%s", robot or "?", code, message,
+                    f" (field {fld})" if fld else "")
+        return wire.Error(code=code, message=message, field=fld, episode_id=episode_id,
+                          seq=seq, retry=retry)
+
+    def _handle(self, frames: list[zmq.Frame]) -> wire.Message | None:
+        if len(frames) != 2:
+            return self._error("", "malformed", f"expected one frame per message, got "
+                               f"{len(frames) - 1}")
+        ident, payload = frames
+        key = payload.get("User-Id").encode()
+        robot = self.allowed.get(key, "")
+        if not robot:  # the allow-list changed under a live connection
+            return self._error("", "unknown_robot", "this key is not on the allow-list")
+        try:
+            msg = wire.decode(payload.buffer, expect=(wire.Handshake, wire.EpisodeChunk,
+                                                      wire.Heartbeat))
+        except wire.WireError as e:
+            return self._error(robot, e.code, e.detail, e.field)
+        if isinstance(msg, wire.Handshake):
+            return self._handshake(ident.bytes, robot, msg)
+        session = self.sessions.get(ident.bytes)
+        if isinstance(msg, wire.Heartbeat):
+            if session is not None:
+                st = self.robots[robot]
+                st.last_seen, st.policy_version = time.time(), msg.policy_version
+                st.spool_depth = msg.spool_depth
+            return None
+        assert isinstance(msg, wire.EpisodeChunk)
+        return self._chunk(ident.bytes, robot, session, msg)
+
+    def _handshake(self, ident: bytes, robot: str, msg: wire.Handshake) -> wire.HandshakeReply:
+        reason = ""
+        if msg.protocol != wire.PROTOCOL_VERSION:
+            reason = (f"protocol version {msg.protocol} is not supported; ingest speaks "
+                      f"{wire.PROTOCOL_VERSION}. Run the same vlac-fleet release on both sides")
+        elif msg.robot_id != robot:
+            reason = (f"robot_id {msg.robot_id!r} does not match the key, which is enrolled as "
+                      f"{robot!r}. Set robot_id to {robot!r} or use that robot's own key")
+        elif msg.config_hash != msg.spec.config_hash():
+            reason = (f"config hash {msg.config_hash} does not match the spec sent "
+                      f"({msg.spec.config_hash()}); the robot's software is inconsistent")
+        elif msg.spec != self.expected_spec:
+            reason = ("config hash mismatch: robot has " + msg.config_hash + ", ingest expects "
+                      + self.expected_spec.config_hash() + " ("
+                      + "; ".join(self.expected_spec.differences(msg.spec))
+                      + "). Align the robot's camera/action settings with ingest's spec_file")
+        if reason:
+            self._error(robot, "handshake_refused", reason)
+            return wire.HandshakeReply(accepted=False, reason=reason, ingest_id=self.ingest_id)
+        self.sessions[ident] = _Session(robot, msg.spec)
+        st = self.robots.setdefault(robot, RobotStatus(robot))
+        st.connected_at = st.last_seen = time.time()
+        log.info("robot %s connected (config %s)", robot, msg.config_hash)
+        return wire.HandshakeReply(accepted=True, ingest_id=self.ingest_id)
+
+    def _chunk(self, ident: bytes, robot: str, session: _Session | None,
+               msg: wire.EpisodeChunk) -> wire.Message:
+        ep, seq = msg.episode_id, msg.seq
+        if session is None:
+            return wire.Error(code="handshake_required", message="send a handshake first "
+                              "(ingest may have restarted)", episode_id=ep, seq=seq, retry=True)
+        if msg.robot_id != robot:
+            return self._error(robot, "robot_id_mismatch", f"chunk says robot "
+                               f"{msg.robot_id!r} but comes from {robot!r}", "robot_id", ep, seq)
+        st = self.robots[robot]
+        st.last_seen = time.time()
+        if self.store.has(robot, ep, seq):
+            st.duplicates += 1
+            return wire.Ack(robot_id=robot, episode_id=ep, seq=seq, status="duplicate")
+        try:
+            cols = validate_chunk(msg, session.spec)
+        except wire.WireError as e:
+            return self._error(robot, e.code, e.detail, e.field, ep, seq)
+        staged_task = self.store.staged_task(robot, ep)
+        if staged_task is not None and staged_task != msg.task:
+            return self._error(robot, "task_changed", f"episode {ep} began with task "
+                               f"{staged_task!r}, this chunk says {msg.task!r}", "task", ep, seq)
+        try:
+            self.store.write_chunk(robot, ep, seq, msg.task, cols, msg.final, msg.first_step)
+        except OSError as e:
+            log.error("store write failed for %s/%s/%d: %s", robot, ep, seq, e)
+            return self._error(robot, "store_unavailable", f"the store could not write: {e}",
+                               "", ep, seq, retry=True)
+        st.chunks += 1
+        st.steps += len(cols)
+        return wire.Ack(robot_id=robot, episode_id=ep, seq=seq, status="stored")
+
+
+def main(cfg: IngestConfig) -> dict:
+    """Run ingest in the foreground until SIGINT/SIGTERM (or ``duration_s``)."""
+    print(describe(cfg), flush=True)
+    ingest = Ingest(cfg)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: ingest.stop())
+    summary = ingest.serve()
+    print(f"ingest stopped: {summary}", flush=True)
+    return summary

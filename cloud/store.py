@@ -1,0 +1,322 @@
+"""The episode store: chunks written durably as Parquet, assembled into episodes.
+
+On-disk format (open it with pyarrow or pandas, no vlac code needed)::
+
+    ROOT/staging/<robot_id>/<episode_id>/chunk-0000000.parquet   episodes still arriving
+    ROOT/episodes/robot_id=<robot_id>/episode_id=<episode_id>/
+        chunk-0000000.parquet ...                                 one file per chunk, in order
+        _episode.json                                             task, outcome, step count ...
+
+``pd.read_parquet(ROOT / "episodes")`` reads every complete episode as one table, with
+``robot_id`` and ``episode_id`` columns from the (Hive-style) folder names; files starting
+with ``_`` or ``.`` are ignored by pyarrow. Each row is one step:
+
+    step              int64     index of the step within its episode
+    timestamp         float64   unix seconds of the observation
+    proprio           fixed_size_list<float32>[proprio_dim]
+    action            fixed_size_list<float32>[action_dim]
+    action_tokens     fixed_size_list<int32>[action_dim]
+    logprob           float32   behaviour log-probability (0 for operator steps)
+    policy_version    int64
+    intervention      bool      an operator acted instead of the policy
+    image.<camera>    binary    H*W*C uint8 pixels, row-major (zstd-compressed by Parquet);
+                                the field's metadata holds ``shape`` as JSON, e.g. [128,128,3]
+
+Each file's schema metadata holds ``vlac`` = JSON {robot_id, episode_id, seq, task, final}.
+
+Durability: a chunk file is written under a temporary name, fsynced, renamed and its folder
+fsynced before ``write_chunk`` returns; ingest acknowledges only then. An episode is complete
+when its final chunk (which says how many chunks there are) and every earlier chunk are
+stored; ``_episode.json`` is then written and the folder is moved from ``staging/`` to
+``episodes/`` with one atomic rename. A chunk whose key (robot_id, episode_id, seq) is already
+stored, in staging or in a complete episode, is a duplicate and is not written again. After a
+crash, ``EpisodeStore(root)`` rebuilds its index from the folders and finishes any episode that
+was complete but not yet moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlac.shared.episode import StepColumns
+from vlac.shared.wire import Outcome, check_id
+
+IMAGE_PREFIX = "image."
+META_KEY = b"vlac"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fixed_list(arr: np.ndarray) -> pa.Array:
+    arr = np.ascontiguousarray(arr)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+
+
+def _images_column(frames: np.ndarray) -> pa.Array:
+    t = frames.shape[0]
+    per = int(np.prod(frames.shape[1:]))
+    buf = pa.py_buffer(np.ascontiguousarray(frames))
+    offsets = pa.py_buffer(np.arange(0, (t + 1) * per, per, dtype=np.int32))
+    return pa.BinaryArray.from_buffers(pa.binary(), t, [None, offsets, buf])
+
+
+def steps_to_table(cols: StepColumns, first_step: int, meta: dict[str, Any]) -> pa.Table:
+    n = len(cols)
+    arrays = {
+        "step": pa.array(np.arange(first_step, first_step + n, dtype=np.int64)),
+        "timestamp": pa.array(cols.timestamp),
+        "proprio": _fixed_list(cols.proprio),
+        "action": _fixed_list(cols.action),
+        "action_tokens": _fixed_list(cols.action_tokens),
+        "logprob": pa.array(cols.logprob),
+        "policy_version": pa.array(cols.policy_version),
+        "intervention": pa.array(cols.intervention),
+    }
+    fields = [pa.field(k, v.type) for k, v in arrays.items()]
+    for cam, frames in sorted(cols.images.items()):
+        arrays[IMAGE_PREFIX + cam] = _images_column(frames)
+        fields.append(pa.field(IMAGE_PREFIX + cam, pa.binary(),
+                               metadata={b"shape": json.dumps(list(frames.shape[1:])).encode()}))
+    schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()})
+    return pa.Table.from_arrays(list(arrays.values()), schema=schema)
+
+
+@dataclass
+class Episode:
+    """A complete episode assembled from its chunks, as numpy arrays."""
+
+    robot_id: str
+    episode_id: str
+    task: str
+    outcome: Outcome
+    steps: StepColumns
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def table_to_steps(table: pa.Table) -> StepColumns:
+    def fixed(name: str, dtype: str) -> np.ndarray:
+        col = table.column(name).combine_chunks()
+        width = col.type.list_size
+        return col.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(-1, width)
+
+    images = {}
+    for f in table.schema:
+        if f.name.startswith(IMAGE_PREFIX):
+            shape = json.loads(f.metadata[b"shape"])
+            raw = table.column(f.name).combine_chunks()
+            data = np.frombuffer(raw.buffers()[2], np.uint8)
+            off = np.frombuffer(raw.buffers()[1], np.int32)[raw.offset:raw.offset + len(raw) + 1]
+            images[f.name[len(IMAGE_PREFIX):]] = (
+                data[off[0]:off[-1]].reshape(len(raw), *shape).copy())
+    return StepColumns(
+        images=images,
+        proprio=fixed("proprio", "float32"),
+        action=fixed("action", "float32"),
+        action_tokens=fixed("action_tokens", "int32"),
+        logprob=table.column("logprob").to_numpy().astype(np.float32),
+        policy_version=table.column("policy_version").to_numpy().astype(np.int64),
+        intervention=table.column("intervention").to_numpy(zero_copy_only=False).astype(bool),
+        timestamp=table.column("timestamp").to_numpy().astype(np.float64),
+    )
+
+
+@dataclass
+class _Staged:
+    task: str
+    seqs: dict[int, int] = field(default_factory=dict)  # seq -> number of steps
+    final: dict[str, Any] | None = None
+
+
+class EpisodeStore:
+    """Exactly-once, durable store of episode chunks. Thread-safe."""
+
+    def __init__(self, root: str | Path, *, fsync: bool = True,
+                 compression: str = "zstd") -> None:
+        self.root = Path(root)
+        self.staging = self.root / "staging"
+        self.episodes = self.root / "episodes"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.episodes.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self.compression = compression
+        self._lock = threading.RLock()
+        self._complete: set[tuple[str, str]] = set()
+        self._staged: dict[tuple[str, str], _Staged] = {}
+        self._recover()
+
+    # ------------------------------------------------------------------ paths
+    def _staging_dir(self, robot_id: str, episode_id: str) -> Path:
+        return self.staging / robot_id / episode_id
+
+    def episode_dir(self, robot_id: str, episode_id: str) -> Path:
+        return self.episodes / f"robot_id={robot_id}" / f"episode_id={episode_id}"
+
+    # ------------------------------------------------------------------ recovery
+    def _recover(self) -> None:
+        for rdir in self.episodes.glob("robot_id=*"):
+            for edir in rdir.glob("episode_id=*"):
+                if (edir / "_episode.json").exists():
+                    self._complete.add((rdir.name[9:], edir.name[11:]))
+        for rdir in self.staging.iterdir():
+            for edir in rdir.iterdir() if rdir.is_dir() else []:
+                key = (rdir.name, edir.name)
+                for tmp in edir.glob(".tmp-*"):
+                    tmp.unlink()  # never acknowledged: the robot still has it
+                if key in self._complete:  # crashed after the move's copy: drop leftovers
+                    shutil.rmtree(edir)
+                    continue
+                st = None
+                for f in sorted(edir.glob("chunk-*.parquet")):
+                    meta = json.loads(pq.read_schema(f).metadata[META_KEY])
+                    st = st or _Staged(task=meta["task"])
+                    st.seqs[meta["seq"]] = meta["n_steps"]
+                    if meta.get("final"):
+                        st.final = meta["final"]
+                if st is not None:
+                    self._staged[key] = st
+                    self._maybe_complete(*key)
+
+    # ------------------------------------------------------------------ queries
+    def has(self, robot_id: str, episode_id: str, seq: int) -> bool:
+        with self._lock:
+            if (robot_id, episode_id) in self._complete:
+                return True
+            st = self._staged.get((robot_id, episode_id))
+            return st is not None and seq in st.seqs
+
+    def staged_task(self, robot_id: str, episode_id: str) -> str | None:
+        with self._lock:
+            st = self._staged.get((robot_id, episode_id))
+            return st.task if st else None
+
+    # ------------------------------------------------------------------ writes
+    def write_chunk(self, robot_id: str, episode_id: str, seq: int, task: str,
+                    steps: StepColumns, final: Outcome | None = None,
+                    first_step: int = 0) -> bool:
+        """Durably store one chunk. Returns False (and writes nothing) for a duplicate."""
+        check_id(robot_id, "robot_id")
+        check_id(episode_id, "episode_id")
+        key = (robot_id, episode_id)
+        with self._lock:
+            if self.has(robot_id, episode_id, seq):
+                return False
+        final_d = None
+        if final is not None:
+            final_d = {"success": final.success, "n_chunks": final.n_chunks,
+                       "n_steps": final.n_steps, "reason": final.reason}
+        meta = {"robot_id": robot_id, "episode_id": episode_id, "seq": seq, "task": task,
+                "n_steps": len(steps), "final": final_d}
+        table = steps_to_table(steps, first_step, meta)
+        edir = self._staging_dir(robot_id, episode_id)
+        edir.mkdir(parents=True, exist_ok=True)
+        name = f"chunk-{seq:07d}.parquet"
+        tmp = edir / f".tmp-{name}"
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression=self.compression, use_dictionary=False,
+                           write_statistics=False)
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, edir / name)
+        if self.fsync:
+            _fsync_dir(edir)
+        with self._lock:
+            st = self._staged.setdefault(key, _Staged(task=task))
+            st.seqs[seq] = len(steps)
+            if final_d is not None:
+                st.final = final_d
+            self._maybe_complete(robot_id, episode_id)
+        return True
+
+    def _maybe_complete(self, robot_id: str, episode_id: str) -> bool:
+        key = (robot_id, episode_id)
+        st = self._staged.get(key)
+        if st is None or st.final is None:
+            return False
+        n = st.final["n_chunks"]
+        if any(s not in st.seqs for s in range(n)):
+            return False
+        src = self._staging_dir(robot_id, episode_id)
+        n_steps = sum(st.seqs[s] for s in range(n))
+        info = {"robot_id": robot_id, "episode_id": episode_id, "task": st.task,
+                "n_chunks": n, "n_steps": n_steps, "outcome": st.final,
+                "completed_at": time.time()}
+        if n_steps != st.final["n_steps"]:
+            info["warning"] = (f"final chunk says {st.final['n_steps']} steps, chunks hold "
+                               f"{n_steps}")
+        tmp = src / ".tmp-_episode.json"
+        with open(tmp, "w") as f:
+            json.dump(info, f, indent=1)
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, src / "_episode.json")
+        dest = self.episode_dir(robot_id, episode_id)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dest)  # atomic: the episode appears whole or not at all
+        if self.fsync:
+            _fsync_dir(dest.parent)
+            _fsync_dir(src.parent)
+        self._complete.add(key)
+        del self._staged[key]
+        return True
+
+    # ------------------------------------------------------------------ reads
+    def list_episodes(self) -> list[dict[str, Any]]:
+        """Summaries (the ``_episode.json`` contents) of all complete episodes."""
+        out = []
+        for meta in sorted(self.episodes.glob("robot_id=*/episode_id=*/_episode.json")):
+            info = json.loads(meta.read_text())
+            info["bytes"] = sum(p.stat().st_size for p in meta.parent.glob("chunk-*.parquet"))
+            out.append(info)
+        out.sort(key=lambda i: (i["robot_id"], i["completed_at"]))
+        return out
+
+    def incomplete(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"robot_id": r, "episode_id": e, "task": st.task,
+                     "chunks": sorted(st.seqs), "final_seen": st.final is not None}
+                    for (r, e), st in sorted(self._staged.items())]
+
+    def load_episode(self, robot_id: str, episode_id: str) -> Episode:
+        edir = self.episode_dir(robot_id, episode_id)
+        meta_file = edir / "_episode.json"
+        if not meta_file.exists():
+            raise KeyError(f"no complete episode {robot_id}/{episode_id} in {self.root}; "
+                           "`vlac store ls` lists them")
+        info = json.loads(meta_file.read_text())
+        files = [edir / f"chunk-{s:07d}.parquet" for s in range(info["n_chunks"])]
+        table = pa.concat_tables([pq.read_table(f) for f in files])
+        steps = table_to_steps(table)
+        return Episode(robot_id, episode_id, info["task"], Outcome(**info["outcome"]), steps,
+                       info)
+
+    def stats(self) -> dict[str, Any]:
+        eps = self.list_episodes()
+        return {
+            "episodes": len(eps),
+            "steps": sum(e["n_steps"] for e in eps),
+            "robots": len({e["robot_id"] for e in eps}),
+            "bytes": sum(e["bytes"] for e in eps),
+            "incomplete": len(self._staged),
+        }

@@ -1,0 +1,98 @@
+"""Cuts an episode into chunks and writes each durably to the spool."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+
+from vlac.edge.spool import Spool
+from vlac.shared import wire
+from vlac.shared.episode import StepColumns, make_chunk
+
+
+def new_episode_id(robot_id: str) -> str:
+    return f"{robot_id[:24]}-{uuid.uuid4().hex[:16]}"
+
+
+class EpisodeRecorder:
+    """Buffer steps of one episode; every ``chunk_steps`` steps becomes a spooled chunk.
+
+    ``end(success, reason)`` writes the last chunk with the outcome. Nothing here touches the
+    network: the sender thread picks chunks up from the spool.
+    """
+
+    def __init__(self, spool: Spool, robot_id: str, task: str, chunk_steps: int = 16,
+                 episode_id: str | None = None) -> None:
+        if chunk_steps < 1:
+            raise ValueError("chunk_steps must be at least 1")
+        self.spool = spool
+        self.robot_id = robot_id
+        self.task = task
+        self.chunk_steps = chunk_steps
+        self.episode_id = episode_id or new_episode_id(robot_id)
+        self._buf: list[StepColumns] = []
+        self._buffered = 0
+        self._seq = 0
+        self._steps = 0
+        self.closed = False
+
+    @property
+    def n_steps(self) -> int:
+        return self._steps + self._buffered
+
+    def add(self, steps: StepColumns) -> None:
+        if self.closed:
+            raise RuntimeError(f"episode {self.episode_id} has ended; start a new recorder")
+        self._buf.append(steps)
+        self._buffered += len(steps)
+        while self._buffered > self.chunk_steps:  # keep >= 1 step for the final chunk
+            self._flush(self.chunk_steps, None)
+
+    def end(self, success: bool, reason: str = "") -> int:
+        """Write the final chunk (carrying the outcome). Returns the number of chunks."""
+        if self.closed:
+            raise RuntimeError(f"episode {self.episode_id} has already ended")
+        if self._buffered == 0:
+            raise ValueError("an episode needs at least one step before it can end")
+        n_chunks = self._seq + 1
+        outcome = wire.Outcome(success=success, n_chunks=n_chunks, n_steps=self.n_steps,
+                               reason=reason or ("success" if success else "failure"))
+        self._flush(self._buffered, outcome)
+        self.closed = True
+        return n_chunks
+
+    def _flush(self, n: int, final: wire.Outcome | None) -> None:
+        cols = _concat(self._buf)
+        head, rest = _split(cols, n)
+        self._buf = [rest] if rest is not None else []
+        self._buffered -= n
+        chunk = make_chunk(self.robot_id, self.episode_id, self._seq, self.task, head, final,
+                           first_step=self._steps)
+        self.spool.put(self.episode_id, self._seq, wire.encode(chunk))
+        self._seq += 1
+        self._steps += n
+
+
+def _concat(parts: list[StepColumns]) -> StepColumns:
+    if len(parts) == 1:
+        return parts[0]
+    return StepColumns(
+        images={k: np.concatenate([p.images[k] for p in parts]) for k in parts[0].images},
+        **{f: np.concatenate([getattr(p, f) for p in parts])
+           for f in ("proprio", "action", "action_tokens", "logprob", "policy_version",
+                     "intervention", "timestamp")},
+    )
+
+
+def _split(cols: StepColumns, n: int) -> tuple[StepColumns, StepColumns | None]:
+    def part(sl: slice) -> StepColumns:
+        return StepColumns(
+            images={k: v[sl] for k, v in cols.images.items()},
+            **{f: getattr(cols, f)[sl] for f in ("proprio", "action", "action_tokens",
+                                                  "logprob", "policy_version", "intervention",
+                                                  "timestamp")},
+        )
+    if n >= len(cols):
+        return cols, None
+    return part(slice(0, n)), part(slice(n, None))

@@ -1,0 +1,90 @@
+"""One dataclass config per process: loadable from YAML, overridable by CLI flags.
+
+Every field carries its help text in ``metadata["help"]`` (``opt(default, "help")``); the
+CLI turns fields into flags. ``__post_init__`` of each config checks values and raises
+ConfigError naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad config value. The message names the field and says how to fix it."""
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with a default and a one-line help text."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default),
+                                 metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def check(cond: bool, field: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"config field `{field}`: {message}")
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Path or tp == "Path":
+        return Path(value)
+    if tp is float and isinstance(value, int):
+        return float(value)
+    if origin is list and isinstance(value, str):
+        return [v for v in value.split(",") if v]
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build a config from a mapping; unknown keys are an error that lists the known ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of field: value, got "
+                          f"{type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown field(s) {unknown} for {cls.__name__}; known "
+                          f"fields: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(hints.get(k), v, k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    return from_dict(cls, data, str(path))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = str(v) if isinstance(v, Path) else v
+    return out
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe(cfg: Any) -> str:
+    """The config as printed at start-up."""
+    lines = [f"{type(cfg).__name__}:"]
+    lines += [f"  {k}: {v}" for k, v in to_dict(cfg).items()]
+    return "\n".join(lines)

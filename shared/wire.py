@@ -1,0 +1,291 @@
+"""The wire protocol between robots and the cloud: typed msgpack messages, never pickle.
+
+Every message on the wire is a msgpack array ``[type, schema_version, body]``. The
+envelope is decoded first (the body stays an undecoded view), so a message of an unknown
+type, a schema version this side does not speak, or a size over its type's cap is refused
+with an error that says so before the body is even parsed. Bodies are msgspec Structs;
+decoding checks every field's type and names the offending field on failure
+(``$.steps.proprio.shape``). Arrays travel as ``(dtype, shape, bytes)``; the bytes are
+decoded as a zero-copy view into the received frame.
+
+Steps inside an episode chunk are columnar: each field is one array whose first axis is the
+step index, which is both compact on the wire and exactly what the episode store writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+import numpy as np
+
+PROTOCOL_VERSION = 1
+"""Bumped when the handshake or envelope changes; robots and ingest must agree."""
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Robot and episode ids: safe as file names, so they can never escape the store."""
+_ID_RE = re.compile(ID_PATTERN)
+
+Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+
+ALLOWED_DTYPES = {"uint8", "int32", "int64", "float32", "float64", "bool"}
+
+
+class WireError(ValueError):
+    """A message that cannot be accepted. ``field`` names the offending part."""
+
+    def __init__(self, code: str, message: str, field: str = "") -> None:
+        super().__init__(f"{code}: {message}" + (f" (field {field})" if field else ""))
+        self.code = code
+        self.field = field
+        self.detail = message
+
+
+# --------------------------------------------------------------------------- arrays
+class Array(msgspec.Struct, array_like=True, frozen=True):
+    """An n-d array as (dtype, shape, raw C-order bytes)."""
+
+    dtype: str
+    shape: tuple[NonNeg, ...]
+    data: memoryview
+
+    @classmethod
+    def from_numpy(cls, arr: np.ndarray) -> Array:
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.name not in ALLOWED_DTYPES:
+            raise WireError("bad_dtype", f"dtype {arr.dtype.name} is not allowed on the wire; "
+                            f"use one of {sorted(ALLOWED_DTYPES)}")
+        return cls(arr.dtype.name, tuple(int(s) for s in arr.shape), memoryview(arr).cast("B"))
+
+    def to_numpy(self, field: str = "array") -> np.ndarray:
+        """Check dtype, shape and byte count, and view the bytes as an array (no copy)."""
+        if self.dtype not in ALLOWED_DTYPES:
+            raise WireError("bad_dtype", f"dtype {self.dtype!r} is not one of "
+                            f"{sorted(ALLOWED_DTYPES)}", field + ".dtype")
+        if len(self.shape) > 5:
+            raise WireError("bad_shape", f"{len(self.shape)} dimensions is more than 5",
+                            field + ".shape")
+        dt = np.dtype(self.dtype)
+        expect = math.prod(self.shape) * dt.itemsize
+        if len(self.data) != expect:
+            raise WireError("bad_length", f"shape {list(self.shape)} of {self.dtype} needs "
+                            f"{expect} bytes but {len(self.data)} came", field + ".data")
+        return np.frombuffer(self.data, dtype=dt).reshape(self.shape)
+
+
+# --------------------------------------------------------------------------- specs
+class RobotSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a robot's steps look like. Its hash is the handshake's config hash."""
+
+    cameras: dict[str, tuple[NonNeg, NonNeg, NonNeg]]
+    """camera name -> (height, width, channels) of the uint8 image."""
+    proprio_dim: NonNeg
+    action_dim: NonNeg
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    action_bins: Annotated[int, msgspec.Meta(ge=2, le=65536)] = 256
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(msgspec.to_builtins(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def differences(self, other: RobotSpec) -> list[str]:
+        """Human-readable list of fields where ``other`` differs from this spec."""
+        mine, theirs = msgspec.to_builtins(self), msgspec.to_builtins(other)
+        return [f"{k}: expected {mine[k]!r}, got {theirs[k]!r}"
+                for k in mine if mine[k] != theirs[k]]
+
+
+DEFAULT_SPEC = RobotSpec(
+    cameras={"corner": (128, 128, 3)},
+    proprio_dim=4,
+    action_dim=4,
+    action_low=(-1.0, -1.0, -1.0, -1.0),
+    action_high=(1.0, 1.0, 1.0, 1.0),
+    action_bins=256,
+)
+"""Meta-World's arm: one 128x128 RGB camera, (x, y, z, gripper) proprio, 4-dim delta action."""
+
+
+# --------------------------------------------------------------------------- messages
+class Message(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+    MAX_BYTES: ClassVar[int] = 64 * 1024
+
+
+class Handshake(Message):
+    """First message of every connection. Refused with a reason on any mismatch."""
+
+    TYPE: ClassVar[str] = "handshake"
+    protocol: int
+    robot_id: Id
+    config_hash: str
+    spec: RobotSpec
+    software: str = ""
+
+
+class HandshakeReply(Message):
+    TYPE: ClassVar[str] = "handshake_reply"
+    accepted: bool
+    reason: str = ""
+    protocol: int = PROTOCOL_VERSION
+    ingest_id: str = ""
+
+
+class Outcome(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Carried by the last chunk of an episode."""
+
+    success: bool
+    n_chunks: Annotated[int, msgspec.Meta(ge=1)]
+    n_steps: Annotated[int, msgspec.Meta(ge=1)]
+    reason: str = ""
+    """Why it ended: 'success', 'timeout', 'operator_abort', ..."""
+
+
+class Steps(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Columnar steps: every array's first axis is the step index (length T)."""
+
+    images: dict[str, Array]
+    """camera -> (T, H, W, C) uint8."""
+    proprio: Array
+    """(T, proprio_dim) float32."""
+    action: Array
+    """(T, action_dim) float32, the continuous action sent to the robot."""
+    action_tokens: Array
+    """(T, action_dim) int32, one token per action dimension."""
+    logprob: Array
+    """(T,) float32, behaviour log-probability of the tokens (0 for operator steps)."""
+    policy_version: Array
+    """(T,) int64, version of the policy that chose each step."""
+    intervention: Array
+    """(T,) bool, True where an operator acted instead of the policy."""
+    timestamp: Array
+    """(T,) float64, unix seconds when the step's observation was taken."""
+
+
+class EpisodeChunk(Message):
+    TYPE: ClassVar[str] = "chunk"
+    MAX_BYTES: ClassVar[int] = 64 * 1024 * 1024
+    robot_id: Id
+    episode_id: Id
+    seq: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+    task: Annotated[str, msgspec.Meta(max_length=1000)]
+    steps: Steps
+    first_step: NonNeg = 0
+    """Index of this chunk's first step within the episode."""
+    final: Outcome | None = None
+
+
+class Ack(Message):
+    TYPE: ClassVar[str] = "ack"
+    robot_id: Id
+    episode_id: Id
+    seq: NonNeg
+    status: Literal["stored", "duplicate"]
+
+
+class Error(Message):
+    """A refusal. ``retry`` says whether sending the same message again can succeed."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+    field: str = ""
+    episode_id: str = ""
+    seq: int = -1
+    retry: bool = False
+
+
+class Heartbeat(Message):
+    TYPE: ClassVar[str] = "heartbeat"
+    robot_id: Id
+    policy_version: int
+    spool_depth: NonNeg
+    spool_bytes: NonNeg = 0
+    time: float = 0.0
+
+
+class WeightAnnouncement(Message):
+    """A new policy version is available at ``uri``; the manifest is signed by the publisher."""
+
+    TYPE: ClassVar[str] = "weights"
+    version: NonNeg
+    parent_version: int
+    uri: str
+    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    size: NonNeg
+    manifest: bytes
+    signature: bytes
+    created_at: float
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Handshake, HandshakeReply, EpisodeChunk, Ack, Error, Heartbeat,
+                WeightAnnouncement)
+}
+HARD_MAX_BYTES = max(cls.MAX_BYTES for cls in MESSAGE_TYPES.values()) + 1024
+"""Nothing larger is even looked at (also set as ZMQ_MAXMSGSIZE on sockets)."""
+
+_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(tuple[str, int, msgspec.Raw])
+_decoders = {t: msgspec.msgpack.Decoder(cls) for t, cls in MESSAGE_TYPES.items()}
+
+
+def encode(msg: Message) -> bytes:
+    """Message -> bytes for the wire."""
+    return _encoder.encode((msg.TYPE, msg.VERSION, msg))
+
+
+def decode(frame: bytes | memoryview, expect: tuple[type[Message], ...] = ()) -> Message:
+    """Bytes from the wire -> a typed message, or a WireError naming what is wrong.
+
+    ``expect`` limits which message types this receiver accepts.
+    """
+    size = len(frame)
+    if size > HARD_MAX_BYTES:
+        raise WireError("too_large", f"message of {size} bytes exceeds the hard cap of "
+                        f"{HARD_MAX_BYTES} bytes")
+    try:
+        mtype, version, body = _envelope_decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError) as e:
+        raise WireError("malformed", "not a vlac message: expected a msgpack array "
+                        f"[type, schema_version, body] ({e})") from None
+    cls = MESSAGE_TYPES.get(mtype)
+    if cls is None or (expect and cls not in expect):
+        allowed = sorted(c.TYPE for c in expect) if expect else sorted(MESSAGE_TYPES)
+        raise WireError("unknown_type", f"message type {mtype!r} is not accepted here; "
+                        f"expected one of {allowed}", "type")
+    if version != cls.VERSION:
+        raise WireError("schema_version", f"{mtype!r} schema version {version} is not "
+                        f"supported; this side speaks version {cls.VERSION}. Upgrade the "
+                        "older side so both run the same vlac-fleet release", "schema_version")
+    if size > cls.MAX_BYTES:
+        raise WireError("too_large", f"{mtype!r} message of {size} bytes exceeds its cap of "
+                        f"{cls.MAX_BYTES} bytes; send fewer steps per chunk", "body")
+    try:
+        return _decoders[mtype].decode(body)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        field = text.rsplit("- at `", 1)[-1].rstrip("`") if "- at `" in text else "body"
+        raise WireError("invalid", text, field) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as e:
+        raise WireError("malformed", f"{mtype!r} body is not valid msgpack ({e})",
+                        "body") from None
+
+
+def check_id(value: str, field: str) -> str:
+    if not _ID_RE.match(value):
+        raise WireError("bad_id", f"{value!r} is not a valid id (letters, digits, '_', '.', "
+                        "'-', at most 64, starting with a letter or digit)", field)
+    return value
+
+
+def to_dict(msg: msgspec.Struct) -> dict[str, Any]:
+    return msgspec.to_builtins(msg)
