@@ -24,9 +24,9 @@ from typing import Literal
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from vlac.edge.spool import Spool
 from vlac.shared import keys, wire
 from vlac.shared.config import check, opt
-from vlac.edge.spool import Spool
 
 log = logging.getLogger(__name__)
 

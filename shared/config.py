@@ -56,11 +56,20 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
         raise ConfigError(f"{source}: unknown field(s) {unknown} for {cls.__name__}; known "
                           f"fields: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(hints.get(k), v, k) for k, v in data.items()}
-    return cls(**kwargs)
+    kwargs = {}
+    for k, v in data.items():
+        tp = hints.get(k)
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            kwargs[k] = from_dict(tp, v, f"{source}: {k}")
+        else:
+            kwargs[k] = _coerce(tp, v, k)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
+def load_yaml_dict(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
@@ -68,13 +77,21 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    return from_dict(cls, data, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of field: value")
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, load_yaml_dict(path), str(path))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
         out[f.name] = str(v) if isinstance(v, Path) else v
     return out
 
@@ -85,6 +102,5 @@ def dump_yaml(cfg: Any) -> str:
 
 def describe(cfg: Any) -> str:
     """The config as printed at start-up."""
-    lines = [f"{type(cfg).__name__}:"]
-    lines += [f"  {k}: {v}" for k, v in to_dict(cfg).items()]
-    return "\n".join(lines)
+    return f"{type(cfg).__name__}:\n" + "\n".join(
+        "  " + line for line in dump_yaml(cfg).splitlines())

@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
+from vlac.shared.config import opt
 from vlac.shared.wire import check_id
 
 SERVER_NAME = "ingest"
@@ -84,3 +85,23 @@ def allow_list(robots_dir: str | Path) -> dict[bytes, str]:
         pub, _ = zmq.auth.load_certificate(p)
         out[pub] = check_id(p.stem, f"key file {p.name}")
     return out
+
+
+@dataclass
+class KeysConfig:
+    dir: Path = opt(Path("keys"), "Folder for the key files (see vlac.shared.keys).")
+    robots: list[str] = opt(["robot-0"], "Robot ids to create key pairs for.")
+    force: bool = opt(False, "Overwrite existing keys (robots must then be re-enrolled).")
+
+    def __post_init__(self) -> None:
+        self.dir = Path(self.dir)
+        for r in self.robots:
+            check_id(r, "robots")
+
+
+def main(cfg: KeysConfig) -> list[Path]:
+    made = generate(cfg.dir, cfg.robots, cfg.force)
+    print(f"server public key: {made[0]}  (give it to every robot)")
+    print(f"allow-list: {cfg.dir / 'robots'}  ({len(list((cfg.dir / 'robots').glob('*.key')))}"
+          " robots); move each <robot>.key_secret to its robot")
+    return made

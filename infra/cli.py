@@ -1,0 +1,161 @@
+"""The `vlac` command. Each subcommand parses flags into its process's config dataclass and
+calls that process's ``main(cfg)``; nothing else happens here. Imports are lazy per
+subcommand, so an edge-only install (no torch, no cloud extras) still runs `vlac edge ...`.
+
+Every config field is a flag (``--field-name``; nested configs as ``--sender.robot-id``);
+``--config FILE.yaml`` loads a file first and flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from vlac.shared.config import ConfigError, from_dict, load_yaml_dict
+
+# subcommand path -> (module, config class, main function, one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
+    ("keys", "generate"): ("vlac.shared.keys", "KeysConfig", "main",
+                           "Create CURVE key pairs for ingest and robots."),
+    ("ingest", "serve"): ("vlac.cloud.ingest", "IngestConfig", "main",
+                          "Run the ingest service (ROUTER + CURVE) into the episode store."),
+    ("store", "ls"): ("vlac.cloud.store_cli", "StoreLsConfig", "ls_main",
+                      "List the episodes in the store."),
+    ("store", "show"): ("vlac.cloud.store_cli", "StoreShowConfig", "show_main",
+                        "Show one episode, step by step."),
+    ("edge", "synthetic"): ("vlac.edge.synthetic", "SyntheticRobotConfig", "main",
+                            "Stream synthetic episodes through the spool and sender."),
+    ("stack",): ("vlac.infra.stack", "StackConfig", "main",
+                 "The main job: ingest + a fleet of robot processes on loopback."),
+}
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """Strip Optional; returns (type, optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional = _base_type(hints[f.name])
+        name = prefix + f.name
+        helptext = f.metadata.get("help", "")
+        if dataclasses.is_dataclass(tp):
+            _add_fields(parser, tp, name + ".")
+            continue
+        flag = "--" + name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": helptext}
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is Literal:
+            kw["choices"] = list(typing.get_args(tp))
+        elif typing.get_origin(tp) is list:
+            kw["type"] = lambda s: [v for v in s.split(",") if v]
+            kw["metavar"] = "A,B,..."
+        elif tp in (int, float, str, Path):
+            base = tp
+            kw["type"] = (lambda s, b=base: None if s.lower() == "none" else b(s)) \
+                if optional else base
+        parser.add_argument(flag, **kw)
+
+
+def _merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Put flag values (``a.b`` for nested configs) over the YAML mapping."""
+    out = dict(data)
+    for k, v in overrides.items():
+        node = out
+        *heads, last = k.split(".")
+        for h in heads:
+            node[h] = dict(node.get(h) or {})
+            node = node[h]
+        node[last] = v
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlac", description="vlac-fleet: real-world robot "
+                                     "RL with a vision-language critic.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    top = parser.add_subparsers(dest="command", required=True)
+    for path, (_mod, _cls, _fn, helptext) in COMMANDS.items():
+        if len(path) == 1:
+            sub = top.add_parser(path[0], help=helptext, description=helptext)
+        else:
+            if path[0] not in groups:
+                g = top.add_parser(path[0], help=f"{path[0]} commands")
+                groups[path[0]] = g.add_subparsers(dest="subcommand", required=True)
+            sub = groups[path[0]].add_parser(path[1], help=helptext, description=helptext)
+        sub.set_defaults(_path=path)
+        sub.add_argument("--config", type=Path, default=None,
+                         help="YAML file with config values; flags override it.")
+        # Fields are added lazily in main() so that unused extras are never imported.
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # First pass: find the subcommand, then add its config's flags and parse for real.
+    no_help = [a for a in argv if a not in ("-h", "--help")]
+    if not no_help or (len(no_help) == 1 and not no_help[0].startswith("-") and len(argv) > 1 \
+            and no_help[0] in {p[0] for p in COMMANDS if len(p) > 1}):
+        parser.parse_args(argv)  # `vlac -h`, `vlac store -h`
+        return 2
+    known, _ = parser.parse_known_args(no_help)
+    path = getattr(known, "_path", None)
+    if path is None:
+        parser.parse_args(argv)  # prints the group's help or usage error
+        return 2
+    mod_name, cls_name, fn_name, helptext = COMMANDS[path]
+    module = importlib.import_module(mod_name)
+    cls = getattr(module, cls_name)
+    sub = argparse.ArgumentParser(prog="vlac " + " ".join(path), description=helptext)
+    sub.add_argument("--config", type=Path, default=None,
+                     help="YAML file with config values; flags override it.")
+    sub.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    _add_fields(sub, cls)
+    args = vars(sub.parse_args(_strip_path(argv, path)))
+    logging.basicConfig(level=logging.DEBUG if args.pop("verbose") or known.verbose
+                        else logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
+                        "%(message)s", datefmt="%H:%M:%S")
+    config_file = args.pop("config")
+    try:
+        data = load_yaml_dict(config_file) if config_file else {}
+        cfg = from_dict(cls, _merge(data, args), str(config_file or "flags"))
+        getattr(module, fn_name)(cfg)
+    except ConfigError as e:
+        print(f"vlac: bad config: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _strip_path(argv: list[str], path: tuple[str, ...]) -> list[str]:
+    out, want = [], list(path)
+    for a in argv:
+        if want and a == want[0]:
+            want.pop(0)
+            continue
+        if a in ("-v", "--verbose") and want:
+            continue
+        out.append(a)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
