@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
-
 from vlac.edge.spool import Spool
 from vlac.shared import wire
-from vlac.shared.episode import StepColumns, make_chunk
+from vlac.shared.episode import StepColumns, concat_steps, make_chunk, split_steps
 
 
 def new_episode_id(robot_id: str) -> str:
@@ -63,8 +61,8 @@ class EpisodeRecorder:
         return n_chunks
 
     def _flush(self, n: int, final: wire.Outcome | None) -> None:
-        cols = _concat(self._buf)
-        head, rest = _split(cols, n)
+        cols = concat_steps(self._buf)
+        head, rest = split_steps(cols, n)
         self._buf = [rest] if rest is not None else []
         self._buffered -= n
         chunk = make_chunk(self.robot_id, self.episode_id, self._seq, self.task, head, final,
@@ -72,27 +70,3 @@ class EpisodeRecorder:
         self.spool.put(self.episode_id, self._seq, wire.encode(chunk))
         self._seq += 1
         self._steps += n
-
-
-def _concat(parts: list[StepColumns]) -> StepColumns:
-    if len(parts) == 1:
-        return parts[0]
-    return StepColumns(
-        images={k: np.concatenate([p.images[k] for p in parts]) for k in parts[0].images},
-        **{f: np.concatenate([getattr(p, f) for p in parts])
-           for f in ("proprio", "action", "action_tokens", "logprob", "policy_version",
-                     "intervention", "timestamp")},
-    )
-
-
-def _split(cols: StepColumns, n: int) -> tuple[StepColumns, StepColumns | None]:
-    def part(sl: slice) -> StepColumns:
-        return StepColumns(
-            images={k: v[sl] for k, v in cols.images.items()},
-            **{f: getattr(cols, f)[sl] for f in ("proprio", "action", "action_tokens",
-                                                  "logprob", "policy_version", "intervention",
-                                                  "timestamp")},
-        )
-    if n >= len(cols):
-        return cols, None
-    return part(slice(0, n)), part(slice(n, None))

@@ -111,6 +111,26 @@ def validate_chunk(chunk: EpisodeChunk, spec: RobotSpec) -> StepColumns:
     return StepColumns(images=images, **cols)
 
 
+def concat_steps(parts: list[StepColumns]) -> StepColumns:
+    if len(parts) == 1:
+        return parts[0]
+    return StepColumns(
+        images={k: np.concatenate([p.images[k] for p in parts]) for k in parts[0].images},
+        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in STEP_FIELDS},
+    )
+
+
+def split_steps(cols: StepColumns, n: int) -> tuple[StepColumns, StepColumns | None]:
+    def part(sl: slice) -> StepColumns:
+        return StepColumns(
+            images={k: v[sl] for k, v in cols.images.items()},
+            **{f: getattr(cols, f)[sl] for f in STEP_FIELDS},
+        )
+    if n >= len(cols):
+        return cols, None
+    return part(slice(0, n)), part(slice(n, None))
+
+
 def synthetic_steps(spec: RobotSpec, n: int, *, start_step: int = 0, seed: int = 0,
                     policy_version: int = 0, t0: float = 0.0) -> StepColumns:
     """Deterministic, image-like (smooth, compressible) fake steps for tests and benchmarks."""

@@ -1,0 +1,167 @@
+"""Shared test helpers: keys, an ingest in a thread or a process, raw CURVE clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from vlac.cloud.ingest import Ingest, IngestConfig
+from vlac.edge.sender import SenderConfig
+from vlac.shared import keys, wire
+from vlac.shared.episode import StepColumns
+
+ROBOTS = ["robot-0", "robot-1", "robot-2", "robot-3"]
+
+
+@dataclass
+class Keyring:
+    root: Path
+    outsider_root: Path
+
+    @property
+    def server_secret(self) -> Path:
+        return self.root / "server/ingest.key_secret"
+
+    @property
+    def server_public(self) -> Path:
+        return self.root / "server/ingest.key"
+
+    @property
+    def allowed(self) -> Path:
+        return self.root / "robots"
+
+    def robot_secret(self, robot: str) -> Path:
+        if robot == "intruder":
+            return self.outsider_root / "robots/intruder.key_secret"
+        return self.root / f"robots/{robot}.key_secret"
+
+
+def make_keyring(tmp: Path) -> Keyring:
+    keys.generate(tmp / "keys", ROBOTS)
+    keys.generate(tmp / "outsider", ["intruder"])
+    return Keyring(tmp / "keys", tmp / "outsider")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ingest_config(kr: Keyring, store: Path, bind: str = "tcp://127.0.0.1:0") -> IngestConfig:
+    return IngestConfig(bind=bind, store_root=store, server_secret_key=kr.server_secret,
+                        allowed_keys_dir=kr.allowed, status_every_s=0)
+
+
+class ThreadIngest:
+    """An Ingest serving in a background thread of the test process."""
+
+    def __init__(self, cfg: IngestConfig) -> None:
+        self.ingest = Ingest(cfg)
+        self.thread = threading.Thread(target=self.ingest.serve, daemon=True)
+
+    def __enter__(self) -> Ingest:
+        self.thread.start()
+        self.ingest.wait_ready()
+        return self.ingest
+
+    def __exit__(self, *exc: object) -> None:
+        self.ingest.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def sender_config(kr: Keyring, robot: str, address: str, spool: Path, **kw) -> SenderConfig:
+    return SenderConfig(robot_id=robot, ingest_address=address,
+                        robot_secret_key=kr.robot_secret(robot),
+                        server_public_key=kr.server_public, spool_dir=spool, **kw)
+
+
+def cli_process(*args: str, log: Path) -> subprocess.Popen:
+    """`vlac ARGS` as a separate OS process (so it can be SIGKILLed)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "vlac.infra.cli", *args],
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    proc.wait(15)
+
+
+class RawClient:
+    """A DEALER speaking the wire protocol by hand, to send what a real sender never would."""
+
+    def __init__(self, kr: Keyring, robot: str, address: str, *, curve: bool = True,
+                 ctx: zmq.Context | None = None) -> None:
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if curve:
+            pair = keys.load_pair(kr.robot_secret(robot))
+            self.sock.curve_secretkey = pair.secret
+            self.sock.curve_publickey = pair.public
+            self.sock.curve_serverkey = keys.load_public(kr.server_public)
+        self.monitor = self.sock.get_monitor_socket()
+        self.sock.connect(address)
+        self.robot = robot
+
+    def send(self, data: bytes) -> None:
+        self.sock.send(data)
+
+    def recv(self, timeout: float = 5.0) -> wire.Message | None:
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        return wire.decode(self.sock.recv())
+
+    def request(self, data: bytes, timeout: float = 5.0) -> wire.Message | None:
+        self.send(data)
+        return self.recv(timeout)
+
+    def handshake(self, spec: wire.RobotSpec = wire.DEFAULT_SPEC) -> wire.Message | None:
+        return self.request(wire.encode(wire.Handshake(
+            protocol=wire.PROTOCOL_VERSION, robot_id=self.robot,
+            config_hash=spec.config_hash(), spec=spec)))
+
+    def events(self, timeout: float = 3.0) -> list[int]:
+        from zmq.utils.monitor import recv_monitor_message
+        out, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.monitor.poll(50):
+                out.append(recv_monitor_message(self.monitor)["event"])
+        return out
+
+    def close(self) -> None:
+        self.monitor.close(0)
+        self.sock.close(0)
+
+
+def assert_same_steps(a: StepColumns, b: StepColumns, timestamps: bool = True) -> None:
+    assert set(a.images) == set(b.images)
+    for k in a.images:
+        np.testing.assert_array_equal(a.images[k], b.images[k])
+    fields = ["proprio", "action", "action_tokens", "logprob", "policy_version", "intervention"]
+    if timestamps:
+        fields.append("timestamp")
+    for f in fields:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+
+
+def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,187 @@
+import math
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vlac.shared import wire
+from vlac.shared.episode import make_chunk, synthetic_steps, validate_chunk
+
+SPEC = wire.DEFAULT_SPEC
+ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z")
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+def chunk(n=4, **kw):
+    args = {"robot_id": "robot-0", "episode_id": "ep-1", "seq": 0, "task": "push the puck"}
+    args.update(kw)
+    return make_chunk(steps=synthetic_steps(SPEC, n), **args)
+
+
+@given(robot=ids, episode=ids, seq=st.integers(0, 10_000), n=st.integers(1, 5),
+       task=st.text(max_size=50), success=st.booleans(), seed=st.integers(0, 100))
+@settings(max_examples=40, deadline=None)
+def test_chunk_round_trip(robot, episode, seq, n, task, success, seed):
+    steps = synthetic_steps(SPEC, n, seed=seed)
+    final = wire.Outcome(success=success, n_chunks=seq + 1, n_steps=n * (seq + 1))
+    msg = make_chunk(robot, episode, seq, task, steps, final, first_step=seq * n)
+    back = wire.decode(wire.encode(msg))
+    assert isinstance(back, wire.EpisodeChunk)
+    assert (back.robot_id, back.episode_id, back.seq, back.task, back.final, back.first_step) \
+        == (robot, episode, seq, task, final, seq * n)
+    cols = validate_chunk(back, SPEC)
+    np.testing.assert_array_equal(cols.images["corner"], steps.images["corner"])
+    np.testing.assert_array_equal(cols.action_tokens, steps.action_tokens)
+    np.testing.assert_array_equal(cols.timestamp, steps.timestamp)
+
+
+small_msgs = st.one_of(
+    st.builds(wire.Ack, robot_id=ids, episode_id=ids, seq=st.integers(0, 2**31),
+              status=st.sampled_from(["stored", "duplicate"])),
+    st.builds(wire.Error, code=st.text(max_size=20), message=st.text(max_size=200),
+              field=st.text(max_size=20), episode_id=st.text(max_size=10),
+              seq=st.integers(-1, 100), retry=st.booleans()),
+    st.builds(wire.Heartbeat, robot_id=ids, policy_version=st.integers(-1, 2**40),
+              spool_depth=st.integers(0, 10**6), spool_bytes=st.integers(0, 2**40),
+              time=finite),
+    st.builds(wire.HandshakeReply, accepted=st.booleans(), reason=st.text(max_size=100)),
+    st.builds(wire.Handshake, protocol=st.integers(0, 10), robot_id=ids,
+              config_hash=st.text(max_size=16), spec=st.just(SPEC)),
+    st.builds(wire.WeightAnnouncement, version=st.integers(0, 10**6),
+              parent_version=st.integers(-1, 10**6), uri=st.text(max_size=100),
+              sha256=st.from_regex(r"\A[0-9a-f]{64}\Z"), size=st.integers(0, 2**40),
+              manifest=st.binary(max_size=300), signature=st.binary(max_size=64),
+              created_at=finite),
+)
+
+
+@given(msg=small_msgs)
+@settings(max_examples=200, deadline=None)
+def test_small_messages_round_trip(msg):
+    back = wire.decode(wire.encode(msg))
+    assert type(back) is type(msg)
+    assert back == msg or math.isnan(getattr(msg, "time", 0.0))
+
+
+@given(data=st.binary(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_random_bytes_never_crash_the_decoder(data):
+    try:
+        wire.decode(data)
+    except wire.WireError as e:
+        assert e.code in {"malformed", "unknown_type", "schema_version", "invalid", "too_large"}
+
+
+def test_truncated_message_is_malformed():
+    data = wire.encode(chunk())
+    for cut in (1, 10, len(data) // 2, len(data) - 1):
+        with pytest.raises(wire.WireError) as e:
+            wire.decode(data[:cut])
+        assert e.value.code == "malformed"
+
+
+def test_wrong_schema_version_is_named():
+    data = msgspec.msgpack.encode(("chunk", 7, {"x": 1}))
+    with pytest.raises(wire.WireError, match="schema version 7 is not supported") as e:
+        wire.decode(data)
+    assert e.value.field == "schema_version"
+
+
+def test_unknown_and_unexpected_types():
+    with pytest.raises(wire.WireError, match="'pickle' is not accepted") as e:
+        wire.decode(msgspec.msgpack.encode(("pickle", 1, b"")))
+    assert e.value.code == "unknown_type"
+    ack = wire.encode(wire.Ack(robot_id="r", episode_id="e", seq=0, status="stored"))
+    with pytest.raises(wire.WireError, match="expected one of"):
+        wire.decode(ack, expect=(wire.EpisodeChunk,))
+
+
+def test_size_cap_per_type():
+    data = msgspec.msgpack.encode(("heartbeat", 1, b"x" * 70_000))
+    with pytest.raises(wire.WireError, match="exceeds its cap of 65536") as e:
+        wire.decode(data)
+    assert e.value.code == "too_large"
+    with pytest.raises(wire.WireError, match="hard cap"):
+        wire.decode(b"\x00" * (wire.HARD_MAX_BYTES + 1))
+
+
+def test_validation_error_names_the_field():
+    good = msgspec.msgpack.decode(wire.encode(chunk()))
+    good[2]["seq"] = -3
+    with pytest.raises(wire.WireError) as e:
+        wire.decode(msgspec.msgpack.encode(good))
+    assert e.value.code == "invalid" and e.value.field == "$.seq"
+    good[2]["seq"] = 0
+    good[2]["episode_id"] = "../../etc/passwd"
+    with pytest.raises(wire.WireError) as e:
+        wire.decode(msgspec.msgpack.encode(good))
+    assert e.value.field == "$.episode_id"
+    good[2]["episode_id"] = "ok"
+    good[2]["steps"]["proprio"][1] = ["a"]
+    with pytest.raises(wire.WireError) as e:
+        wire.decode(msgspec.msgpack.encode(good))
+    assert e.value.field.startswith("$.steps.proprio")
+
+
+def test_nan_and_inf_are_refused():
+    steps = synthetic_steps(SPEC, 3)
+    steps.proprio[1, 2] = np.nan
+    msg = wire.decode(wire.encode(make_chunk("r", "e", 0, "t", steps)))
+    with pytest.raises(wire.WireError, match="NaN") as e:
+        validate_chunk(msg, SPEC)
+    assert e.value.field == "steps.proprio"
+    steps = synthetic_steps(SPEC, 3)
+    steps.action[0, 0] = np.inf
+    msg = wire.decode(wire.encode(make_chunk("r", "e", 0, "t", steps)))
+    with pytest.raises(wire.WireError, match="steps.action"):
+        validate_chunk(msg, SPEC)
+
+
+def test_wrong_image_shape_and_dtype():
+    steps = synthetic_steps(SPEC, 2)
+    steps.images["corner"] = np.zeros((2, 64, 64, 3), np.uint8)
+    msg = wire.decode(wire.encode(make_chunk("r", "e", 0, "t", steps)))
+    with pytest.raises(wire.WireError, match=r"expected image shape \[2, 128, 128, 3\]") as e:
+        validate_chunk(msg, SPEC)
+    assert e.value.field == "steps.images.corner.shape"
+    steps.images = {"wrist": np.zeros((2, 128, 128, 3), np.uint8)}
+    msg = wire.decode(wire.encode(make_chunk("r", "e", 0, "t", steps)))
+    with pytest.raises(wire.WireError, match="expected cameras"):
+        validate_chunk(msg, SPEC)
+
+
+def test_array_byte_count_must_match_shape():
+    arr = wire.Array("float32", (3, 4), memoryview(b"\x00" * 47))
+    with pytest.raises(wire.WireError, match="needs 48 bytes but 47 came") as e:
+        arr.to_numpy("steps.proprio")
+    assert e.value.field == "steps.proprio.data"
+    with pytest.raises(wire.WireError, match="not one of"):
+        wire.Array("object", (1,), memoryview(b"x")).to_numpy()
+
+
+def test_inconsistent_step_counts_and_bad_values():
+    steps = synthetic_steps(SPEC, 4)
+    steps.logprob = steps.logprob[:3]
+    msg = wire.decode(wire.encode(make_chunk("r", "e", 0, "t", steps)))
+    with pytest.raises(wire.WireError, match=r"expected shape \[4\]"):
+        validate_chunk(msg, SPEC)
+    steps = synthetic_steps(SPEC, 4)
+    steps.action_tokens[0, 0] = 256
+    msg = wire.decode(wire.encode(make_chunk("r", "e", 0, "t", steps)))
+    with pytest.raises(wire.WireError, match=r"\[0, 256\)"):
+        validate_chunk(msg, SPEC)
+    msg = wire.decode(wire.encode(make_chunk(
+        "r", "e", 2, "t", synthetic_steps(SPEC, 1),
+        wire.Outcome(success=True, n_chunks=5, n_steps=3))))
+    with pytest.raises(wire.WireError, match="should be seq \\+ 1"):
+        validate_chunk(msg, SPEC)
+
+
+def test_spec_hash_and_differences():
+    other = msgspec.structs.replace(SPEC, cameras={"corner": (64, 64, 3)})
+    assert other.config_hash() != SPEC.config_hash()
+    assert SPEC.config_hash() == wire.DEFAULT_SPEC.config_hash()
+    diff = SPEC.differences(other)
+    assert len(diff) == 1 and diff[0].startswith("cameras")
