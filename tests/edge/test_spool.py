@@ -41,7 +41,7 @@ def test_exactly_full_then_error(tmp_path):
     s = Spool(tmp_path, max_chunks=3, on_full="error")
     for i in range(3):
         s.put("ep", i, b"12345")  # exactly full is fine
-    with pytest.raises(SpoolFull, match="is full .*3 chunks.*on_full"):
+    with pytest.raises(SpoolFull, match=r"is full .*3 chunks.*on_full"):
         s.put("ep", 3, b"12345")
     assert s.depth == 3
 

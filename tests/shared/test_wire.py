@@ -135,7 +135,7 @@ def test_nan_and_inf_are_refused():
     steps = synthetic_steps(SPEC, 3)
     steps.action[0, 0] = np.inf
     msg = wire.decode(wire.encode(make_chunk("r", "e", 0, "t", steps)))
-    with pytest.raises(wire.WireError, match="steps.action"):
+    with pytest.raises(wire.WireError, match=r"steps\.action"):
         validate_chunk(msg, SPEC)
 
 
