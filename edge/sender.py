@@ -232,6 +232,7 @@ class Sender:
             self._fatal = f"sender thread crashed: {type(e).__name__}: {e}"
             log.exception("sender %s crashed", self.cfg.robot_id)
         finally:
+            sock.disable_monitor()
             monitor.close(linger=0)
             sock.close(linger=0)
 

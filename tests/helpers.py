@@ -143,6 +143,7 @@ class RawClient:
         return out
 
     def close(self) -> None:
+        self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close(0)
 
