@@ -26,7 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from vlac.edge.spool import Spool
 from vlac.shared import keys, wire
-from vlac.shared.config import check, opt
+from vlac.shared.config import check, check_id, opt
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class SenderConfig:
         self.robot_secret_key = Path(self.robot_secret_key)
         self.server_public_key = Path(self.server_public_key)
         self.spool_dir = Path(self.spool_dir)
-        wire.check_id(self.robot_id, "robot_id")
+        check_id(self.robot_id, "robot_id")
         check(self.ingest_address.startswith(("tcp://", "ipc://", "inproc://")),
               "ingest_address", f"{self.ingest_address!r} is not a ZeroMQ address "
               "like tcp://host:5555")

@@ -34,6 +34,14 @@ def check(cond: bool, field: str, message: str) -> None:
         raise ConfigError(f"config field `{field}`: {message}")
 
 
+def check_id(value: str, field: str) -> None:
+    """Ids become file names, so they are restricted (see vlac.shared.wire.ID_PATTERN)."""
+    from vlac.shared.wire import is_valid_id
+
+    check(is_valid_id(value), field, f"{value!r} is not a valid id: use letters, digits, "
+          "'_', '.', '-' (at most 64, starting with a letter or digit)")
+
+
 def _coerce(tp: Any, value: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Path or tp == "Path":

@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
+from vlac.shared.config import check_id as config_check_id
 from vlac.shared.config import opt
 from vlac.shared.wire import check_id
 
@@ -96,7 +97,7 @@ class KeysConfig:
     def __post_init__(self) -> None:
         self.dir = Path(self.dir)
         for r in self.robots:
-            check_id(r, "robots")
+            config_check_id(r, "robots")
 
 
 def main(cfg: KeysConfig) -> list[Path]:

@@ -280,8 +280,12 @@ def decode(frame: bytes | memoryview, expect: tuple[type[Message], ...] = ()) ->
                         "body") from None
 
 
+def is_valid_id(value: str) -> bool:
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
 def check_id(value: str, field: str) -> str:
-    if not _ID_RE.match(value):
+    if not is_valid_id(value):
         raise WireError("bad_id", f"{value!r} is not a valid id (letters, digits, '_', '.', "
                         "'-', at most 64, starting with a letter or digit)", field)
     return value
