@@ -99,7 +99,7 @@ def run_raw(n_robots: int, steps: int, chunk: int) -> dict:
     t0 = time.perf_counter()
     start.set()
     t1, nbytes = result.get(timeout=600)
-    for p in robots + [sink]:
+    for p in [*robots, sink]:
         p.join(30)
     dt = t1 - t0
     return {"path": "raw PUSH/PULL", "robots": n_robots, "steps": n_robots * steps,

@@ -24,7 +24,7 @@ import yaml
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from vlac.cloud.store import EpisodeStore
+from vlac.cloud.store import ChunkWrite, EpisodeStore
 from vlac.shared import keys, wire
 from vlac.shared.config import check, describe, opt
 from vlac.shared.episode import validate_chunk
@@ -74,6 +74,12 @@ class RobotStatus:
     duplicates: int = 0
     steps: int = 0
     errors: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class _Pending:
+    write: ChunkWrite
+    reply: wire.Message
 
 
 @dataclass
@@ -139,6 +145,7 @@ class Ingest:
                     break
                 if not sock.poll(100):
                     continue
+                replies: list[tuple[zmq.Frame, wire.Message | _Pending]] = []
                 for _ in range(self.cfg.batch_max):
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -146,10 +153,14 @@ class Ingest:
                         break
                     reply = self._handle(frames)
                     if reply is not None:
-                        try:
-                            sock.send_multipart([frames[0], wire.encode(reply)], zmq.NOBLOCK)
-                        except zmq.ZMQError as e:  # peer gone or its queue full: it resends
-                            log.debug("reply to a robot dropped: %s", e)
+                        replies.append((frames[0], reply))
+                self._commit([r for _, r in replies if isinstance(r, _Pending)])
+                for ident, reply in replies:
+                    msg = reply.reply if isinstance(reply, _Pending) else reply
+                    try:
+                        sock.send_multipart([ident, wire.encode(msg)], zmq.NOBLOCK)
+                    except zmq.ZMQError as e:  # peer gone or its queue full: it resends
+                        log.debug("reply to a robot dropped: %s", e)
                 if self.cfg.status_every_s and time.monotonic() > next_status:
                     log.info("ingest: %s", self.summary())
                     next_status = time.monotonic() + self.cfg.status_every_s
@@ -178,7 +189,7 @@ class Ingest:
         return wire.Error(code=code, message=message, field=fld, episode_id=episode_id,
                           seq=seq, retry=retry)
 
-    def _handle(self, frames: list[zmq.Frame]) -> wire.Message | None:
+    def _handle(self, frames: list[zmq.Frame]) -> wire.Message | _Pending | None:
         if len(frames) != 2:
             return self._error("", "malformed", f"expected one frame per message, got "
                                f"{len(frames) - 1}")
@@ -230,7 +241,7 @@ class Ingest:
         return wire.HandshakeReply(accepted=True, ingest_id=self.ingest_id)
 
     def _chunk(self, ident: bytes, robot: str, session: _Session | None,
-               msg: wire.EpisodeChunk) -> wire.Message:
+               msg: wire.EpisodeChunk) -> wire.Message | _Pending:
         ep, seq = msg.episode_id, msg.seq
         if session is None:
             return wire.Error(code="handshake_required", message="send a handshake first "
@@ -251,15 +262,30 @@ class Ingest:
         if staged_task is not None and staged_task != msg.task:
             return self._error(robot, "task_changed", f"episode {ep} began with task "
                                f"{staged_task!r}, this chunk says {msg.task!r}", "task", ep, seq)
+        return _Pending(ChunkWrite(robot, ep, seq, msg.task, cols, msg.final, msg.first_step),
+                        wire.Ack(robot_id=robot, episode_id=ep, seq=seq, status="stored"))
+
+    def _commit(self, pending: list[_Pending]) -> None:
+        """Write a batch durably; only then do its acks go out (group commit)."""
+        if not pending:
+            return
         try:
-            self.store.write_chunk(robot, ep, seq, msg.task, cols, msg.final, msg.first_step)
+            stored = self.store.write_chunks([p.write for p in pending])
         except OSError as e:
-            log.error("store write failed for %s/%s/%d: %s", robot, ep, seq, e)
-            return self._error(robot, "store_unavailable", f"the store could not write: {e}",
-                               "", ep, seq, retry=True)
-        st.chunks += 1
-        st.steps += len(cols)
-        return wire.Ack(robot_id=robot, episode_id=ep, seq=seq, status="stored")
+            log.error("store write failed for %d chunks: %s", len(pending), e)
+            for p in pending:
+                p.reply = self._error(p.write.robot_id, "store_unavailable",
+                                      f"the store could not write: {e}", "",
+                                      p.write.episode_id, p.write.seq, retry=True)
+            return
+        for p, new in zip(pending, stored, strict=True):
+            st = self.robots[p.write.robot_id]
+            if new:
+                st.chunks += 1
+                st.steps += len(p.write.steps)
+            else:  # the same chunk twice in one batch
+                st.duplicates += 1
+                p.reply = msgspec.structs.replace(p.reply, status="duplicate")
 
 
 def main(cfg: IngestConfig) -> dict:

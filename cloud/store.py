@@ -41,6 +41,7 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,35 @@ def table_to_steps(table: pa.Table) -> StepColumns:
 
 
 @dataclass
+class ChunkWrite:
+    """One chunk to store (what ingest hands the store after validation)."""
+
+    robot_id: str
+    episode_id: str
+    seq: int
+    task: str
+    steps: StepColumns
+    final: Outcome | None = None
+    first_step: int = 0
+
+    def meta(self) -> dict[str, Any]:
+        final = None
+        if self.final is not None:
+            final = {"success": self.final.success, "n_chunks": self.final.n_chunks,
+                     "n_steps": self.final.n_steps, "reason": self.final.reason}
+        return {"robot_id": self.robot_id, "episode_id": self.episode_id, "seq": self.seq,
+                "task": self.task, "n_steps": len(self.steps), "final": final}
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
 class _Staged:
     task: str
     seqs: dict[int, int] = field(default_factory=dict)  # seq -> number of steps
@@ -162,6 +192,7 @@ class EpisodeStore:
         self._lock = threading.RLock()
         self._complete: set[tuple[str, str]] = set()
         self._staged: dict[tuple[str, str], _Staged] = {}
+        self._executor: ThreadPoolExecutor | None = None
         self._recover()
 
     # ------------------------------------------------------------------ paths
@@ -214,39 +245,57 @@ class EpisodeStore:
                     steps: StepColumns, final: Outcome | None = None,
                     first_step: int = 0) -> bool:
         """Durably store one chunk. Returns False (and writes nothing) for a duplicate."""
-        check_id(robot_id, "robot_id")
-        check_id(episode_id, "episode_id")
-        key = (robot_id, episode_id)
-        with self._lock:
-            if self.has(robot_id, episode_id, seq):
-                return False
-        final_d = None
-        if final is not None:
-            final_d = {"success": final.success, "n_chunks": final.n_chunks,
-                       "n_steps": final.n_steps, "reason": final.reason}
-        meta = {"robot_id": robot_id, "episode_id": episode_id, "seq": seq, "task": task,
-                "n_steps": len(steps), "final": final_d}
-        table = steps_to_table(steps, first_step, meta)
-        edir = self._staging_dir(robot_id, episode_id)
-        edir.mkdir(parents=True, exist_ok=True)
-        name = f"chunk-{seq:07d}.parquet"
-        tmp = edir / f".tmp-{name}"
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression=self.compression, use_dictionary=False,
-                           write_statistics=False)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, edir / name)
+        return self.write_chunks([ChunkWrite(robot_id, episode_id, seq, task, steps, final,
+                                             first_step)])[0]
+
+    def write_chunks(self, chunks: list[ChunkWrite]) -> list[bool]:
+        """Durably store a batch of chunks (group commit); True where stored, False for
+        duplicates. All files are written, then fsynced together, then renamed into place
+        and each folder fsynced once, so a batch costs little more than one chunk."""
+        todo: list[tuple[ChunkWrite, Path, Path]] = []
+        result = []
+        seen: set[tuple[str, str, int]] = set()
+        for c in chunks:
+            check_id(c.robot_id, "robot_id")
+            check_id(c.episode_id, "episode_id")
+            key = (c.robot_id, c.episode_id, c.seq)
+            if key in seen or self.has(*key):
+                result.append(False)
+                continue
+            seen.add(key)
+            result.append(True)
+            edir = self._staging_dir(c.robot_id, c.episode_id)
+            edir.mkdir(parents=True, exist_ok=True)
+            name = f"chunk-{c.seq:07d}.parquet"
+            tmp = edir / f".tmp-{name}"
+            with open(tmp, "wb") as f:
+                pq.write_table(steps_to_table(c.steps, c.first_step, c.meta()), f,
+                               compression=self.compression, use_dictionary=False,
+                               write_statistics=False)
+            todo.append((c, tmp, edir / name))
+        if self.fsync and todo:
+            # fsync releases the GIL: concurrent fsyncs share the file system's journal
+            # commits, which is where batching pays.
+            list(self._pool().map(_fsync_file, [tmp for _, tmp, _ in todo]))
+        for _, tmp, dest in todo:
+            os.replace(tmp, dest)
         if self.fsync:
-            _fsync_dir(edir)
+            for d in {dest.parent for _, _, dest in todo}:
+                _fsync_dir(d)
         with self._lock:
-            st = self._staged.setdefault(key, _Staged(task=task))
-            st.seqs[seq] = len(steps)
-            if final_d is not None:
-                st.final = final_d
-            self._maybe_complete(robot_id, episode_id)
-        return True
+            for c, _, _ in todo:
+                st = self._staged.setdefault((c.robot_id, c.episode_id), _Staged(task=c.task))
+                st.seqs[c.seq] = len(c.steps)
+                if c.final is not None:
+                    st.final = c.meta()["final"]
+            for r, e in {(c.robot_id, c.episode_id) for c, _, _ in todo}:
+                self._maybe_complete(r, e)
+        return result
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(4, thread_name_prefix="store-fsync")
+        return self._executor
 
     def _maybe_complete(self, robot_id: str, episode_id: str) -> bool:
         key = (robot_id, episode_id)
