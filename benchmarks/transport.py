@@ -9,7 +9,7 @@ Both run in this script, one after the other, with 1 and 8 robot processes strea
 RGB steps in chunks. Frames are made before the clock starts; the clock runs from a common
 start signal until the last chunk is acknowledged (durable) or received (raw).
 
-    python benchmarks/transport.py [--steps-per-robot 960] [--chunk-steps 16] [--robots 1,8]
+    python benchmarks/transport.py [--steps 6400] [--chunk-steps 16] [--robots 1,8]
 
 Prints a table, writes benchmarks/out/transport.png and ends with ``ratio_vs_raw=<x>``: the
 smaller of the durable/raw steps-per-second ratios over the robot counts measured.
@@ -226,7 +226,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps-per-robot", type=int, default=960)
+    ap.add_argument("--steps", type=int, default=6400,
+                    help="steps per measurement, split evenly over the robots")
     ap.add_argument("--chunk-steps", type=int, default=16)
     ap.add_argument("--robots", default="1,8")
     ap.add_argument("--repeats", type=int, default=2, help="best of N runs per cell")
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> float:
     console = Console(width=110)
     cells = [(kind, n) for n in counts for kind in ("raw", "durable")]
     for kind, n in track(cells, description="measuring", console=console):
-        steps = args.steps_per_robot // n if n > 1 else args.steps_per_robot
+        steps = args.steps // n
         steps -= steps % args.chunk_steps
         runs = [run_raw(n, steps, args.chunk_steps) if kind == "raw"
                 else run_durable(n, steps, args.chunk_steps, args.workdir)

@@ -194,7 +194,10 @@ class Ingest:
             return self._error("", "malformed", f"expected one frame per message, got "
                                f"{len(frames) - 1}")
         ident, payload = frames
-        key = payload.get("User-Id").encode()
+        try:
+            key = payload.get("User-Id").encode()
+        except zmq.ZMQError:  # no ZAP identity: cannot happen on a CURVE socket
+            key = b""
         robot = self.allowed.get(key, "")
         if not robot:  # the allow-list changed under a live connection
             return self._error("", "unknown_robot", "this key is not on the allow-list")
@@ -234,6 +237,8 @@ class Ingest:
         if reason:
             self._error(robot, "handshake_refused", reason)
             return wire.HandshakeReply(accepted=False, reason=reason, ingest_id=self.ingest_id)
+        for old in [i for i, s in self.sessions.items() if s.robot_id == robot]:
+            del self.sessions[old]  # a robot has one live connection; drop stale ones
         self.sessions[ident] = _Session(robot, msg.spec)
         st = self.robots.setdefault(robot, RobotStatus(robot))
         st.connected_at = st.last_seen = time.time()

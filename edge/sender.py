@@ -13,10 +13,10 @@ is moved to the spool's ``rejected/`` folder with the reason, and the rest keep 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -94,7 +94,8 @@ class Sender:
     """Background thread: spool -> ingest. Use as a context manager or start()/stop()."""
 
     def __init__(self, cfg: SenderConfig, spool: Spool, spec: wire.RobotSpec,
-                 policy_version: callable = lambda: 0, ctx: zmq.Context | None = None) -> None:
+                 policy_version: Callable[[], int] = lambda: 0,
+                 ctx: zmq.Context | None = None) -> None:
         self.cfg = cfg
         self.spool = spool
         self.spec = spec
@@ -104,6 +105,7 @@ class Sender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fatal: str | None = None
+        self._state = "connecting"
         self._pair = keys.load_pair(cfg.robot_secret_key)
         self._server_pub = keys.load_public(cfg.server_public_key)
 
@@ -144,8 +146,6 @@ class Sender:
         return self.spool.depth == 0
 
     # ------------------------------------------------------------------ thread
-    _state: str = "connecting"
-
     def _socket(self) -> tuple[zmq.Socket, zmq.Socket]:
         sock = self._ctx.socket(zmq.DEALER)
         sock.curve_secretkey = self._pair.secret
@@ -299,6 +299,3 @@ class Sender:
             else:
                 self._note(f"ingest error {msg.code}: {msg.message}")
 
-
-def replace(cfg: SenderConfig, **changes: object) -> SenderConfig:
-    return dataclasses.replace(cfg, **changes)
