@@ -168,7 +168,14 @@ def test_duplicated_dropped_and_reordered_chunks(tmp_path, keyring):
 
 def test_sender_resends_until_acked_and_duplicates_are_absorbed(tmp_path, keyring):
     with ThreadIngest(ingest_config(keyring, tmp_path / "store")) as ingest:
-        # an absurdly short ack timeout makes the sender resend nearly everything
+        # a slow store and an absurdly short ack timeout make the sender resend a lot
+        write_chunks = ingest.store.write_chunks
+
+        def slow_write(chunks):
+            time.sleep(0.08)
+            return write_chunks(chunks)
+
+        ingest.store.write_chunks = slow_write
         cfg = sender_config(keyring, "robot-1", ingest.address, tmp_path / "spool",
                             ack_timeout_s=0.001, window=4)
         spool = cfg.make_spool()
@@ -182,7 +189,7 @@ def test_sender_resends_until_acked_and_duplicates_are_absorbed(tmp_path, keyrin
                 rec.end(True)
                 sent[rec.episode_id] = concat_steps(parts)
             assert sender.wait_drained(30)
-        assert sender.stats.resent > 0
+        assert sender.stats.resent > 0 and sender.stats.duplicates > 0
         for ep_id, steps in sent.items():
             assert_same_steps(ingest.store.load_episode("robot-1", ep_id).steps, steps)
     assert len(assert_exactly_once(tmp_path / "store")) == 36
