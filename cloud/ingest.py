@@ -267,7 +267,8 @@ class Ingest:
         if staged_task is not None and staged_task != msg.task:
             return self._error(robot, "task_changed", f"episode {ep} began with task "
                                f"{staged_task!r}, this chunk says {msg.task!r}", "task", ep, seq)
-        return _Pending(ChunkWrite(robot, ep, seq, msg.task, cols, msg.final, msg.first_step),
+        return _Pending(ChunkWrite(robot, ep, seq, msg.task, cols, msg.final, msg.first_step,
+                                   msg.source, msg.task_id),
                         wire.Ack(robot_id=robot, episode_id=ep, seq=seq, status="stored"))
 
     def _commit(self, pending: list[_Pending]) -> None:

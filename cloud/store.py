@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlac.shared.episode import StepColumns
+from vlac.shared.episode import StepColumns, slice_steps
 from vlac.shared.wire import Outcome, check_id
 
 IMAGE_PREFIX = "image."
@@ -152,6 +152,8 @@ class ChunkWrite:
     steps: StepColumns
     final: Outcome | None = None
     first_step: int = 0
+    source: str = "policy"
+    task_id: str = ""
 
     def meta(self) -> dict[str, Any]:
         final = None
@@ -159,7 +161,8 @@ class ChunkWrite:
             final = {"success": self.final.success, "n_chunks": self.final.n_chunks,
                      "n_steps": self.final.n_steps, "reason": self.final.reason}
         return {"robot_id": self.robot_id, "episode_id": self.episode_id, "seq": self.seq,
-                "task": self.task, "n_steps": len(self.steps), "final": final}
+                "task": self.task, "n_steps": len(self.steps), "final": final,
+                "source": self.source, "task_id": self.task_id}
 
 
 def _fsync_file(path: Path) -> None:
@@ -173,6 +176,8 @@ def _fsync_file(path: Path) -> None:
 @dataclass
 class _Staged:
     task: str
+    source: str = "policy"
+    task_id: str = ""
     seqs: dict[int, int] = field(default_factory=dict)  # seq -> number of steps
     final: dict[str, Any] | None = None
 
@@ -219,7 +224,8 @@ class EpisodeStore:
                 st = None
                 for f in sorted(edir.glob("chunk-*.parquet")):
                     meta = json.loads(pq.read_schema(f).metadata[META_KEY])
-                    st = st or _Staged(task=meta["task"])
+                    st = st or _Staged(task=meta["task"], source=meta.get("source", "policy"),
+                                       task_id=meta.get("task_id", ""))
                     st.seqs[meta["seq"]] = meta["n_steps"]
                     if meta.get("final"):
                         st.final = meta["final"]
@@ -284,13 +290,31 @@ class EpisodeStore:
                 _fsync_dir(d)
         with self._lock:
             for c, _, _ in todo:
-                st = self._staged.setdefault((c.robot_id, c.episode_id), _Staged(task=c.task))
+                st = self._staged.setdefault((c.robot_id, c.episode_id),
+                                             _Staged(task=c.task, source=c.source,
+                                                     task_id=c.task_id))
                 st.seqs[c.seq] = len(c.steps)
                 if c.final is not None:
                     st.final = c.meta()["final"]
             for r, e in {(c.robot_id, c.episode_id) for c, _, _ in todo}:
                 self._maybe_complete(r, e)
         return result
+
+    def write_episode(self, robot_id: str, episode_id: str, task: str, steps: StepColumns,
+                      success: bool, reason: str = "", chunk_steps: int = 64,
+                      source: str = "policy", task_id: str = "") -> int:
+        """Store a whole episode at once (demonstrations, imports). Returns its chunk count."""
+        n = len(steps)
+        if n == 0:
+            raise ValueError("an episode needs at least one step")
+        starts = list(range(0, n, chunk_steps))
+        outcome = Outcome(success=success, n_chunks=len(starts), n_steps=n,
+                          reason=reason or ("success" if success else "failure"))
+        writes = [ChunkWrite(robot_id, episode_id, i, task, slice_steps(steps, s, s + chunk_steps),
+                             outcome if i == len(starts) - 1 else None, s, source, task_id)
+                  for i, s in enumerate(starts)]
+        self.write_chunks(writes)
+        return len(starts)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -308,7 +332,8 @@ class EpisodeStore:
         src = self._staging_dir(robot_id, episode_id)
         n_steps = sum(st.seqs[s] for s in range(n))
         info = {"robot_id": robot_id, "episode_id": episode_id, "task": st.task,
-                "n_chunks": n, "n_steps": n_steps, "outcome": st.final,
+                "task_id": st.task_id, "source": st.source, "n_chunks": n,
+                "n_steps": n_steps, "outcome": st.final,
                 "completed_at": time.time()}
         if n_steps != st.final["n_steps"]:
             info["warning"] = (f"final chunk says {st.final['n_steps']} steps, chunks hold "

@@ -43,11 +43,12 @@ def ls_main(cfg: StoreLsConfig, console: Console | None = None) -> list[dict]:
     store = EpisodeStore(cfg.root)
     eps = store.list_episodes()
     table = Table(title=f"episodes in {cfg.root}")
-    for col in ("robot/episode", "task", "steps", "chunks", "success", "MB"):
-        table.add_column(col, no_wrap=col != "task")
+    for col in ("robot/episode", "task", "instruction", "source", "steps", "success", "MB"):
+        table.add_column(col, no_wrap=col != "instruction")
     for e in eps:
-        table.add_row(f"{e['robot_id']}/{e['episode_id']}", e["task"][:40], str(e["n_steps"]),
-                      str(e["n_chunks"]), "yes" if e["outcome"]["success"] else "no",
+        table.add_row(f"{e['robot_id']}/{e['episode_id']}", e.get("task_id", ""),
+                      e["task"][:40], e.get("source", ""), str(e["n_steps"]),
+                      "yes" if e["outcome"]["success"] else "no",
                       f"{e['bytes'] / 1e6:.2f}")
     console.print(table)
     s = store.stats()

@@ -21,7 +21,8 @@ class EpisodeRecorder:
     """
 
     def __init__(self, spool: Spool, robot_id: str, task: str, chunk_steps: int = 16,
-                 episode_id: str | None = None) -> None:
+                 episode_id: str | None = None, source: str = "policy",
+                 task_id: str = "") -> None:
         if chunk_steps < 1:
             raise ValueError("chunk_steps must be at least 1")
         self.spool = spool
@@ -29,6 +30,8 @@ class EpisodeRecorder:
         self.task = task
         self.chunk_steps = chunk_steps
         self.episode_id = episode_id or new_episode_id(robot_id)
+        self.source = source
+        self.task_id = task_id
         self._buf: list[StepColumns] = []
         self._buffered = 0
         self._seq = 0
@@ -66,7 +69,7 @@ class EpisodeRecorder:
         self._buf = [rest] if rest is not None else []
         self._buffered -= n
         chunk = make_chunk(self.robot_id, self.episode_id, self._seq, self.task, head, final,
-                           first_step=self._steps)
+                           first_step=self._steps, source=self.source, task_id=self.task_id)
         self.spool.put(self.episode_id, self._seq, wire.encode(chunk))
         self._seq += 1
         self._steps += n

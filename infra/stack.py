@@ -1,6 +1,8 @@
-"""The local stack, the README's main job: an ingest process and a fleet of robot processes
-streaming over loopback ZeroMQ with CURVE keys made on first run, then a table of what the
-store holds. Every part runs as its own process (spawn), as it would across machines."""
+"""The local stack, the README's main job: an ingest process and a fleet of simulated robots
+(Meta-World, one process each, each with its own task and seed) streaming over loopback
+ZeroMQ with CURVE keys made on first run, then a table of what the store holds. Every part
+runs as its own process (spawn), as it would across machines. ``--robot synthetic`` swaps the
+simulator for synthetic frames (transport only)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
+from rich.table import Table
 
 from vlac.shared import keys
 from vlac.shared.config import check, describe, opt
@@ -23,9 +27,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class StackConfig:
     workdir: Path = opt(Path(".cache/stack"), "Folder for keys, spools and the store.")
+    robot: Literal["metaworld", "synthetic"] = opt("metaworld", "Simulated robots, or "
+                                                   "synthetic frames (transport only).")
     robots: int = opt(4, "Number of robot processes.")
+    tasks: list[str] = opt(["push-v3", "drawer-open-v3", "button-press-v3", "pick-place-v3"],
+                           "Meta-World tasks, assigned to robots in turn.")
+    policy_noise: float = opt(0.3, "Action noise of the robots' scripted policy.")
+    takeover_prob: float = opt(0.0, "Per-step chance that the simulated operator takes over.")
+    max_steps: int = opt(150, "Step limit of a Meta-World episode.")
     episodes_per_robot: int = opt(3, "Episodes each robot streams.")
-    steps_per_episode: int = opt(64, "Steps per episode.")
+    steps_per_episode: int = opt(64, "Steps per episode (synthetic robots only).")
     chunk_steps: int = opt(16, "Steps per chunk on the wire.")
     step_hz: float = opt(0.0, "Robot control rate (0: as fast as possible).")
     port: int = opt(0, "Ingest TCP port on 127.0.0.1 (0: pick a free one).")
@@ -36,6 +47,7 @@ class StackConfig:
         check(1 <= self.robots <= 256, "robots", "use 1 to 256 robots")
         check(self.episodes_per_robot >= 1, "episodes_per_robot", "must be >= 1")
         check(0 <= self.port < 65536, "port", "must be a TCP port number or 0")
+        check(len(self.tasks) > 0, "tasks", "name at least one Meta-World task")
 
 
 def free_port() -> int:
@@ -53,14 +65,22 @@ def _run_ingest(cfg) -> None:  # in a child process
 
 def _run_robot(cfg) -> None:  # in a child process
     logging.basicConfig(level=logging.WARNING)
-    from vlac.edge.synthetic import main
+    import warnings
+
+    warnings.filterwarnings("ignore")  # gymnasium's env checker nags about Meta-World spaces
+    if type(cfg).__name__ == "SimAgentConfig":
+        from vlac.edge.sim_agent import main
+    else:
+        from vlac.edge.synthetic import main
     main(cfg)
 
 
 def main(cfg: StackConfig) -> dict:
     from vlac.cloud.ingest import IngestConfig
     from vlac.cloud.store_cli import StoreLsConfig, ls_main
+    from vlac.edge.metaworld_robot import MetaWorldRobotConfig
     from vlac.edge.sender import SenderConfig
+    from vlac.edge.sim_agent import SimAgentConfig
     from vlac.edge.synthetic import SyntheticRobotConfig
 
     console = Console(width=120)
@@ -80,15 +100,25 @@ def main(cfg: StackConfig) -> dict:
     t0 = time.monotonic()
     try:
         for i, name in enumerate(names):
-            rcfg = SyntheticRobotConfig(
-                sender=SenderConfig(robot_id=name, ingest_address=address,
-                                    robot_secret_key=kdir / f"robots/{name}.key_secret",
-                                    server_public_key=kdir / "server/ingest.key",
-                                    spool_dir=cfg.workdir / "spool" / name),
-                episodes=cfg.episodes_per_robot, steps_per_episode=cfg.steps_per_episode,
-                chunk_steps=cfg.chunk_steps, seed=i, step_hz=cfg.step_hz, quiet=True,
-                task=["push the puck to the goal", "open the drawer",
-                      "press the button", "pick up the block and place it"][i % 4])
+            sender = SenderConfig(robot_id=name, ingest_address=address,
+                                  robot_secret_key=kdir / f"robots/{name}.key_secret",
+                                  server_public_key=kdir / "server/ingest.key",
+                                  spool_dir=cfg.workdir / "spool" / name)
+            if cfg.robot == "synthetic":
+                rcfg = SyntheticRobotConfig(
+                    sender=sender, episodes=cfg.episodes_per_robot,
+                    steps_per_episode=cfg.steps_per_episode, chunk_steps=cfg.chunk_steps,
+                    seed=i, step_hz=cfg.step_hz, quiet=True,
+                    task=["push the puck to the goal", "open the drawer",
+                          "press the button", "pick up the block and place it"][i % 4])
+            else:
+                task = cfg.tasks[i % len(cfg.tasks)]
+                rcfg = SimAgentConfig(
+                    sender=sender, robot=MetaWorldRobotConfig(task=task, seed=1000 + i,
+                                                              max_steps=cfg.max_steps),
+                    policy_noise=cfg.policy_noise, takeover_prob=cfg.takeover_prob,
+                    episodes=cfg.episodes_per_robot, chunk_steps=cfg.chunk_steps,
+                    step_hz=cfg.step_hz, quiet=True)
             p = ctx.Process(target=_run_robot, args=(rcfg,), name=name)
             p.start()
             robots.append(p)
@@ -109,7 +139,18 @@ def main(cfg: StackConfig) -> dict:
         ingest.join(10)
     seconds = time.monotonic() - t0
     eps = ls_main(StoreLsConfig(root=ingest_cfg.store_root), console)
-    steps = cfg.robots * cfg.episodes_per_robot * cfg.steps_per_episode
-    console.print(f"streamed {steps} steps from {cfg.robots} robots in {seconds:.1f}s "
-                  f"({steps / seconds:.0f} steps/s, including process start-up)")
-    return {"episodes": len(eps), "seconds": seconds, **dataclasses.asdict(cfg)}
+    steps = sum(e["n_steps"] for e in eps)
+    by_task: dict[str, list[bool]] = {}
+    for e in eps:
+        by_task.setdefault(e.get("task_id") or e["task"], []).append(e["outcome"]["success"])
+    table = Table(title="success by task")
+    for col in ("task", "episodes", "success"):
+        table.add_column(col)
+    for task, wins in sorted(by_task.items()):
+        table.add_row(task, str(len(wins)), f"{sum(wins) / len(wins):.0%}")
+    console.print(table)
+    console.print(f"{len(eps)} episodes, {steps} steps from {cfg.robots} robots in "
+                  f"{seconds:.1f}s ({steps / seconds:.0f} steps/s with rendering, including "
+                  "process start-up)")
+    return {"episodes": len(eps), "steps": steps, "seconds": seconds,
+            **dataclasses.asdict(cfg)}

@@ -71,6 +71,9 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
             kwargs[k] = from_dict(tp, v, f"{source}: {k}")
         else:
             kwargs[k] = _coerce(tp, v, k)
+        if typing.get_origin(tp) is typing.Literal and kwargs[k] not in typing.get_args(tp):
+            raise ConfigError(f"{source}: config field `{k}`: {kwargs[k]!r} is not one of "
+                              f"{list(typing.get_args(tp))}")
     try:
         return cls(**kwargs)
     except TypeError as e:

@@ -49,9 +49,11 @@ class StepColumns:
 
 
 def make_chunk(robot_id: str, episode_id: str, seq: int, task: str, steps: StepColumns,
-               final: Outcome | None = None, first_step: int = 0) -> EpisodeChunk:
+               final: Outcome | None = None, first_step: int = 0,
+               source: str = "policy", task_id: str = "") -> EpisodeChunk:
     return EpisodeChunk(robot_id=robot_id, episode_id=episode_id, seq=seq, task=task,
-                        first_step=first_step, steps=steps.to_wire(), final=final)
+                        first_step=first_step, steps=steps.to_wire(), final=final,
+                        source=source, task_id=task_id)
 
 
 def validate_chunk(chunk: EpisodeChunk, spec: RobotSpec) -> StepColumns:
@@ -120,15 +122,18 @@ def concat_steps(parts: list[StepColumns]) -> StepColumns:
     )
 
 
+def slice_steps(cols: StepColumns, start: int, stop: int | None = None) -> StepColumns:
+    """Steps [start, stop) as views (no copy)."""
+    sl = slice(start, stop)
+    return StepColumns(images={k: v[sl] for k, v in cols.images.items()},
+                       **{f: getattr(cols, f)[sl] for f in STEP_FIELDS})
+
+
 def split_steps(cols: StepColumns, n: int) -> tuple[StepColumns, StepColumns | None]:
-    def part(sl: slice) -> StepColumns:
-        return StepColumns(
-            images={k: v[sl] for k, v in cols.images.items()},
-            **{f: getattr(cols, f)[sl] for f in STEP_FIELDS},
-        )
+    """The first n steps, and the rest (None if nothing is left)."""
     if n >= len(cols):
         return cols, None
-    return part(slice(0, n)), part(slice(n, None))
+    return slice_steps(cols, 0, n), slice_steps(cols, n)
 
 
 def synthetic_steps(spec: RobotSpec, n: int, *, start_step: int = 0, seed: int = 0,

@@ -179,6 +179,12 @@ class EpisodeChunk(Message):
     steps: Steps
     first_step: NonNeg = 0
     """Index of this chunk's first step within the episode."""
+    task_id: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    """Machine name of the task where one exists (Meta-World's 'push-v3'), for per-task
+    reports; models only ever see ``task``, the sentence."""
+    source: Literal["policy", "demo", "import"] = "policy"
+    """Who made the episode: robots running a policy (with operator takeovers marked per
+    step), recorded demonstrations, or a dataset import."""
     final: Outcome | None = None
 
 

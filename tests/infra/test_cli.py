@@ -32,9 +32,12 @@ def test_bad_flag_values_name_the_field(tmp_path, capsys):
     assert main(["ingest", "serve", "--bind", "localhost:1"]) == 2
     assert "`bind`" in capsys.readouterr().err
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("robots: 2\nrobot: 3\n")
+    cfg.write_text("robots: 2\nrobts: 3\n")
     assert main(["stack", "--config", str(cfg)]) == 2
-    assert "unknown field(s) ['robot']" in capsys.readouterr().err
+    assert "unknown field(s) ['robts']" in capsys.readouterr().err
+    cfg.write_text("robot: ufo\n")
+    assert main(["stack", "--config", str(cfg)]) == 2
+    assert "`robot`: 'ufo' is not one of ['metaworld', 'synthetic']" in capsys.readouterr().err
 
 
 def test_store_ls_and_show(tmp_path, capsys):
@@ -72,8 +75,17 @@ def test_edge_commands_never_import_torch_or_cloud():
 
 @pytest.mark.timeout(240)
 def test_stack_main_job_smoke(tmp_path):
-    r = vlac("stack", "--workdir", str(tmp_path), "--robots", "2", "--episodes-per-robot", "2",
-             "--steps-per-episode", "20", "--chunk-steps", "8", timeout=200)
+    r = vlac("stack", "--workdir", str(tmp_path), "--robots", "2", "--episodes-per-robot", "1",
+             "--tasks", "reach-v3,button-press-v3", "--max-steps", "30", "--chunk-steps", "8",
+             timeout=200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    eps = EpisodeStore(tmp_path / "store").list_episodes()
+    assert sorted(e["task_id"] for e in eps) == ["button-press-v3", "reach-v3"]
+    assert "success by task" in r.stdout
+
+
+def test_stack_synthetic_smoke(tmp_path):
+    r = vlac("stack", "--robot", "synthetic", "--workdir", str(tmp_path), "--robots", "2",
+             "--episodes-per-robot", "2", "--steps-per-episode", "20", "--chunk-steps", "8")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "4 episodes, 80 steps, 2 robots" in r.stdout
-    assert len(EpisodeStore(tmp_path / "store").list_episodes()) == 4

@@ -1,0 +1,103 @@
+"""A simulated robot on the edge: a Meta-World robot run by the agent loop, streaming its
+episodes through the spool and sender. One process per robot; the local fleet starts several.
+
+Until the learned actor ships, the policy is Meta-World's scripted expert with action noise
+(``policy: scripted``) or uniform random tokens (``policy: random``). ``takeover_prob`` makes
+the simulated operator take over now and then (human-guided exploration; those steps are
+marked as interventions). SIGINT/SIGTERM finish the current step, end the episode, flush the
+spool and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vlac.edge.agent import run_episode
+from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
+from vlac.edge.operator import ScriptedExpert
+from vlac.edge.policy import Policy, RandomPolicy, ScriptedPolicy
+from vlac.edge.recorder import EpisodeRecorder
+from vlac.edge.sender import Sender, SenderConfig
+from vlac.shared.config import check, describe, opt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimAgentConfig:
+    sender: SenderConfig = field(default_factory=SenderConfig,
+                                 metadata={"help": "Connection and spool settings."})
+    robot: MetaWorldRobotConfig = field(default_factory=MetaWorldRobotConfig,
+                                        metadata={"help": "The simulated robot."})
+    policy: Literal["scripted", "random"] = opt("scripted", "Policy to run until the actor "
+                                                "exists: noisy scripted expert or random.")
+    policy_noise: float = opt(0.3, "Action noise of the scripted policy.")
+    takeover_prob: float = opt(0.0, "Per-step chance that the simulated operator takes over.")
+    takeover_steps: int = opt(20, "Steps an operator takeover lasts.")
+    episodes: int = opt(3, "Episodes to run, then flush the spool and exit (0: only flush).")
+    chunk_steps: int = opt(16, "Steps per chunk on the wire.")
+    step_hz: float = opt(0.0, "Control rate (0: as fast as the simulator goes).")
+    drain_timeout_s: float = opt(120.0, "How long to wait for the last acknowledgements.")
+    quiet: bool = opt(False, "Do not print the config and the summary.")
+
+    def __post_init__(self) -> None:
+        check(self.episodes >= 0, "episodes", "must be >= 0")
+        check(self.chunk_steps >= 1, "chunk_steps", "must be >= 1")
+        check(0 <= self.takeover_prob <= 1, "takeover_prob", "must be in [0, 1]")
+        check(self.policy_noise >= 0, "policy_noise", "must be >= 0")
+
+
+def make_policy(cfg: SimAgentConfig, spec) -> Policy:
+    if cfg.policy == "random":
+        return RandomPolicy(spec, seed=cfg.robot.seed)
+    return ScriptedPolicy(cfg.robot.task, spec, noise=cfg.policy_noise, seed=cfg.robot.seed)
+
+
+def main(cfg: SimAgentConfig) -> dict:
+    if not cfg.quiet:
+        print(describe(cfg), flush=True)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    spool = cfg.sender.make_spool()
+    results = []
+    t0 = time.monotonic()
+    with MetaWorldRobot(cfg.robot) as robot, \
+            Sender(cfg.sender, spool, robot.spec) as sender:
+        policy = make_policy(cfg, robot.spec)
+        operator = None
+        if cfg.takeover_prob > 0:
+            operator = ScriptedExpert(cfg.robot.task, takeover_prob=cfg.takeover_prob,
+                                      takeover_steps=cfg.takeover_steps, seed=cfg.robot.seed)
+        for _ in range(cfg.episodes):
+            if stop.is_set():
+                break
+
+            def sink(task: str) -> EpisodeRecorder:
+                return EpisodeRecorder(spool, cfg.sender.robot_id, task, cfg.chunk_steps,
+                                       task_id=cfg.robot.task)
+
+            res = run_episode(robot, policy, sink, operator=operator, step_hz=cfg.step_hz,
+                              stop=stop.is_set)
+            results.append(res)
+            sender.raise_if_failed()
+        drained = sender.wait_drained(cfg.drain_timeout_s)
+    summary = {"robot_id": cfg.sender.robot_id, "task": cfg.robot.task,
+               "episodes": len(results), "successes": sum(r.success for r in results),
+               "steps": sum(r.steps for r in results),
+               "interventions": sum(r.interventions for r in results),
+               "seconds": time.monotonic() - t0, "drained": drained,
+               "spool_left": spool.depth}
+    if not cfg.quiet:
+        print(f"robot {cfg.sender.robot_id}: {summary}", flush=True)
+    if not drained:
+        raise TimeoutError(f"{spool.depth} chunks still unacknowledged after "
+                           f"{cfg.drain_timeout_s}s; they stay in {spool.root} and are sent "
+                           "on the next start")
+    return summary
