@@ -148,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"vlac: bad config: {e}", file=sys.stderr)
         return 2
+    except (ValueError, KeyError, OSError, RuntimeError, TimeoutError) as e:
+        # Errors that say what went wrong and how to fix it; -v shows the traceback too.
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        print(f"vlac: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
