@@ -40,6 +40,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                          "Import a LeRobotDataset v3.0 folder into the store."),
     ("edge", "sim"): ("vlac.edge.sim_agent", "SimAgentConfig", "main",
                       "Run a simulated Meta-World robot that streams to ingest."),
+    ("critic", "train"): ("vlac.cloud.critic_train", "CriticTrainConfig", "main",
+                          "Train the small VLAC critic on stored demonstrations."),
+    ("critic", "eval"): ("vlac.cloud.critic_eval", "CriticEvalConfig", "main",
+                         "VOC, negatives and done precision/recall on held-out episodes."),
+    ("critic", "serve"): ("vlac.cloud.reward_service", "RewardServiceConfig", "main",
+                          "Serve episode rewards over ZeroMQ for the learner."),
     ("stack",): ("vlac.infra.stack", "StackConfig", "main",
                  "The main job: ingest + a fleet of robot processes on loopback."),
 }

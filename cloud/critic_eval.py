@@ -1,0 +1,237 @@
+"""`vlac critic eval`: the paper's metric and the negatives, on held-out data.
+
+- VOC (value-order correlation): along an episode, progress is accumulated from the critic's
+  deltas between consecutive frames; VOC is the Spearman correlation of that progress with
+  time. Reported per task on held-out successful episodes of the training tasks ("seen") and
+  on every successful episode of tasks left out of training ("unseen"), each with and
+  without the one-shot reference (frames of one other demonstration of the same task).
+- Negatives, judged on the emitted progress token (what the critic "says"):
+  static pairs (a frame with itself) must say <= 0; reversed pairs (later frame first, at
+  least 4 steps apart) must say < 0; mismatched sentences (a forward pair with another task's
+  sentence) must say <= +0.02 and not done.
+- Done precision/recall: pairs (first frame, frame t) of held-out successful episodes, done
+  for t in the last 2 steps, and the last frames of failed episodes (never done).
+Writes a table, ``eval.json`` and plots (progress along a successful and a failed episode).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from scipy.stats import spearmanr
+
+from vlac.cloud.critic import SmallVLACCritic, accumulated_progress, write_json
+from vlac.cloud.critic_data import EpisodeFeatures, load_episodes, split_holdout
+from vlac.cloud.critic_train import TRAIN_TASKS, UNSEEN_TASKS
+from vlac.cloud.encoders import FeatureCache
+from vlac.cloud.store import EpisodeStore
+from vlac.cloud.vlac_model import PROGRESS_BINS
+from vlac.shared import tasks as task_text
+from vlac.shared.config import check, opt
+
+ZERO_TOKEN = (PROGRESS_BINS - 1) // 2
+
+
+@dataclass
+class CriticEvalConfig:
+    store_root: Path = opt(Path(".cache/store"), "Episode store with demonstrations.")
+    critic: Path = opt(Path(".cache/critic/critic.pt"), "Critic checkpoint to evaluate.")
+    out: Path = opt(Path(".cache/critic/eval"), "Folder for eval.json and plots.")
+    features: Path = opt(Path(".cache/critic/features"), "Image feature cache.")
+    seen_tasks: list[str] = opt(TRAIN_TASKS, "Training tasks (held-out episodes are used).")
+    unseen_tasks: list[str] = opt(UNSEEN_TASKS, "Tasks the critic never trained on.")
+    holdout: int = opt(2, "Held-out episodes per training task (as in training).")
+    camera: str = opt("corner", "Camera the critic sees.")
+    seed: int = opt(0, "Seed for choosing references and mismatched sentences.")
+
+    def __post_init__(self) -> None:
+        self.store_root, self.critic = Path(self.store_root), Path(self.critic)
+        self.out, self.features = Path(self.out), Path(self.features)
+        check(self.critic.exists(), "critic", f"{self.critic} does not exist; train one with "
+              "`vlac critic train`")
+
+
+def _critique(critic: SmallVLACCritic, sentence: str, fa: np.ndarray, fb: np.ndarray,
+              ref=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    text = np.repeat(critic.text_encoder.encode([sentence]), len(fa), 0)
+    out_d, out_p, toks = [], [], []
+    model = critic.model
+    for s in range(0, len(fa), critic.batch_size):
+        sl = slice(s, s + critic.batch_size)
+        n = len(fa[sl])
+        kw = {}
+        if ref is not None:
+            kw = {"ref": torch.from_numpy(np.repeat(ref[0][None], n, 0)),
+                  "ref_pos": torch.from_numpy(np.repeat(ref[1][None], n, 0)),
+                  "ref_mask": torch.ones(n, len(ref[1]), dtype=torch.bool)}
+        o = model.critique(torch.from_numpy(text[sl]), torch.from_numpy(fa[sl]),
+                           torch.from_numpy(fb[sl]), **kw)
+        out_d.append(o.delta.numpy())
+        out_p.append(o.done_prob.numpy())
+        toks.append(o.progress_token.numpy())
+    return np.concatenate(out_d), np.concatenate(out_p), np.concatenate(toks)
+
+
+def episode_voc(critic, ep: EpisodeFeatures, sentence: str, ref=None) -> tuple[float, np.ndarray,
+                                                                                np.ndarray]:
+    d, p, _ = _critique(critic, sentence, ep.feats[:-1], ep.feats[1:], ref)
+    prog = accumulated_progress(d)
+    voc = float(spearmanr(prog, np.arange(len(prog))).statistic)
+    return (0.0 if np.isnan(voc) else voc), prog, np.concatenate([[p[0]], p])
+
+
+def negatives(critic, ep: EpisodeFeatures, sentence: str, other: str,
+              rng: random.Random) -> dict[str, list[bool]]:
+    t = len(ep)
+    _, _, tok = _critique(critic, sentence, ep.feats, ep.feats)
+    static = list(tok <= ZERO_TOKEN)
+    pairs = [(i, j) for i in range(t) for j in range(t) if j >= i + 4]
+    pairs = rng.sample(pairs, min(40, len(pairs))) if pairs else []
+    if pairs:
+        ia, ib = np.array(pairs).T
+        _, _, tok = _critique(critic, sentence, ep.feats[ib], ep.feats[ia])
+        reversed_ok = list(tok < ZERO_TOKEN)
+        _, done, tok = _critique(critic, other, ep.feats[ia], ep.feats[ib])
+        mismatched = list((tok <= ZERO_TOKEN + 2) & (done < 0.5))
+    else:
+        reversed_ok, mismatched = [], []
+    return {"static": static, "reversed": reversed_ok, "mismatched": mismatched}
+
+
+def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
+    console = console or Console(width=110)
+    rng = random.Random(cfg.seed)
+    critic = SmallVLACCritic.load(cfg.critic)
+    store = EpisodeStore(cfg.store_root)
+    cache = FeatureCache(cfg.features)
+    seen_all = load_episodes(store, cache, cfg.seen_tasks, cfg.camera)
+    train_eps, held = split_holdout(seen_all, cfg.holdout)
+    unseen = load_episodes(store, cache, cfg.unseen_tasks, cfg.camera)
+    if not held:
+        raise ValueError("no held-out episodes of the training tasks; collect more demos or "
+                         "set --holdout")
+    groups = {"seen": held, "unseen": [e for e in unseen if e.success]}
+    refs_pool = {"seen": train_eps, "unseen": [e for e in unseen if e.success]}
+    results: dict = {"voc": {}, "negatives": {}, "done": {}}
+    neg: dict[str, list[bool]] = {"static": [], "reversed": [], "mismatched": []}
+    curves = {}
+    for group, eps in groups.items():
+        per_task: dict[str, dict[str, list[float]]] = {}
+        for ep in eps:
+            sentence = ep.sentence
+            pool = [e for e in refs_pool[group] if e.task_id == ep.task_id and e is not ep
+                    and e.success]
+            ref = rng.choice(pool).reference() if pool else None
+            voc, prog, done = episode_voc(critic, ep, sentence)
+            row = per_task.setdefault(ep.task_id, {"voc": [], "voc_ref": []})
+            row["voc"].append(voc)
+            if ref is not None:
+                row["voc_ref"].append(episode_voc(critic, ep, sentence, ref)[0])
+            curves.setdefault(f"{group}-success", (ep, prog, done))
+            others = [t for t in cfg.seen_tasks + cfg.unseen_tasks if t != ep.task_id]
+            n = negatives(critic, ep, sentence, task_text.instruction(rng.choice(others), rng),
+                          rng)
+            for k in neg:
+                neg[k] += n[k]
+        results["voc"][group] = {
+            t: {"voc": float(np.mean(v["voc"])),
+                "voc_ref": float(np.mean(v["voc_ref"])) if v["voc_ref"] else None,
+                "episodes": len(v["voc"])} for t, v in sorted(per_task.items())}
+    # done precision / recall
+    tp = fp = fn = tn = 0
+    for ep in held:
+        t = len(ep)
+        _, p, _ = _critique(critic, ep.sentence, np.repeat(ep.feats[:1], t, 0), ep.feats)
+        truth = np.arange(t) >= t - 2
+        pred = p > 0.5
+        tp += int((pred & truth).sum())
+        fp += int((pred & ~truth).sum())
+        fn += int((~pred & truth).sum())
+        tn += int((~pred & ~truth).sum())
+    failed = [e for e in seen_all + unseen if not e.success]
+    for ep in failed:
+        _, p, _ = _critique(critic, ep.sentence, ep.feats[:1], ep.feats[-1:])
+        fp += int(p[0] > 0.5)
+        tn += int(p[0] <= 0.5)
+    if failed:
+        ep = failed[0]
+        voc, prog, done = episode_voc(critic, ep, ep.sentence)
+        curves["failed"] = (ep, prog, done)
+    results["done"] = {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
+                       "failed_final_frames": len(failed)}
+    results["negatives"] = {k: float(np.mean(v)) if v else None for k, v in neg.items()}
+    results["negatives"]["count"] = {k: len(v) for k, v in neg.items()}
+    sr = neg["static"] + neg["reversed"]
+    summary = {
+        "voc_seen": _mean_voc(results["voc"]["seen"], "voc"),
+        "voc_seen_ref": _mean_voc(results["voc"]["seen"], "voc_ref"),
+        "voc_unseen": _mean_voc(results["voc"].get("unseen", {}), "voc"),
+        "voc_unseen_ref": _mean_voc(results["voc"].get("unseen", {}), "voc_ref"),
+        "negatives_ok": float(np.mean(sr)) if sr else 0.0,
+        "mismatched_ok": results["negatives"]["mismatched"],
+        "done_precision": results["done"]["precision"],
+        "done_recall": results["done"]["recall"],
+    }
+    results["summary"] = summary
+    _print(console, results)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    write_json(cfg.out / "eval.json", results)
+    _plot(curves, cfg.out / "progress_curves.png")
+    console.print(f"plots and eval.json in {cfg.out}")
+    return results
+
+
+def _mean_voc(rows: dict, key: str) -> float | None:
+    vals = [r[key] for r in rows.values() if r[key] is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _print(console: Console, r: dict) -> None:
+    table = Table(title="critic: value-order correlation per task")
+    for col in ("split", "task", "episodes", "VOC", "VOC with reference"):
+        table.add_column(col)
+    for group, rows in r["voc"].items():
+        for task, v in rows.items():
+            table.add_row(group, task, str(v["episodes"]), _fmt(v["voc"]), _fmt(v["voc_ref"]))
+    console.print(table)
+    s = r["summary"]
+    t2 = Table(title="critic: summary")
+    t2.add_column("metric")
+    t2.add_column("value")
+    for k, v in s.items():
+        t2.add_row(k, _fmt(v))
+    for k in ("static", "reversed", "mismatched"):
+        t2.add_row(f"{k} pairs ok", f"{_fmt(r['negatives'][k])} "
+                   f"(n={r['negatives']['count'][k]})")
+    console.print(t2)
+
+
+def _plot(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.3), squeeze=False)
+    for ax, (name, (ep, prog, done)) in zip(axes[0], curves.items(), strict=True):
+        t = np.arange(len(prog))
+        ax.plot(t, prog, label="accumulated progress")
+        if ep.success:
+            ax.plot(t, t / max(1, len(t) - 1), "--", color="gray", label="time (ideal)")
+        ax.plot(t, done, ":", label="done prob")
+        ax.set_title(f"{name}: {ep.task_id}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,140 @@
+"""`vlac critic train`: the small VLAC critic on pairs from stored demonstrations.
+
+Runs on the DeepSpeed engine wrapper the learner shares (``vlac.cloud.engine``), checkpoints
+every ``checkpoint_every`` steps and resumes from the latest checkpoint in ``out``, shows
+progress, and writes ``out/critic.pt`` (what ``vlac critic eval`` and the reward service
+load), ``out/train_log.json`` and ``out/train_loss.png``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vlac.cloud import engine as eng
+from vlac.cloud.critic import SmallVLACCritic, write_json
+from vlac.cloud.critic_data import PairSampler, load_episodes, split_holdout
+from vlac.cloud.encoders import FeatureCache, TextEncoder
+from vlac.cloud.store import EpisodeStore
+from vlac.cloud.vlac_model import SmallVLAC, VLACConfig, cosine_lr, critic_loss, param_count
+from vlac.shared.config import check, describe, opt
+
+TRAIN_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "drawer-close-v3",
+               "button-press-v3", "door-open-v3", "window-open-v3", "faucet-open-v3",
+               "plate-slide-v3"]
+UNSEEN_TASKS = ["button-press-topdown-v3", "window-close-v3", "coffee-button-v3",
+                "handle-press-v3"]
+
+
+@dataclass
+class CriticTrainConfig:
+    store_root: Path = opt(Path(".cache/store"), "Episode store with demonstrations.")
+    out: Path = opt(Path(".cache/critic"), "Output folder: checkpoints, critic.pt, logs.")
+    features: Path = opt(Path(".cache/critic/features"), "Image feature cache (shared with "
+                         "`vlac critic eval`).")
+    tasks: list[str] = opt(TRAIN_TASKS, "Tasks (task ids) to train on.")
+    holdout: int = opt(2, "Successful episodes per task held out for evaluation.")
+    steps: int = opt(3000, "Optimizer steps.")
+    batch_size: int = opt(64, "Pairs per step.")
+    lr: float = opt(1e-3, "Peak learning rate (cosine schedule, warm-up 100 steps).")
+    zero_stage: int = opt(0, "DeepSpeed ZeRO stage (0-3).")
+    d_model: int = opt(128, "Width of the fusion transformer.")
+    layers: int = opt(3, "Layers of the fusion transformer.")
+    checkpoint_every: int = opt(500, "Steps between checkpoints (resume points).")
+    camera: str = opt("corner", "Camera whose frames the critic sees.")
+    seed: int = opt(0, "Seed of initialisation and pair sampling.")
+    threads: int = opt(0, "torch threads (0: torch's default).")
+
+    def __post_init__(self) -> None:
+        self.store_root, self.out = Path(self.store_root), Path(self.out)
+        self.features = Path(self.features)
+        check(self.steps >= 1, "steps", "must be >= 1")
+        check(self.batch_size >= 2, "batch_size", "must be >= 2")
+        check(0 <= self.zero_stage <= 3, "zero_stage", "use 0, 1, 2 or 3")
+        check(self.holdout >= 0, "holdout", "must be >= 0")
+        check(len(self.tasks) >= 1, "tasks", "name at least one task id")
+
+
+def main(cfg: CriticTrainConfig) -> dict:
+    print(describe(cfg), flush=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    store = EpisodeStore(cfg.store_root)
+    cache = FeatureCache(cfg.features)
+    episodes = load_episodes(store, cache, cfg.tasks, cfg.camera,
+                             progress=lambda x: tqdm(x, desc="image features", unit="ep"))
+    found = {e.task_id for e in episodes}
+    missing = sorted(set(cfg.tasks) - found)
+    if missing:
+        raise ValueError(f"no episodes for tasks {missing} in {cfg.store_root}; collect them "
+                         f"with `vlac demos collect --tasks {','.join(missing)}`")
+    train_eps, held = split_holdout(episodes, cfg.holdout)
+    sampler = PairSampler(train_eps, TextEncoder(), seed=cfg.seed)
+    model = SmallVLAC(VLACConfig(d_model=cfg.d_model, layers=cfg.layers))
+    engine = eng.make_engine(model, lr=cfg.lr, zero_stage=cfg.zero_stage,
+                             micro_batch=cfg.batch_size)
+    ckpt_dir = cfg.out / "checkpoints"
+    client = eng.load(engine, ckpt_dir)
+    start = int(client["step"]) if client else 0
+    log = client.get("log", []) if client else []
+    print(f"{len(train_eps)} training episodes ({sum(map(len, train_eps))} frames), "
+          f"{len(held)} held out; model {param_count(model) / 1e6:.2f} M trainable params; "
+          f"{'resuming at step ' + str(start) if start else 'starting fresh'}", flush=True)
+    sampler.rng.seed(cfg.seed * 1_000_003 + start)  # a resumed run does not replay batches
+    t0 = time.monotonic()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="critic",
+               mininterval=5)
+    stats: dict[str, float] = {}
+    engine.train()
+    for step in bar:
+        eng.set_lr(engine, cosine_lr(step, cfg.steps, cfg.lr))
+        batch = sampler.sample(cfg.batch_size)
+        loss, stats = critic_loss(engine, batch, bin_values=engine.module.bin_values)
+        engine.backward(loss)
+        engine.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log.append({"step": step, **stats})
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", mae=f"{stats['delta_mae']:.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
+            eng.save(engine, ckpt_dir, step + 1, {"log": log})
+    critic = SmallVLACCritic(engine.module.eval())
+    critic.save(cfg.out / "critic.pt")
+    summary = {"steps": cfg.steps, "seconds": time.monotonic() - t0, "final": stats,
+               "train_episodes": len(train_eps), "held_out": [e.episode_id for e in held],
+               "tasks": cfg.tasks, "log": log}
+    write_json(cfg.out / "train_log.json", summary)
+    _plot(log, cfg.out / "train_loss.png")
+    print(f"critic saved to {cfg.out / 'critic.pt'}", flush=True)
+    return summary
+
+
+def _plot(log: list[dict], path: Path) -> None:
+    if not log:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    steps = [r["step"] for r in log]
+    ax[0].plot(steps, [r["progress_loss"] for r in log], label="progress")
+    ax[0].plot(steps, [r["done_loss"] for r in log], label="done")
+    ax[0].set_xlabel("step")
+    ax[0].set_title("loss")
+    ax[0].legend()
+    ax[1].plot(steps, [r["delta_mae"] for r in log])
+    ax[1].set_xlabel("step")
+    ax[1].set_title("|delta error| on training pairs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

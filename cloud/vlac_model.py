@@ -1,0 +1,206 @@
+"""The small VLAC: a transformer over frozen image and text features that emits tokens.
+
+Critic prompt (the paper's pairwise progress + done):
+
+    [CRITIC] [text] [ref_1 .. ref_K]? [A_0 .. A_4] [B_0 .. B_4] [Q] [p]
+                                                                  |    |
+                                                   progress token <-   -> done token
+
+Image tokens (a global token and a 2x2 grid pooled from EfficientNet's 4x4 feature map) carry
+a learned position and a segment embedding (A = earlier observation, B = later one). ``ref``
+tokens are optional in-context frames from one demonstration of the task (one pooled token
+per frame, plus an embedding of where in the demonstration it was taken): the one-shot
+reference. Decoding is autoregressive over two output tokens, with a
+causal mask on the output segment: the hidden state at ``Q`` predicts the progress token; the
+embedding of that token ``p`` predicts the done token.
+
+Progress tokens: the delta in [-1, 1] is quantised to ``PROGRESS_BINS`` = 201 tokens (0.01
+apart; token k means -1 + 2k/200). Training targets are soft (a Gaussian over neighbouring
+bins, so near misses cost little); the decoded delta is the expectation of the token
+distribution (smooth, used as the reward) and the emitted token is its argmax. Done tokens
+are {not done, done}; ``done_prob`` is the probability of "done".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlac.cloud.encoders import GRID, IMAGE_DIM, TEXT_DIM
+
+PROGRESS_BINS = 201
+
+
+def delta_to_token(delta: torch.Tensor) -> torch.Tensor:
+    return torch.round((delta.clamp(-1, 1) + 1) / 2 * (PROGRESS_BINS - 1)).long()
+
+
+def token_to_delta(token: torch.Tensor) -> torch.Tensor:
+    return token.float() / (PROGRESS_BINS - 1) * 2 - 1
+
+
+@dataclass
+class VLACConfig:
+    d_model: int = 128
+    layers: int = 3
+    heads: int = 4
+    ff: int = 384
+    dropout: float = 0.1
+    image_grid: int = 2
+    """Image tokens per side inside the model (the cached 4x4 grid is pooled to this), plus
+    one global token per image: 5 tokens per image by default. Fewer tokens is what makes
+    training on a 2-core CPU practical."""
+
+
+@dataclass
+class CriticOutput:
+    delta: torch.Tensor
+    """(B,) expected progress delta in [-1, 1]."""
+    done_prob: torch.Tensor
+    """(B,) probability that the task is done at the later observation."""
+    progress_token: torch.Tensor
+    """(B,) argmax progress token."""
+    progress_logits: torch.Tensor
+    done_logits: torch.Tensor
+
+
+class SmallVLAC(nn.Module):
+    def __init__(self, cfg: VLACConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or VLACConfig()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.img_in = nn.Sequential(nn.LayerNorm(IMAGE_DIM), nn.Linear(IMAGE_DIM, d))
+        self.text_in = nn.Linear(TEXT_DIM, d)
+        self.ref_in = nn.Sequential(nn.LayerNorm(IMAGE_DIM), nn.Linear(IMAGE_DIM, d))
+        self.ref_pos = nn.Linear(1, d)
+        self.n_img = cfg.image_grid ** 2 + 1
+        self.grid_pos = nn.Parameter(torch.randn(self.n_img, d) * 0.02)
+        # segments: 0 prompt, 1 text, 2 obs A, 3 obs B, 4 reference, 5 outputs
+        self.segment = nn.Embedding(6, d)
+        self.prompt = nn.Embedding(2, d)  # 0 critic, 1 actor (the actor issue uses it)
+        self.query = nn.Parameter(torch.randn(d) * 0.02)
+        self.progress_emb = nn.Embedding(PROGRESS_BINS, d)
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ff, cfg.dropout, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.trunk = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.progress_head = nn.Linear(d, PROGRESS_BINS)
+        self.done_head = nn.Linear(d, 2)
+        bins = token_to_delta(torch.arange(PROGRESS_BINS))
+        self.register_buffer("bin_values", bins, persistent=False)
+
+    # ------------------------------------------------------------------ prefix
+    def _prefix(self, text: torch.Tensor, feat_a: torch.Tensor, feat_b: torch.Tensor,
+                ref: torch.Tensor | None, ref_pos: torch.Tensor | None,
+                ref_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        b = text.shape[0]
+        seg = self.segment.weight
+        parts = [self.prompt.weight[0].expand(b, 1, -1) + seg[0],
+                 self.text_in(text).unsqueeze(1) + seg[1],
+                 self.img_in(self.image_tokens(feat_a)) + self.grid_pos + seg[2],
+                 self.img_in(self.image_tokens(feat_b)) + self.grid_pos + seg[3]]
+        dev = text.device
+        pad = [torch.zeros(b, 2, dtype=torch.bool, device=dev),
+               torch.zeros(b, 2 * self.n_img, dtype=torch.bool, device=dev)]
+        if ref is not None:  # in-context frames go between the sentence and the images
+            r = self.ref_in(ref.float()) + self.ref_pos(ref_pos.unsqueeze(-1).float()) + seg[4]
+            parts.insert(2, r)
+            pad.insert(1, ~ref_mask.bool() if ref_mask is not None
+                       else torch.zeros(r.shape[:2], dtype=torch.bool, device=dev))
+        return torch.cat(parts, 1), torch.cat(pad, 1)
+
+    def image_tokens(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, 16, 1280) cached grid -> (B, 1 + g*g, 1280): a global token and a g x g grid."""
+        x = feats.float()
+        b = x.shape[0]
+        grid = x.transpose(1, 2).reshape(b, IMAGE_DIM, GRID, GRID)
+        pooled = F.adaptive_avg_pool2d(grid, self.cfg.image_grid).flatten(2).transpose(1, 2)
+        return torch.cat([x.mean(1, keepdim=True), pooled], 1)
+
+    def _run(self, prefix: torch.Tensor, pad: torch.Tensor,
+             progress_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, _ = prefix.shape
+        seg = self.segment.weight[5]
+        out = torch.stack([self.query.expand(b, -1) + seg,
+                           self.progress_emb(progress_token) + seg], 1)
+        x = torch.cat([prefix, out], 1)
+        total = n + 2
+        mask = torch.zeros(total, total, dtype=torch.bool, device=x.device)
+        mask[:n, n:] = True  # the prompt never sees the outputs
+        mask[n, n + 1] = True  # the query does not see the progress token it predicts
+        pad = torch.cat([pad, torch.zeros(b, 2, dtype=torch.bool, device=x.device)], 1)
+        h = self.norm(self.trunk(x, mask=mask, src_key_padding_mask=pad))
+        return self.progress_head(h[:, n]), self.done_head(h[:, n + 1])
+
+    # ------------------------------------------------------------------ API
+    def forward(self, text: torch.Tensor, feat_a: torch.Tensor, feat_b: torch.Tensor,
+                progress_token: torch.Tensor, ref: torch.Tensor | None = None,
+                ref_pos: torch.Tensor | None = None,
+                ref_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits: (progress (B, 201), done (B, 2))."""
+        prefix, pad = self._prefix(text, feat_a, feat_b, ref, ref_pos, ref_mask)
+        return self._run(prefix, pad, progress_token)
+
+    @torch.no_grad()
+    def critique(self, text: torch.Tensor, feat_a: torch.Tensor, feat_b: torch.Tensor,
+                 ref: torch.Tensor | None = None, ref_pos: torch.Tensor | None = None,
+                 ref_mask: torch.Tensor | None = None) -> CriticOutput:
+        """Decode: the progress token first, then the done token given it."""
+        prefix, pad = self._prefix(text, feat_a, feat_b, ref, ref_pos, ref_mask)
+        placeholder = torch.zeros(text.shape[0], dtype=torch.long, device=text.device)
+        p_logits, _ = self._run(prefix, pad, placeholder)
+        token = p_logits.argmax(-1)
+        _, d_logits = self._run(prefix, pad, token)
+        probs = p_logits.softmax(-1)
+        return CriticOutput(delta=probs @ self.bin_values, done_prob=d_logits.softmax(-1)[:, 1],
+                            progress_token=token, progress_logits=p_logits,
+                            done_logits=d_logits)
+
+
+def soft_progress_targets(delta: torch.Tensor, sigma_bins: float = 1.5) -> torch.Tensor:
+    """(B,) deltas -> (B, 201) Gaussian soft labels around the target bin."""
+    centre = (delta.clamp(-1, 1) + 1) / 2 * (PROGRESS_BINS - 1)
+    k = torch.arange(PROGRESS_BINS, device=delta.device).float()
+    w = torch.exp(-0.5 * ((k[None] - centre[:, None]) / sigma_bins) ** 2)
+    return w / w.sum(-1, keepdim=True)
+
+
+def critic_loss(model, batch: dict[str, torch.Tensor], bin_values: torch.Tensor | None = None,
+                done_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy on the progress token (soft targets, masked where progress is unknown)
+    and on the done token (teacher forcing on the target progress token). ``model`` is the
+    SmallVLAC or a DeepSpeed engine wrapping it (whose forward hooks must run)."""
+    if bin_values is None:
+        bin_values = model.bin_values
+    target_tok = delta_to_token(batch["delta"])
+    p_logits, d_logits = model(batch["text"], batch["feat_a"], batch["feat_b"], target_tok,
+                               batch.get("ref"), batch.get("ref_pos"), batch.get("ref_mask"))
+    logp = F.log_softmax(p_logits, -1)
+    p_loss_each = -(soft_progress_targets(batch["delta"]) * logp).sum(-1)
+    m = batch["progress_mask"].float()
+    p_loss = (p_loss_each * m).sum() / m.sum().clamp(min=1)
+    d_loss = F.cross_entropy(d_logits, batch["done"].long())
+    loss = p_loss + done_weight * d_loss
+    with torch.no_grad():
+        pred = logp.exp() @ bin_values
+        mae = ((pred - batch["delta"]).abs() * m).sum() / m.sum().clamp(min=1)
+        done_acc = (d_logits.argmax(-1) == batch["done"].long()).float().mean()
+    return loss, {"loss": loss.item(), "progress_loss": p_loss.item(),
+                  "done_loss": d_loss.item(), "delta_mae": mae.item(),
+                  "done_acc": done_acc.item()}
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
