@@ -180,8 +180,8 @@ class RewardClient:
                 raise TimeoutError(f"no answer from the reward service at {self.address} "
                                    f"within {self.timeout_s}s; is `vlac critic serve` running?")
             rep = _rep_dec.decode(self._sock.recv())
-            if rep.request_id not in (rid, -1):
-                continue  # a late answer to an earlier, timed-out request
+            if rep.request_id != rid:
+                continue  # a late answer to an earlier request, or to garbage we never sent
             if isinstance(rep, RewardError):
                 raise ValueError(f"reward service refused the request: {rep.message}")
             return rep.delta.to_numpy().copy(), rep.done_prob.to_numpy().copy()
