@@ -4,7 +4,8 @@ Progress normalisation: in a successful episode of T recorded steps, the observa
 has progress t / (T - 1) (the linear-in-time assumption of the paper, on expert or
 near-expert demonstrations). A pair (o_i, o_j) is labelled with the difference
 (j - i) / (T - 1) in [-1, 1]: positive forward in time, negative for reversed pairs, 0 for the
-same frame. Done is 1 when o_j is within the last ``done_tail`` steps of a successful episode.
+same frame. Done is 1 when o_j is within the last 5% of a successful episode (at least 2
+steps; ``done_from``).
 
 Negatives the paper insists on, each a share of every batch:
 - static: the same frame twice -> delta 0, not done (unless at the end);
@@ -17,6 +18,7 @@ Sentences are drawn from all paraphrases of the task each time, so language is n
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -82,14 +84,21 @@ def split_holdout(episodes: list[EpisodeFeatures], holdout: int
 @dataclass
 class PairMix:
     static: float = 0.1
-    mismatched: float = 0.15
+    mismatched: float = 0.25
     failed: float = 0.15
     near: float = 0.3
     """Share of ordinary pairs at most 3 steps apart (the reward uses short strides)."""
     end: float = 0.1
     """Share of ordinary pairs whose later frame is the last one (done examples)."""
     with_reference: float = 0.5
-    done_tail: int = 2
+    done_tail: float = 0.05
+    """Done is labelled on the last max(2, ceil(done_tail * T)) steps of a successful
+    episode: the frames just before Meta-World's success check look the same as after."""
+
+
+def done_from(t: int, tail: float = 0.05) -> int:
+    """First step index labelled done in a successful episode of t steps."""
+    return t - max(2, math.ceil(tail * t))
 
 
 class PairSampler:
@@ -151,7 +160,7 @@ class PairSampler:
                 else:
                     i, j = self.rng.randrange(t), self.rng.randrange(t)
             delta = (j - i) / (t - 1)
-            done = int(j >= t - m.done_tail)
+            done = int(j >= done_from(t, m.done_tail))
             rows.append((ep, i, j, self._sentence(ep.task_id), delta, done, 1))
         return self._collate(rows)
 

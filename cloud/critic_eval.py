@@ -5,12 +5,16 @@
   time. Reported per task on held-out successful episodes of the training tasks ("seen") and
   on every successful episode of tasks left out of training ("unseen"), each with and
   without the one-shot reference (frames of one other demonstration of the same task).
-- Negatives, judged on the emitted progress token (what the critic "says"):
-  static pairs (a frame with itself) must say <= 0; reversed pairs (later frame first, at
-  least 4 steps apart) must say < 0; mismatched sentences (a forward pair with another task's
-  sentence) must say <= +0.02 and not done.
+  Accumulated VOC rewards a critic that merely says "a bit forward" for every pair, so VOC
+  from the first frame (delta(o_0, o_t) against t, "direct") is reported beside it.
+- Negatives, judged on the decoded delta (the reward the learner gets): static pairs (a
+  frame with itself) must score <= +0.005 (it rounds to the zero token or below); reversed
+  pairs (later frame first, at least 4 steps apart) must score < 0; mismatched sentences (a
+  forward pair with another task's sentence) must score <= +0.02 and not done. The same
+  checks on the argmax token are reported too.
 - Done precision/recall: pairs (first frame, frame t) of held-out successful episodes, done
-  for t in the last 2 steps, and the last frames of failed episodes (never done).
+  for t in the last 5% (at least 2 steps, as labelled in training), and the last frames of
+  failed episodes (never done).
 Writes a table, ``eval.json`` and plots (progress along a successful and a failed episode).
 """
 
@@ -27,7 +31,7 @@ from rich.table import Table
 from scipy.stats import spearmanr
 
 from vlac.cloud.critic import SmallVLACCritic, accumulated_progress, write_json
-from vlac.cloud.critic_data import EpisodeFeatures, load_episodes, split_holdout
+from vlac.cloud.critic_data import EpisodeFeatures, done_from, load_episodes, split_holdout
 from vlac.cloud.critic_train import TRAIN_TASKS, UNSEEN_TASKS
 from vlac.cloud.encoders import FeatureCache
 from vlac.cloud.store import EpisodeStore
@@ -78,30 +82,39 @@ def _critique(critic: SmallVLACCritic, sentence: str, fa: np.ndarray, fb: np.nda
     return np.concatenate(out_d), np.concatenate(out_p), np.concatenate(toks)
 
 
-def episode_voc(critic, ep: EpisodeFeatures, sentence: str, ref=None) -> tuple[float, np.ndarray,
-                                                                                np.ndarray]:
+def _spearman(x: np.ndarray) -> float:
+    v = float(spearmanr(x, np.arange(len(x))).statistic)
+    return 0.0 if np.isnan(v) else v
+
+
+def episode_voc(critic, ep: EpisodeFeatures, sentence: str, ref=None
+                ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Accumulated VOC, the progress curve and the done probabilities along the episode."""
     d, p, _ = _critique(critic, sentence, ep.feats[:-1], ep.feats[1:], ref)
     prog = accumulated_progress(d)
-    voc = float(spearmanr(prog, np.arange(len(prog))).statistic)
-    return (0.0 if np.isnan(voc) else voc), prog, np.concatenate([[p[0]], p])
+    return _spearman(prog), prog, np.concatenate([[p[0]], p])
+
+
+def direct_voc(critic, ep: EpisodeFeatures, sentence: str, ref=None) -> float:
+    d, _, _ = _critique(critic, sentence, np.repeat(ep.feats[:1], len(ep), 0), ep.feats, ref)
+    return _spearman(d)
 
 
 def negatives(critic, ep: EpisodeFeatures, sentence: str, other: str,
               rng: random.Random) -> dict[str, list[bool]]:
     t = len(ep)
-    _, _, tok = _critique(critic, sentence, ep.feats, ep.feats)
-    static = list(tok <= ZERO_TOKEN)
+    d, _, tok = _critique(critic, sentence, ep.feats, ep.feats)
+    out = {"static": list(d <= 0.005), "static_token": list(tok <= ZERO_TOKEN)}
     pairs = [(i, j) for i in range(t) for j in range(t) if j >= i + 4]
     pairs = rng.sample(pairs, min(40, len(pairs))) if pairs else []
     if pairs:
         ia, ib = np.array(pairs).T
-        _, _, tok = _critique(critic, sentence, ep.feats[ib], ep.feats[ia])
-        reversed_ok = list(tok < ZERO_TOKEN)
-        _, done, tok = _critique(critic, other, ep.feats[ia], ep.feats[ib])
-        mismatched = list((tok <= ZERO_TOKEN + 2) & (done < 0.5))
-    else:
-        reversed_ok, mismatched = [], []
-    return {"static": static, "reversed": reversed_ok, "mismatched": mismatched}
+        d, _, tok = _critique(critic, sentence, ep.feats[ib], ep.feats[ia])
+        out["reversed"], out["reversed_token"] = list(d < 0), list(tok < ZERO_TOKEN)
+        d, done, tok = _critique(critic, other, ep.feats[ia], ep.feats[ib])
+        out["mismatched"] = list((d <= 0.02) & (done < 0.5))
+        out["mismatched_token"] = list((tok <= ZERO_TOKEN + 2) & (done < 0.5))
+    return out
 
 
 def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
@@ -119,7 +132,9 @@ def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
     groups = {"seen": held, "unseen": [e for e in unseen if e.success]}
     refs_pool = {"seen": train_eps, "unseen": [e for e in unseen if e.success]}
     results: dict = {"voc": {}, "negatives": {}, "done": {}}
-    neg: dict[str, list[bool]] = {"static": [], "reversed": [], "mismatched": []}
+    kinds = ("static", "reversed", "mismatched", "static_token", "reversed_token",
+             "mismatched_token")
+    neg = {g: {k: [] for k in kinds} for g in groups}
     curves = {}
     for group, eps in groups.items():
         per_task: dict[str, dict[str, list[float]]] = {}
@@ -129,26 +144,28 @@ def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
                     and e.success]
             ref = rng.choice(pool).reference() if pool else None
             voc, prog, done = episode_voc(critic, ep, sentence)
-            row = per_task.setdefault(ep.task_id, {"voc": [], "voc_ref": []})
+            row = per_task.setdefault(ep.task_id, {"voc": [], "voc_ref": [], "direct": []})
             row["voc"].append(voc)
+            row["direct"].append(direct_voc(critic, ep, sentence))
             if ref is not None:
                 row["voc_ref"].append(episode_voc(critic, ep, sentence, ref)[0])
             curves.setdefault(f"{group}-success", (ep, prog, done))
             others = [t for t in cfg.seen_tasks + cfg.unseen_tasks if t != ep.task_id]
             n = negatives(critic, ep, sentence, task_text.instruction(rng.choice(others), rng),
                           rng)
-            for k in neg:
-                neg[k] += n[k]
+            for k, v in n.items():
+                neg[group][k] += v
         results["voc"][group] = {
             t: {"voc": float(np.mean(v["voc"])),
                 "voc_ref": float(np.mean(v["voc_ref"])) if v["voc_ref"] else None,
+                "voc_direct": float(np.mean(v["direct"])),
                 "episodes": len(v["voc"])} for t, v in sorted(per_task.items())}
     # done precision / recall
     tp = fp = fn = tn = 0
     for ep in held:
         t = len(ep)
         _, p, _ = _critique(critic, ep.sentence, np.repeat(ep.feats[:1], t, 0), ep.feats)
-        truth = np.arange(t) >= t - 2
+        truth = np.arange(t) >= done_from(t)
         pred = p > 0.5
         tp += int((pred & truth).sum())
         fp += int((pred & ~truth).sum())
@@ -165,16 +182,20 @@ def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
         curves["failed"] = (ep, prog, done)
     results["done"] = {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
                        "failed_final_frames": len(failed)}
-    results["negatives"] = {k: float(np.mean(v)) if v else None for k, v in neg.items()}
-    results["negatives"]["count"] = {k: len(v) for k, v in neg.items()}
-    sr = neg["static"] + neg["reversed"]
+    results["negatives"] = {g: {k: (float(np.mean(v)) if v else None, len(v))
+                                for k, v in kv.items()} for g, kv in neg.items()}
+    sr = [x for g in neg.values() for x in g["static"] + g["reversed"]]
+    mm = [x for g in neg.values() for x in g["mismatched"]]
+    unseen_rows = results["voc"].get("unseen", {})
     summary = {
         "voc_seen": _mean_voc(results["voc"]["seen"], "voc"),
         "voc_seen_ref": _mean_voc(results["voc"]["seen"], "voc_ref"),
-        "voc_unseen": _mean_voc(results["voc"].get("unseen", {}), "voc"),
-        "voc_unseen_ref": _mean_voc(results["voc"].get("unseen", {}), "voc_ref"),
+        "voc_seen_direct": _mean_voc(results["voc"]["seen"], "voc_direct"),
+        "voc_unseen": _mean_voc(unseen_rows, "voc"),
+        "voc_unseen_ref": _mean_voc(unseen_rows, "voc_ref"),
+        "voc_unseen_direct": _mean_voc(unseen_rows, "voc_direct"),
         "negatives_ok": float(np.mean(sr)) if sr else 0.0,
-        "mismatched_ok": results["negatives"]["mismatched"],
+        "mismatched_ok": float(np.mean(mm)) if mm else None,
         "done_precision": results["done"]["precision"],
         "done_recall": results["done"]["recall"],
     }
@@ -198,21 +219,28 @@ def _fmt(x) -> str:
 
 def _print(console: Console, r: dict) -> None:
     table = Table(title="critic: value-order correlation per task")
-    for col in ("split", "task", "episodes", "VOC", "VOC with reference"):
+    for col in ("split", "task", "episodes", "VOC", "VOC with reference", "VOC direct"):
         table.add_column(col)
     for group, rows in r["voc"].items():
         for task, v in rows.items():
-            table.add_row(group, task, str(v["episodes"]), _fmt(v["voc"]), _fmt(v["voc_ref"]))
+            table.add_row(group, task, str(v["episodes"]), _fmt(v["voc"]), _fmt(v["voc_ref"]),
+                          _fmt(v["voc_direct"]))
     console.print(table)
+    t3 = Table(title="critic: negatives (share judged correctly)")
+    for col in ("split", "static", "reversed", "mismatched", "static (token)",
+                "reversed (token)", "mismatched (token)"):
+        t3.add_column(col)
+    for group, kv in r["negatives"].items():
+        t3.add_row(group, *[f"{_fmt(kv[k][0])} (n={kv[k][1]})" for k in
+                            ("static", "reversed", "mismatched", "static_token",
+                             "reversed_token", "mismatched_token")])
+    console.print(t3)
     s = r["summary"]
     t2 = Table(title="critic: summary")
     t2.add_column("metric")
     t2.add_column("value")
     for k, v in s.items():
         t2.add_row(k, _fmt(v))
-    for k in ("static", "reversed", "mismatched"):
-        t2.add_row(f"{k} pairs ok", f"{_fmt(r['negatives'][k])} "
-                   f"(n={r['negatives']['count'][k]})")
     console.print(t2)
 
 
