@@ -56,6 +56,31 @@ class VLACConfig:
     training on a 2-core CPU practical."""
 
 
+class Block(nn.Module):
+    """Pre-norm transformer block. Written out (rather than nn.TransformerEncoderLayer) so
+    that torch.export / ONNX export and INT8 quantization see plain MatMul/Softmax ops."""
+
+    def __init__(self, d: int, heads: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).reshape(b, n, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(d // self.heads)
+        att = att.masked_fill(blocked, float("-inf")).softmax(-1)
+        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.drop(self.proj(y))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
 @dataclass
 class CriticOutput:
     delta: torch.Tensor
@@ -85,9 +110,8 @@ class SmallVLAC(nn.Module):
         self.prompt = nn.Embedding(2, d)  # 0 critic, 1 actor (the actor issue uses it)
         self.query = nn.Parameter(torch.randn(d) * 0.02)
         self.progress_emb = nn.Embedding(PROGRESS_BINS, d)
-        layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ff, cfg.dropout, batch_first=True,
-                                           norm_first=True, activation="gelu")
-        self.trunk = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.trunk = nn.ModuleList(Block(d, cfg.heads, cfg.ff, cfg.dropout)
+                                   for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(d)
         self.progress_head = nn.Linear(d, PROGRESS_BINS)
         self.done_head = nn.Linear(d, 2)
@@ -134,8 +158,15 @@ class SmallVLAC(nn.Module):
         mask[:n, n:] = True  # the prompt never sees the outputs
         mask[n, n + 1] = True  # the query does not see the progress token it predicts
         pad = torch.cat([pad, torch.zeros(b, 2, dtype=torch.bool, device=x.device)], 1)
-        h = self.norm(self.trunk(x, mask=mask, src_key_padding_mask=pad))
+        h = self.norm(self.encode(x, mask, pad))
         return self.progress_head(h[:, n]), self.done_head(h[:, n + 1])
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """The trunk. ``mask`` (L, L) and ``pad`` (B, L) are True where attention is blocked."""
+        blocked = mask[None, None] | pad[:, None, None, :]
+        for block in self.trunk:
+            x = block(x, blocked)
+        return x
 
     # ------------------------------------------------------------------ API
     def forward(self, text: torch.Tensor, feat_a: torch.Tensor, feat_b: torch.Tensor,
