@@ -385,6 +385,23 @@ class EpisodeStore:
         return Episode(robot_id, episode_id, info["task"], Outcome(**info["outcome"]), steps,
                        info)
 
+    def load_columns(self, robot_id: str, episode_id: str,
+                     columns: list[str]) -> dict[str, np.ndarray]:
+        """Some step columns of a complete episode (no image decoding), as numpy arrays."""
+        edir = self.episode_dir(robot_id, episode_id)
+        info = json.loads((edir / "_episode.json").read_text())
+        files = [edir / f"chunk-{s:07d}.parquet" for s in range(info["n_chunks"])]
+        table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+        out = {}
+        for c in columns:
+            col = table.column(c).combine_chunks()
+            if pa.types.is_fixed_size_list(col.type):
+                out[c] = col.flatten().to_numpy(zero_copy_only=False).reshape(
+                    len(col), col.type.list_size)
+            else:
+                out[c] = col.to_numpy(zero_copy_only=False)
+        return out
+
     def stats(self) -> dict[str, Any]:
         eps = self.list_episodes()
         return {

@@ -50,6 +50,9 @@ class VLACConfig:
     heads: int = 4
     ff: int = 384
     dropout: float = 0.1
+    proprio_dim: int = 4
+    action_dim: int = 4
+    action_bins: int = 256
     image_grid: int = 2
     """Image tokens per side inside the model (the cached 4x4 grid is pooled to this), plus
     one global token per image: 5 tokens per image by default. Fewer tokens is what makes
@@ -105,9 +108,16 @@ class SmallVLAC(nn.Module):
         self.ref_pos = nn.Linear(1, d)
         self.n_img = cfg.image_grid ** 2 + 1
         self.grid_pos = nn.Parameter(torch.randn(self.n_img, d) * 0.02)
-        # segments: 0 prompt, 1 text, 2 obs A, 3 obs B, 4 reference, 5 outputs
-        self.segment = nn.Embedding(6, d)
-        self.prompt = nn.Embedding(2, d)  # 0 critic, 1 actor (the actor issue uses it)
+        # segments: 0 prompt, 1 text, 2 obs A (the actor's only observation), 3 obs B,
+        # 4 reference, 5 outputs, 6 proprioception
+        self.segment = nn.Embedding(7, d)
+        self.prompt = nn.Embedding(2, d)  # 0 critic, 1 actor
+        # actor: proprio in, one token per action dimension out, and a value head
+        self.proprio_in = nn.Linear(cfg.proprio_dim, d)
+        self.action_dim_emb = nn.Embedding(cfg.action_dim, d)
+        self.action_emb = nn.Embedding(cfg.action_dim * cfg.action_bins, d)
+        self.action_head = nn.Linear(d, cfg.action_bins)
+        self.value_head = nn.Linear(d, 1)
         self.query = nn.Parameter(torch.randn(d) * 0.02)
         self.progress_emb = nn.Embedding(PROGRESS_BINS, d)
         self.trunk = nn.ModuleList(Block(d, cfg.heads, cfg.ff, cfg.dropout)
@@ -191,6 +201,96 @@ class SmallVLAC(nn.Module):
         return CriticOutput(delta=probs @ self.bin_values, done_prob=d_logits.softmax(-1)[:, 1],
                             progress_token=token, progress_logits=p_logits,
                             done_logits=d_logits)
+
+
+    # ------------------------------------------------------------------ actor
+    def _actor_prefix(self, text: torch.Tensor, feat: torch.Tensor,
+                      proprio: torch.Tensor) -> torch.Tensor:
+        b = text.shape[0]
+        seg = self.segment.weight
+        return torch.cat([self.prompt.weight[1].expand(b, 1, -1) + seg[0],
+                          self.text_in(text).unsqueeze(1) + seg[1],
+                          self.img_in(self.image_tokens(feat)) + self.grid_pos + seg[2],
+                          self.proprio_in(proprio.float()).unsqueeze(1) + seg[6]], 1)
+
+    def actor_forward(self, text: torch.Tensor, feat: torch.Tensor, proprio: torch.Tensor,
+                      tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced action logits (B, A, bins) and value (B,).
+
+        Actor prompt: [ACTOR] [text] [image tokens] [proprio] [Q+dim0] [a0+dim1] .. [a_A-2]:
+        the output at position k predicts the token of action dimension k from the prefix and
+        the tokens of dimensions < k (causal mask); the value reads the first output position,
+        which sees only the prefix.
+        """
+        cfg = self.cfg
+        prefix = self._actor_prefix(text, feat, proprio)
+        b, n, _ = prefix.shape
+        a = cfg.action_dim
+        offsets = torch.arange(a - 1, device=tokens.device) * cfg.action_bins
+        prev = self.action_emb(tokens[:, :-1].long() + offsets)
+        outs = torch.cat([self.query.expand(b, 1, -1), prev], 1)
+        outs = outs + self.action_dim_emb.weight + self.segment.weight[5]
+        x = torch.cat([prefix, outs], 1)
+        total = n + a
+        idx = torch.arange(total, device=x.device)
+        mask = (idx[None, :] >= n) & (idx[None, :] > idx[:, None])  # nothing sees later outputs
+        pad = torch.zeros(b, total, dtype=torch.bool, device=x.device)
+        h = self.norm(self.encode(x, mask, pad))
+        return self.action_head(h[:, n:]), self.value_head(h[:, n]).squeeze(-1)
+
+    def act(self, text: torch.Tensor, feat: torch.Tensor, proprio: torch.Tensor,
+            gumbel: torch.Tensor, temperature: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Autoregressive decode, one token per action dimension.
+
+        ``gumbel`` (B, A, bins) is Gumbel noise (zeros: greedy); tokens are
+        argmax(logits / temperature + gumbel), i.e. samples from softmax(logits / T). Returns
+        tokens (B, A) int64, their log-probabilities under softmax(logits / T) (B, A), and the
+        value (B,). The loop is unrolled, so it exports to ONNX as a fixed graph.
+        """
+        a = self.cfg.action_dim
+        tokens = torch.zeros(text.shape[0], a, dtype=torch.long, device=text.device)
+        logps = []
+        value = None
+        for k in range(a):
+            logits, value = self.actor_forward(text, feat, proprio, tokens)
+            logp = torch.log_softmax(logits[:, k] / temperature[:, None], -1)
+            tok = torch.argmax(logp + gumbel[:, k], -1)
+            tokens = tokens.clone()
+            tokens[:, k] = tok
+            logps.append(torch.gather(logp, 1, tok[:, None])[:, 0])
+        return tokens, torch.stack(logps, 1), value
+
+    def action_logprobs(self, text: torch.Tensor, feat: torch.Tensor, proprio: torch.Tensor,
+                        tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probability of given tokens (B, A) (summed over dimensions), the per-token
+        entropy (B,) and the value (B,): what PPO recomputes with the learner's weights."""
+        logits, value = self.actor_forward(text, feat, proprio, tokens)
+        logp_all = torch.log_softmax(logits, -1)
+        logp = torch.gather(logp_all, 2, tokens.long()[..., None])[..., 0].sum(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1).mean(-1)
+        return logp, entropy, value
+
+
+def soft_token_targets(tokens: torch.Tensor, bins: int, sigma: float = 1.0) -> torch.Tensor:
+    """(..,) integer tokens -> (.., bins) Gaussian soft labels (ordinal bins)."""
+    k = torch.arange(bins, device=tokens.device).float()
+    w = torch.exp(-0.5 * ((k - tokens[..., None].float()) / sigma) ** 2)
+    return w / w.sum(-1, keepdim=True)
+
+
+def bc_loss(model, batch: dict[str, torch.Tensor], sigma: float = 1.0
+            ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Behaviour cloning on action tokens (soft targets over neighbouring bins)."""
+    logits, _ = model.actor_forward(batch["text"], batch["feat"], batch["proprio"],
+                                    batch["tokens"])
+    bins = logits.shape[-1]
+    target = soft_token_targets(batch["tokens"], bins, sigma)
+    loss = -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
+    with torch.no_grad():
+        acc = (logits.argmax(-1) == batch["tokens"]).float().mean()
+        near = ((logits.argmax(-1) - batch["tokens"]).abs() <= 2).float().mean()
+    return loss, {"loss": loss.item(), "token_acc": acc.item(), "token_within_2": near.item()}
 
 
 def soft_progress_targets(delta: torch.Tensor, sigma_bins: float = 1.5) -> torch.Tensor:

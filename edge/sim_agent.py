@@ -1,8 +1,10 @@
 """A simulated robot on the edge: a Meta-World robot run by the agent loop, streaming its
 episodes through the spool and sender. One process per robot; the local fleet starts several.
 
-Until the learned actor ships, the policy is Meta-World's scripted expert with action noise
-(``policy: scripted``) or uniform random tokens (``policy: random``). ``takeover_prob`` makes
+The policy is the exported actor under ONNX Runtime (``policy: onnx``, INT8 or fp32), or, for
+tests and bootstrapping, Meta-World's scripted expert with action noise (``scripted``) or
+uniform random tokens (``random``). The robot loop never waits on the network: chunks go to
+the spool and the sender thread ships them. ``takeover_prob`` makes
 the simulated operator take over now and then (human-guided exploration; those steps are
 marked as interventions). SIGINT/SIGTERM finish the current step, end the episode, flush the
 spool and exit cleanly.
@@ -15,6 +17,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from vlac.edge.agent import run_episode
@@ -34,8 +37,12 @@ class SimAgentConfig:
                                  metadata={"help": "Connection and spool settings."})
     robot: MetaWorldRobotConfig = field(default_factory=MetaWorldRobotConfig,
                                         metadata={"help": "The simulated robot."})
-    policy: Literal["scripted", "random"] = opt("scripted", "Policy to run until the actor "
-                                                "exists: noisy scripted expert or random.")
+    policy: Literal["onnx", "scripted", "random"] = opt(
+        "scripted", "onnx: the exported actor (policy_path); scripted: Meta-World's expert "
+        "with action noise; random: uniform tokens.")
+    policy_path: Path | None = opt(None, "Exported actor (.onnx) for policy=onnx.")
+    temperature: float = opt(1.0, "Sampling temperature of the onnx policy.")
+    greedy: bool = opt(False, "Pick the most likely token instead of sampling (onnx).")
     policy_noise: float = opt(0.3, "Action noise of the scripted policy.")
     takeover_prob: float = opt(0.0, "Per-step chance that the simulated operator takes over.")
     takeover_steps: int = opt(20, "Steps an operator takeover lasts.")
@@ -50,9 +57,19 @@ class SimAgentConfig:
         check(self.chunk_steps >= 1, "chunk_steps", "must be >= 1")
         check(0 <= self.takeover_prob <= 1, "takeover_prob", "must be in [0, 1]")
         check(self.policy_noise >= 0, "policy_noise", "must be >= 0")
+        check(self.temperature > 0, "temperature", "must be > 0")
+        if self.policy == "onnx":
+            check(self.policy_path is not None and Path(self.policy_path).exists(),
+                  "policy_path", f"{self.policy_path} is not an exported actor; run "
+                  "`vlac actor export` and pass its .onnx file")
 
 
 def make_policy(cfg: SimAgentConfig, spec) -> Policy:
+    if cfg.policy == "onnx":
+        from vlac.edge.runtime import OnnxPolicy
+
+        return OnnxPolicy(cfg.policy_path, temperature=cfg.temperature, greedy=cfg.greedy,
+                          seed=cfg.robot.seed)
     if cfg.policy == "random":
         return RandomPolicy(spec, seed=cfg.robot.seed)
     return ScriptedPolicy(cfg.robot.task, spec, noise=cfg.policy_noise, seed=cfg.robot.seed)

@@ -1,0 +1,91 @@
+"""The actor: the small VLAC under its actor prompt, as a policy on raw observations.
+
+Same model class (and so the same weights layout) as the critic; ``from_critic`` starts an
+actor from critic weights (the paper's unified action-critic). Checkpoints hold the model and
+the action box, so tokens decode to the same continuous actions everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlac.cloud.encoders import ImageEncoder, TextEncoder
+from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
+from vlac.shared.tokenizer import ActionTokenizer
+
+
+class TorchActor:
+    def __init__(self, model: SmallVLAC, low=(-1.0,) * 4, high=(1.0,) * 4, *,
+                 camera: str = "corner", version: int = 0,
+                 image_encoder: ImageEncoder | None = None,
+                 text_encoder: TextEncoder | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = ActionTokenizer(low, high, model.cfg.action_bins)
+        self.camera = camera
+        self.version = version
+        self._img = image_encoder
+        self._txt = text_encoder
+        self._rng = np.random.default_rng(0)
+
+    @property
+    def image_encoder(self) -> ImageEncoder:
+        if self._img is None:
+            self._img = ImageEncoder()
+        return self._img
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        if self._txt is None:
+            self._txt = TextEncoder()
+        return self._txt
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"kind": "small-vlac-actor", "config": vars(self.model.cfg),
+                    "state_dict": self.model.state_dict(),
+                    "tokenizer": self.tokenizer.spec(), "camera": self.camera,
+                    "version": self.version}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, **kw) -> TorchActor:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no actor at {path}; make one with `vlac actor pretrain`")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("kind") != "small-vlac-actor":
+            raise ValueError(f"{path} is not a small VLAC actor checkpoint")
+        model = SmallVLAC(VLACConfig(**blob["config"]))
+        model.load_state_dict(blob["state_dict"])
+        tok = blob["tokenizer"]
+        return cls(model, tok["low"], tok["high"], camera=blob["camera"],
+                   version=blob["version"], **kw)
+
+    @staticmethod
+    def model_from_critic(critic_path: str | Path) -> SmallVLAC:
+        """A model initialised with a trained critic's weights (actor heads stay fresh)."""
+        blob = torch.load(critic_path, map_location="cpu", weights_only=True)
+        if blob.get("kind") != "small-vlac-critic":
+            raise ValueError(f"{critic_path} is not a critic checkpoint")
+        model = SmallVLAC(VLACConfig(**blob["config"]))
+        model.load_state_dict(blob["state_dict"])
+        return model
+
+    @torch.no_grad()
+    def act(self, image: np.ndarray, proprio: np.ndarray, task: str,
+            temperature: float = 1.0, greedy: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """One observation -> (continuous action, tokens, log-prob of the tokens, value)."""
+        feat = torch.from_numpy(self.image_encoder.encode(image[None]).astype(np.float32))
+        text = torch.from_numpy(self.text_encoder.encode([task]))
+        a, bins = self.model.cfg.action_dim, self.model.cfg.action_bins
+        gumbel = np.zeros((1, a, bins), np.float32) if greedy else \
+            self._rng.gumbel(size=(1, a, bins)).astype(np.float32)
+        tokens, logp, value = self.model.act(text, feat, torch.from_numpy(proprio[None]),
+                                             torch.from_numpy(gumbel),
+                                             torch.tensor([temperature]))
+        tokens = tokens[0].numpy().astype(np.int32)
+        return (self.tokenizer.decode(tokens), tokens, float(logp.sum()), float(value[0]))

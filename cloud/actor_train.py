@@ -1,0 +1,157 @@
+"""Behaviour cloning of the actor on stored demonstrations (imitation pretraining).
+
+Each sample is one demonstration step: the frame's cached image features, the proprio, a
+paraphrase of the task sentence and the recorded action tokens; the loss is cross-entropy on
+each dimension's token with soft targets over neighbouring bins. ``demos_per_task`` is the
+knob that sets how good the starting policy is (the learning benchmark wants ~30%).
+Runs on the shared DeepSpeed engine wrapper.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vlac.cloud import engine as eng
+from vlac.cloud.actor import TorchActor
+from vlac.cloud.critic import write_json
+from vlac.cloud.encoders import FeatureCache, TextEncoder
+from vlac.cloud.store import EpisodeStore
+from vlac.cloud.vlac_model import SmallVLAC, VLACConfig, bc_loss, cosine_lr, param_count
+from vlac.shared import tasks as task_text
+from vlac.shared.config import check, describe, opt
+
+BENCH_TASKS = ["reach-v3", "button-press-v3", "drawer-open-v3", "push-v3"]
+
+
+@dataclass
+class ActorPretrainConfig:
+    store_root: Path = opt(Path(".cache/store"), "Episode store with demonstrations.")
+    out: Path = opt(Path(".cache/actor"), "Output folder: actor.pt, checkpoints, logs.")
+    features: Path = opt(Path(".cache/critic/features"), "Image feature cache (shared).")
+    tasks: list[str] = opt(BENCH_TASKS, "Tasks (task ids) to imitate.")
+    demos_per_task: int = opt(10, "Successful demonstrations used per task (the knob).")
+    steps: int = opt(2000, "Optimizer steps.")
+    batch_size: int = opt(128, "Steps per batch.")
+    lr: float = opt(1e-3, "Peak learning rate (cosine).")
+    init_from_critic: Path | None = opt(None, "Start from these critic weights (critic.pt).")
+    zero_stage: int = opt(0, "DeepSpeed ZeRO stage.")
+    camera: str = opt("corner", "Camera the actor sees.")
+    seed: int = opt(0, "Seed.")
+    checkpoint_every: int = opt(1000, "Steps between checkpoints.")
+    eval_episodes: int = opt(0, "Evaluate in simulation afterwards: episodes per task.")
+
+    def __post_init__(self) -> None:
+        self.store_root, self.out, self.features = (Path(self.store_root), Path(self.out),
+                                                    Path(self.features))
+        if self.init_from_critic is not None:
+            self.init_from_critic = Path(self.init_from_critic)
+            check(self.init_from_critic.exists(), "init_from_critic",
+                  f"{self.init_from_critic} does not exist")
+        check(self.demos_per_task >= 1, "demos_per_task", "must be >= 1")
+        check(self.steps >= 1, "steps", "must be >= 1")
+
+
+@dataclass
+class DemoSteps:
+    feats: np.ndarray
+    proprio: np.ndarray
+    tokens: np.ndarray
+    task_ids: np.ndarray
+    sentences: dict[str, list[str]] = field(default_factory=dict)
+
+
+def load_demos(cfg: ActorPretrainConfig) -> tuple[DemoSteps, dict]:
+    store = EpisodeStore(cfg.store_root)
+    cache = FeatureCache(cfg.features)
+    by_task = defaultdict(list)
+    for e in sorted(store.list_episodes(), key=lambda e: e["episode_id"]):
+        if e.get("task_id") in cfg.tasks and e["outcome"]["success"] and \
+                e.get("source") == "demo":
+            by_task[e["task_id"]].append(e)
+    missing = [t for t in cfg.tasks if len(by_task[t]) < cfg.demos_per_task]
+    if missing:
+        raise ValueError(f"fewer than {cfg.demos_per_task} successful demonstrations for "
+                         f"{missing} in {cfg.store_root}; collect more with `vlac demos "
+                         f"collect --tasks {','.join(missing)}`")
+    feats, proprio, tokens, tids = [], [], [], []
+    used = {}
+    for t in cfg.tasks:
+        eps = by_task[t][: cfg.demos_per_task]
+        used[t] = [e["episode_id"] for e in eps]
+        for e in eps:
+            r, ep = e["robot_id"], e["episode_id"]
+            cols = store.load_columns(r, ep, ["proprio", "action_tokens"])
+
+            def frames(r=r, ep=ep):
+                return store.load_episode(r, ep).steps.images[cfg.camera]
+
+            feats.append(cache.get(r, ep, cfg.camera, frames))
+            proprio.append(cols["proprio"].astype(np.float32))
+            tokens.append(cols["action_tokens"].astype(np.int64))
+            tids += [t] * len(cols["proprio"])
+    data = DemoSteps(np.concatenate(feats), np.concatenate(proprio), np.concatenate(tokens),
+                     np.array(tids), {t: task_text.instructions(t) for t in cfg.tasks})
+    return data, used
+
+
+def train(cfg: ActorPretrainConfig) -> tuple[TorchActor, dict]:
+    print(describe(cfg), flush=True)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    data, used = load_demos(cfg)
+    text = TextEncoder()
+    all_sentences = sorted({s for v in data.sentences.values() for s in v})
+    emb = dict(zip(all_sentences, text.encode(all_sentences), strict=True))
+    if cfg.init_from_critic is not None:
+        model = TorchActor.model_from_critic(cfg.init_from_critic)
+    else:
+        model = SmallVLAC(VLACConfig())
+    engine = eng.make_engine(model, lr=cfg.lr, zero_stage=cfg.zero_stage,
+                             micro_batch=cfg.batch_size)
+    ckpt = cfg.out / "checkpoints"
+    client = eng.load(engine, ckpt)
+    start = int(client["step"]) if client else 0
+    log = client.get("log", []) if client else []
+    n = len(data.proprio)
+    print(f"{n} demonstration steps from {sum(map(len, used.values()))} episodes; model "
+          f"{param_count(model) / 1e6:.2f} M params"
+          f"{' (from critic)' if cfg.init_from_critic else ''}; "
+          f"{'resuming at ' + str(start) if start else 'starting fresh'}", flush=True)
+    t0 = time.monotonic()
+    stats: dict = {}
+    engine.train()
+    gen = np.random.default_rng(cfg.seed * 7919 + start)
+    for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="actor",
+                     mininterval=5):
+        eng.set_lr(engine, cosine_lr(step, cfg.steps, cfg.lr))
+        idx = gen.integers(0, n, cfg.batch_size)
+        batch = {
+            "text": torch.from_numpy(np.stack([emb[rng.choice(data.sentences[t])]
+                                               for t in data.task_ids[idx]])),
+            "feat": torch.from_numpy(data.feats[idx].astype(np.float32)),
+            "proprio": torch.from_numpy(data.proprio[idx]),
+            "tokens": torch.from_numpy(data.tokens[idx]),
+        }
+        loss, stats = bc_loss(engine, batch)
+        engine.backward(loss)
+        engine.step()
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log.append({"step": step, **stats})
+        if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
+            eng.save(engine, ckpt, step + 1, {"log": log})
+    actor = TorchActor(engine.module.eval(), camera=cfg.camera)
+    actor.save(cfg.out / "actor.pt")
+    summary = {"steps": cfg.steps, "seconds": time.monotonic() - t0, "final": stats,
+               "demos": used, "log": log,
+               "init_from_critic": str(cfg.init_from_critic) if cfg.init_from_critic else None}
+    write_json(cfg.out / "pretrain_log.json", summary)
+    print(f"actor saved to {cfg.out / 'actor.pt'}: {stats}", flush=True)
+    return actor, summary

@@ -1,0 +1,164 @@
+"""Actor: imitation pretraining (DeepSpeed), ONNX export with preprocessing inside, INT8 QDQ,
+the edge runtime on it, and the edge agent driving a robot with it into a real ingest."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tests.helpers import ThreadIngest, ingest_config, sender_config
+from vlac.cloud.actor import TorchActor
+from vlac.cloud.actor_train import ActorPretrainConfig, train
+from vlac.cloud.export import ActorExportConfig, example_inputs
+from vlac.cloud.export import main as export_main
+from vlac.cloud.store import EpisodeStore
+from vlac.edge.metaworld_robot import MetaWorldRobotConfig
+from vlac.edge.runtime import OnnxPolicy, PolicyLoadError, choose_providers
+from vlac.edge.sim_agent import SimAgentConfig
+from vlac.edge.sim_agent import main as edge_run
+from vlac.infra.demos import DemosCollectConfig
+from vlac.infra.demos import main as collect
+from vlac.shared.config import ConfigError
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("actor")
+    collect(DemosCollectConfig(tasks=["reach-v3"], episodes=2, noise=0.05, max_steps=80,
+                               store_root=root / "store"))
+    cfg = ActorPretrainConfig(store_root=root / "store", out=root / "actor",
+                              features=root / "features", tasks=["reach-v3"],
+                              demos_per_task=2, steps=40, batch_size=16)
+    actor, summary = train(cfg)
+    res = export_main(ActorExportConfig(actor=root / "actor" / "actor.pt",
+                                        out=root / "export", store_root=root / "store",
+                                        tasks=["reach-v3"], calibration_frames=16, version=3))
+    return root, actor, summary, res
+
+
+def test_pretraining_learns_the_demonstrations(exported):
+    _, _, summary, _ = exported
+    log = summary["log"]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert summary["demos"]["reach-v3"] and len(summary["demos"]["reach-v3"]) == 2
+
+
+def test_pretrain_refuses_too_few_demos(exported):
+    root = exported[0]
+    with pytest.raises(ValueError, match="vlac demos collect"):
+        train(ActorPretrainConfig(store_root=root / "store", out=root / "x",
+                                  features=root / "features", tasks=["reach-v3"],
+                                  demos_per_task=50, steps=1))
+    with pytest.raises(ConfigError, match="`demos_per_task`"):
+        ActorPretrainConfig(demos_per_task=0)
+
+
+def _frames(root, n=6):
+    store = EpisodeStore(root / "store")
+    info = store.list_episodes()[-1]
+    ep = store.load_episode(info["robot_id"], info["episode_id"])
+    idx = np.linspace(0, len(ep) - 1, n).astype(int)
+    return info["task"], ep.steps.images["corner"][idx], ep.steps.proprio[idx]
+
+
+def test_fp32_export_matches_torch(exported):
+    root, actor, _, res = exported
+    task, frames, proprio = _frames(root)
+    policy = OnnxPolicy(res["fp32"], greedy=True)
+    assert policy.version == 3 and policy.providers[0] == "CPUExecutionProvider"
+    for img, p in zip(frames, proprio, strict=True):
+        tokens, logps, value = policy.run(img, p, task)
+        _, t_ref, lp_ref, v_ref = actor.act(img, p, task, greedy=True)
+        np.testing.assert_array_equal(tokens, t_ref)
+        assert abs(float(logps.sum()) - lp_ref) < 1e-3 and abs(value - v_ref) < 1e-3
+
+
+def test_int8_export_is_smaller_and_valid(exported):
+    root, _, _, res = exported
+    assert res["int8_bytes"] < 0.5 * res["fp32_bytes"]
+    model = onnx.load(res["int8"])
+    ops = {n.op_type for n in model.graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["vlac"])
+    assert meta["action_tokenizer"]["bins"] == 256 and meta["policy_version"] == 3
+    task, frames, proprio = _frames(root)
+    policy = OnnxPolicy(res["int8"], temperature=1.0, seed=1)
+    tokens, logps, _ = policy.run(frames[0], proprio[0], task)
+    assert tokens.shape == (4,) and ((tokens >= 0) & (tokens < 256)).all()
+    assert np.isfinite(logps).all() and (logps <= 0).all()
+
+
+def test_sampling_uses_temperature_and_gumbel(exported):
+    root, actor, _, res = exported
+    task, frames, proprio = _frames(root, 2)
+    inputs = example_inputs(actor, frames[0], proprio[0], actor.text_encoder.encode([task])[0])
+    graph_tokens = []
+    policy = OnnxPolicy(res["fp32"], temperature=5.0, seed=0)
+    for _ in range(20):
+        graph_tokens.append(tuple(policy.run(frames[0], proprio[0], task)[0]))
+    assert len(set(graph_tokens)) > 1  # hot sampling varies
+    greedy = OnnxPolicy(res["fp32"], greedy=True)
+    assert len({tuple(greedy.run(frames[0], proprio[0], task)[0]) for _ in range(3)}) == 1
+    # the graph's log-probs are those of softmax(logits / T)
+    with torch.no_grad():
+        t = torch.from_numpy
+        feat = t(actor.image_encoder.encode(frames[:1]).astype(np.float32))
+        logits, _ = actor.model.actor_forward(t(inputs["text"]), feat, t(inputs["proprio"]),
+                                              torch.zeros(1, 4, dtype=torch.long))
+    assert logits.shape == (1, 4, 256)
+
+
+def test_runtime_refuses_bad_input(exported, tmp_path):
+    root, _, _, res = exported
+    task, frames, proprio = _frames(root, 1)
+    policy = OnnxPolicy(res["int8"])
+    with pytest.raises(ValueError, match="was not exported with this policy"):
+        policy.run(frames[0], proprio[0], "juggle three balls")
+    with pytest.raises(ValueError, match="image must be uint8"):
+        policy.run(frames[0][:64], proprio[0], task)
+    with pytest.raises(PolicyLoadError, match="vlac actor export"):
+        OnnxPolicy(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(PolicyLoadError, match="not a loadable ONNX model"):
+        OnnxPolicy(bad)
+
+
+def test_provider_fallback_without_gpus():
+    assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider",
+                             "TensorrtExecutionProvider"]) == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers([]) == ["CPUExecutionProvider"]
+
+
+def test_edge_agent_drives_a_robot_with_the_int8_actor(exported, tmp_path, keyring):
+    res = exported[3]
+    with ThreadIngest(ingest_config(keyring, tmp_path / "store")) as ingest:
+        cfg = SimAgentConfig(
+            sender=sender_config(keyring, "robot-2", ingest.address, tmp_path / "spool"),
+            robot=MetaWorldRobotConfig(task="reach-v3", seed=9, max_steps=20, instruction=0),
+            policy="onnx", policy_path=res["int8"], episodes=2, chunk_steps=8, quiet=True)
+        summary = edge_run(cfg)
+        assert summary["drained"] and summary["episodes"] == 2
+        eps = ingest.store.list_episodes()
+        assert len(eps) == 2
+        ep = ingest.store.load_episode("robot-2", eps[0]["episode_id"])
+        assert (ep.steps.policy_version == 3).all()
+        assert (ep.steps.logprob < 0).all() and not ep.steps.intervention.any()
+
+
+def test_torch_actor_round_trip(exported, tmp_path):
+    _, actor, _, _ = exported
+    actor.save(tmp_path / "a.pt")
+    back = TorchActor.load(tmp_path / "a.pt", image_encoder=actor.image_encoder,
+                           text_encoder=actor.text_encoder)
+    for a, b in zip(actor.model.state_dict().values(), back.model.state_dict().values(),
+                    strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="not a critic checkpoint"):
+        TorchActor.model_from_critic(tmp_path / "a.pt")
