@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
+from tqdm import tqdm
 
 from vlac.edge.agent import run_episode
 from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
@@ -54,19 +54,16 @@ def evaluate(make_policy: Callable[[], Policy], tasks: list[str], episodes: int,
     console = console or Console(width=100)
     policy = make_policy()
     out = {}
-    with Progress(console=console) as progress:
-        for ti, task in enumerate(tasks):
-            bar = progress.add_task(f"eval {task}", total=episodes)
-            cfg = MetaWorldRobotConfig(task=task, seed=seed + ti, max_steps=max_steps)
-            wins, lengths = [], []
-            with MetaWorldRobot(cfg) as robot:
-                for _ in range(episodes):
-                    res = run_episode(robot, policy, lambda _t: _Discard())
-                    wins.append(res.success)
-                    lengths.append(res.steps)
-                    progress.advance(bar)
-            out[task] = {"success_rate": float(np.mean(wins)), "episodes": episodes,
-                         "mean_len": float(np.mean(lengths))}
+    for ti, task in enumerate(tasks):
+        cfg = MetaWorldRobotConfig(task=task, seed=seed + ti, max_steps=max_steps)
+        wins, lengths = [], []
+        with MetaWorldRobot(cfg) as robot:
+            for _ in tqdm(range(episodes), desc=f"eval {task}", mininterval=10):
+                res = run_episode(robot, policy, lambda _t: _Discard())
+                wins.append(res.success)
+                lengths.append(res.steps)
+        out[task] = {"success_rate": float(np.mean(wins)), "episodes": episodes,
+                     "mean_len": float(np.mean(lengths))}
     table = Table(title="policy evaluation (fresh layouts)")
     for col in ("task", "episodes", "success", "mean length"):
         table.add_column(col)
