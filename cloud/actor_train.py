@@ -47,6 +47,8 @@ class ActorPretrainConfig:
     seed: int = opt(0, "Seed.")
     checkpoint_every: int = opt(1000, "Steps between checkpoints.")
     eval_episodes: int = opt(0, "Evaluate in simulation afterwards: episodes per task.")
+    feature_noise: float = opt(0.0, "Relative Gaussian noise on image features while "
+                               "training (robustness, e.g. to INT8 feature error).")
 
     def __post_init__(self) -> None:
         self.store_root, self.out, self.features = (Path(self.store_root), Path(self.out),
@@ -102,6 +104,13 @@ def load_demos(cfg: ActorPretrainConfig) -> tuple[DemoSteps, dict]:
     return data, used
 
 
+def _noisy(feats: np.ndarray, rel: float, gen: np.random.Generator) -> torch.Tensor:
+    """Features times (1 + rel * N(0, 1)) elementwise: quantization-like error."""
+    if rel > 0:
+        feats = feats * (1.0 + rel * gen.standard_normal(feats.shape, dtype=np.float32))
+    return torch.from_numpy(feats)
+
+
 def train(cfg: ActorPretrainConfig) -> tuple[TorchActor, dict]:
     print(describe(cfg), flush=True)
     torch.manual_seed(cfg.seed)
@@ -136,7 +145,7 @@ def train(cfg: ActorPretrainConfig) -> tuple[TorchActor, dict]:
         batch = {
             "text": torch.from_numpy(np.stack([emb[rng.choice(data.sentences[t])]
                                                for t in data.task_ids[idx]])),
-            "feat": torch.from_numpy(data.feats[idx].astype(np.float32)),
+            "feat": _noisy(data.feats[idx].astype(np.float32), cfg.feature_noise, gen),
             "proprio": torch.from_numpy(data.proprio[idx]),
             "tokens": torch.from_numpy(data.tokens[idx]),
         }

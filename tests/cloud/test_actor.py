@@ -162,3 +162,13 @@ def test_torch_actor_round_trip(exported, tmp_path):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="not a critic checkpoint"):
         TorchActor.model_from_critic(tmp_path / "a.pt")
+
+
+def test_feature_noise_is_relative_and_off_by_default():
+    from vlac.cloud.actor_train import _noisy
+
+    f = np.full((64, 16, 1280), 2.0, np.float32)
+    gen = np.random.default_rng(0)
+    np.testing.assert_array_equal(_noisy(f, 0.0, gen).numpy(), f)
+    noisy = _noisy(f, 0.2, gen).numpy()
+    assert abs(noisy.mean() - 2.0) < 0.01 and abs(noisy.std() - 0.4) < 0.01
