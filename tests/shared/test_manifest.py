@@ -1,0 +1,80 @@
+import msgspec
+import pytest
+
+from vlac.shared import manifest as mf
+
+TOK = {"low": [-1] * 4, "high": [1] * 4, "bins": 256}
+OBS = {"camera": "corner", "image_shape": [128, 128, 3], "proprio_dim": 4}
+
+
+@pytest.fixture
+def setup(tmp_path):
+    priv, pub = mf.generate_keypair(tmp_path / "keys")
+    art = tmp_path / "actor_v1.onnx"
+    art.write_bytes(b"weights-v1" * 100)
+    return mf.load_private(priv), mf.load_public(pub), art, tmp_path
+
+
+def signed(key, art, version, parent, **kw):
+    return mf.sign(mf.make_manifest(art, version, parent, TOK, OBS, **kw), key)
+
+
+def test_accepts_a_newer_signed_manifest(setup):
+    key, pub, art, _ = setup
+    s = mf.decode(mf.encode(signed(key, art, 1, 0)))
+    v = mf.ManifestVerifier(pub, trusted_version=0)
+    m = v.accept(s, art)
+    assert m.version == 1 and m.size == 1000 and len(m.sha256) == 64
+    v.commit(m)
+    assert v.trusted_version == 1
+
+
+def test_refuses_bad_signatures_and_unsigned(setup, tmp_path):
+    key, pub, art, _ = setup
+    s = signed(key, art, 1, 0)
+    forged = msgspec.structs.replace(s, manifest=msgspec.structs.replace(s.manifest, version=9))
+    v = mf.ManifestVerifier(pub, 0)
+    with pytest.raises(mf.ManifestError, match="does not verify"):
+        v.accept(forged, art)
+    with pytest.raises(mf.ManifestError, match="unsigned"):
+        v.accept(msgspec.structs.replace(s, signature=b""), art)
+    other_priv, _ = mf.generate_keypair(tmp_path / "other")
+    with pytest.raises(mf.ManifestError, match="does not verify"):
+        v.accept(signed(mf.load_private(other_priv), art, 1, 0), art)
+
+
+def test_refuses_replays_and_old_versions(setup):
+    key, pub, art, _ = setup
+    v = mf.ManifestVerifier(pub, trusted_version=3)
+    for version in (3, 2):
+        with pytest.raises(mf.ManifestError, match="not newer"):
+            v.accept(signed(key, art, version, version - 1), art)
+
+
+def test_signed_rollback_is_accepted_only_from_the_running_version(setup):
+    key, pub, art, _ = setup
+    v = mf.ManifestVerifier(pub, trusted_version=3)
+    assert v.accept(signed(key, art, 2, 1, rollback_from=3), art).version == 2
+    with pytest.raises(mf.ManifestError, match="does not apply"):
+        v.accept(signed(key, art, 2, 1, rollback_from=5), art)
+
+
+def test_refuses_corrupted_and_truncated_artifacts(setup):
+    key, pub, art, tmp = setup
+    s = signed(key, art, 1, 0)
+    v = mf.ManifestVerifier(pub, 0)
+    truncated = tmp / "t.onnx"
+    truncated.write_bytes(art.read_bytes()[:500])
+    with pytest.raises(mf.ManifestError, match="truncated"):
+        v.accept(s, truncated)
+    corrupted = tmp / "c.onnx"
+    data = bytearray(art.read_bytes())
+    data[10] ^= 1
+    corrupted.write_bytes(bytes(data))
+    with pytest.raises(mf.ManifestError, match="sha256 does not match"):
+        v.accept(s, corrupted)
+
+
+def test_garbage_is_not_a_manifest():
+    with pytest.raises(mf.ManifestError, match="not a signed manifest"):
+        mf.decode(b"\x00\x01garbage")
