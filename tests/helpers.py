@@ -108,6 +108,8 @@ class RawClient:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # a refused peer leaves no pipe to queue on: never block forever on send
+        self.sock.setsockopt(zmq.SNDTIMEO, 2000)
         if curve:
             pair = keys.load_pair(kr.robot_secret(robot))
             self.sock.curve_secretkey = pair.secret
@@ -117,8 +119,13 @@ class RawClient:
         self.sock.connect(address)
         self.robot = robot
 
-    def send(self, data: bytes) -> None:
-        self.sock.send(data)
+    def send(self, data: bytes) -> bool:
+        """False if nothing would take the message (no accepted connection) within 2 s."""
+        try:
+            self.sock.send(data)
+            return True
+        except zmq.Again:
+            return False
 
     def recv(self, timeout: float = 5.0) -> wire.Message | None:
         if not self.sock.poll(int(timeout * 1000)):
