@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlac.cloud.encoders import ImageEncoder, TextEncoder
+from vlac.cloud.encoders import ImageEncoder, LazyEncoders, TextEncoder
 from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
 from vlac.shared.tokenizer import ActionTokenizer
 
 
-class TorchActor:
+class TorchActor(LazyEncoders):
     def __init__(self, model: SmallVLAC, low=(-1.0,) * 4, high=(1.0,) * 4, *,
                  camera: str = "corner", version: int = 0,
                  image_encoder: ImageEncoder | None = None,
@@ -29,18 +29,6 @@ class TorchActor:
         self._img = image_encoder
         self._txt = text_encoder
         self._rng = np.random.default_rng(0)
-
-    @property
-    def image_encoder(self) -> ImageEncoder:
-        if self._img is None:
-            self._img = ImageEncoder()
-        return self._img
-
-    @property
-    def text_encoder(self) -> TextEncoder:
-        if self._txt is None:
-            self._txt = TextEncoder()
-        return self._txt
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from vlac.cloud.encoders import ImageEncoder, TextEncoder
+from vlac.cloud.encoders import ImageEncoder, LazyEncoders, TextEncoder
 from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
 
 
@@ -34,7 +34,7 @@ def _check_frames(name: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
-class SmallVLACCritic:
+class SmallVLACCritic(LazyEncoders):
     def __init__(self, model: SmallVLAC, *, batch_size: int = 256,
                  image_encoder: ImageEncoder | None = None,
                  text_encoder: TextEncoder | None = None) -> None:
@@ -42,18 +42,6 @@ class SmallVLACCritic:
         self.batch_size = batch_size
         self._img = image_encoder
         self._txt = text_encoder
-
-    @property
-    def image_encoder(self) -> ImageEncoder:
-        if self._img is None:
-            self._img = ImageEncoder()
-        return self._img
-
-    @property
-    def text_encoder(self) -> TextEncoder:
-        if self._txt is None:
-            self._txt = TextEncoder()
-        return self._txt
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:

@@ -115,3 +115,22 @@ class FeatureCache:
         np.save(tmp, feats)
         os.replace(tmp, p)
         return feats
+
+
+class LazyEncoders:
+    """Mixin: ``image_encoder`` / ``text_encoder`` built on first use unless given."""
+
+    _img: ImageEncoder | None = None
+    _txt: TextEncoder | None = None
+
+    @property
+    def image_encoder(self) -> ImageEncoder:
+        if self._img is None:
+            self._img = ImageEncoder()
+        return self._img
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        if self._txt is None:
+            self._txt = TextEncoder()
+        return self._txt

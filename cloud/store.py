@@ -51,18 +51,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlac.shared.episode import StepColumns, slice_steps
+from vlac.shared.fsutil import fsync_path
 from vlac.shared.wire import Outcome, check_id
 
 IMAGE_PREFIX = "image."
 META_KEY = b"vlac"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fixed_list(arr: np.ndarray) -> pa.Array:
@@ -163,14 +156,6 @@ class ChunkWrite:
         return {"robot_id": self.robot_id, "episode_id": self.episode_id, "seq": self.seq,
                 "task": self.task, "n_steps": len(self.steps), "final": final,
                 "source": self.source, "task_id": self.task_id}
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -282,12 +267,12 @@ class EpisodeStore:
         if self.fsync and todo:
             # fsync releases the GIL: concurrent fsyncs share the file system's journal
             # commits, which is where batching pays.
-            list(self._pool().map(_fsync_file, [tmp for _, tmp, _ in todo]))
+            list(self._pool().map(fsync_path, [tmp for _, tmp, _ in todo]))
         for _, tmp, dest in todo:
             os.replace(tmp, dest)
         if self.fsync:
             for d in {dest.parent for _, _, dest in todo}:
-                _fsync_dir(d)
+                fsync_path(d)
         with self._lock:
             for c, _, _ in todo:
                 st = self._staged.setdefault((c.robot_id, c.episode_id),
@@ -349,8 +334,8 @@ class EpisodeStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(src, dest)  # atomic: the episode appears whole or not at all
         if self.fsync:
-            _fsync_dir(dest.parent)
-            _fsync_dir(src.parent)
+            fsync_path(dest.parent)
+            fsync_path(src.parent)
         self._complete.add(key)
         del self._staged[key]
         return True

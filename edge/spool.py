@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from vlac.shared.fsutil import fsync_path
+
 log = logging.getLogger(__name__)
 
 OnFull = Literal["block", "drop_oldest", "error"]
@@ -46,14 +48,6 @@ class SpoolEntry:
     @property
     def key(self) -> tuple[str, int]:
         return (self.episode_id, self.seq)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -180,7 +174,7 @@ class Spool:
         path = self.root / name
         os.replace(tmp, path)
         if self.fsync:
-            _fsync_dir(self.root)
+            fsync_path(self.root)
         entry = SpoolEntry(counter, episode_id, seq, path, len(data))
         with self._cond:
             self._entries[key] = entry
