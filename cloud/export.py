@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlac.cloud.actor import TorchActor
-from vlac.cloud.encoders import GRID, ImageEncoder
+from vlac.cloud.encoders import ImageEncoder
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, describe, opt
 
@@ -47,13 +46,11 @@ OUTPUTS = ("tokens", "logprobs", "value")
 class ActorGraph(nn.Module):
     def __init__(self, actor: TorchActor) -> None:
         super().__init__()
-        self.net = actor.image_encoder.net
+        self.encoder = actor.image_encoder
         self.model = actor.model
 
     def forward(self, image, proprio, text, gumbel, temperature):
-        x = (image.permute(0, 3, 1, 2).float() - 127.0) / 128.0
-        f = F.adaptive_avg_pool2d(self.net.extract_features(x), GRID)
-        feat = f.flatten(2).transpose(1, 2)
+        feat = self.encoder.features(image)
         return self.model.act(text, feat, proprio, gumbel, temperature)
 
 
