@@ -357,7 +357,9 @@ class EpisodeStore:
                      "chunks": sorted(st.seqs), "final_seen": st.final is not None}
                     for (r, e), st in sorted(self._staged.items())]
 
-    def load_episode(self, robot_id: str, episode_id: str) -> Episode:
+    def _episode_table(self, robot_id: str, episode_id: str,
+                       columns: list[str] | None = None) -> tuple[dict[str, Any], pa.Table]:
+        """A complete episode's summary and its chunks concatenated in order."""
         edir = self.episode_dir(robot_id, episode_id)
         meta_file = edir / "_episode.json"
         if not meta_file.exists():
@@ -365,18 +367,17 @@ class EpisodeStore:
                            "`vlac store ls` lists them")
         info = json.loads(meta_file.read_text())
         files = [edir / f"chunk-{s:07d}.parquet" for s in range(info["n_chunks"])]
-        table = pa.concat_tables([pq.read_table(f) for f in files])
-        steps = table_to_steps(table)
-        return Episode(robot_id, episode_id, info["task"], Outcome(**info["outcome"]), steps,
-                       info)
+        return info, pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+    def load_episode(self, robot_id: str, episode_id: str) -> Episode:
+        info, table = self._episode_table(robot_id, episode_id)
+        return Episode(robot_id, episode_id, info["task"], Outcome(**info["outcome"]),
+                       table_to_steps(table), info)
 
     def load_columns(self, robot_id: str, episode_id: str,
                      columns: list[str]) -> dict[str, np.ndarray]:
         """Some step columns of a complete episode (no image decoding), as numpy arrays."""
-        edir = self.episode_dir(robot_id, episode_id)
-        info = json.loads((edir / "_episode.json").read_text())
-        files = [edir / f"chunk-{s:07d}.parquet" for s in range(info["n_chunks"])]
-        table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+        _, table = self._episode_table(robot_id, episode_id, columns)
         out = {}
         for c in columns:
             col = table.column(c).combine_chunks()
