@@ -168,21 +168,27 @@ class _Staged:
 
 
 class EpisodeStore:
-    """Exactly-once, durable store of episode chunks. Thread-safe."""
+    """Exactly-once, durable store of episode chunks. Thread-safe.
+
+    ``read_only=True`` is a reader beside a running ingest (the learner): it never touches
+    ``staging/`` (no crash recovery, which would race the writer) and refuses writes."""
 
     def __init__(self, root: str | Path, *, fsync: bool = True,
-                 compression: str = "zstd") -> None:
+                 compression: str = "zstd", read_only: bool = False) -> None:
         self.root = Path(root)
         self.staging = self.root / "staging"
         self.episodes = self.root / "episodes"
-        self.staging.mkdir(parents=True, exist_ok=True)
-        self.episodes.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self.fsync = fsync
         self.compression = compression
         self._lock = threading.RLock()
         self._complete: set[tuple[str, str]] = set()
         self._staged: dict[tuple[str, str], _Staged] = {}
         self._executor: ThreadPoolExecutor | None = None
+        if read_only:
+            return
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.episodes.mkdir(parents=True, exist_ok=True)
         self._recover()
 
     # ------------------------------------------------------------------ paths
@@ -243,6 +249,8 @@ class EpisodeStore:
         """Durably store a batch of chunks (group commit); True where stored, False for
         duplicates. All files are written, then fsynced together, then renamed into place
         and each folder fsynced once, so a batch costs little more than one chunk."""
+        if self.read_only:
+            raise PermissionError(f"the store at {self.root} was opened read-only")
         todo: list[tuple[ChunkWrite, Path, Path]] = []
         result = []
         seen: set[tuple[str, str, int]] = set()

@@ -50,6 +50,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                           "Serve episode rewards over ZeroMQ for the learner."),
     ("actor", "pretrain"): ("vlac.infra.actor_cli", "ActorPretrainConfig", "pretrain_main",
                             "Imitation pretraining of the actor on demonstrations."),
+    ("learner", "run"): ("vlac.cloud.learner", "LearnerConfig", "main",
+                         "PPO on the fleet's episodes as they arrive in the store."),
     ("stack",): ("vlac.infra.stack", "StackConfig", "main",
                  "The main job: ingest + a fleet of robot processes on loopback."),
 }

@@ -1,14 +1,20 @@
 """Signed weight manifests: what a robot checks before it loads a new policy.
 
-The publisher signs a manifest (policy version, parent version, artifact sha256 and size,
-action tokenizer and observation specs, creation time) with its ed25519 key; robots hold the
-publisher's public key from enrolment. ``ManifestVerifier.accept`` refuses, with a reason:
-an unsigned or badly signed manifest, one whose artifact bytes do not match its hash or size,
-and one older than or equal to the version the robot already trusts (a replay), unless it is
-a signed fleet *rollback*, which names the version it rolls back from.
+Two signed things, both ed25519 with the publisher's key (robots hold its public key from
+enrolment):
 
-This is the part of weight publishing that both sides share; the publisher, object store
-upload and the robot's updater build on it.
+- a **Manifest**, once per version: policy version, parent version, artifact sha256 and size,
+  action tokenizer and observation specs, creation time. It says what the bytes are.
+- an **Assignment**, once per fleet decision: "robot R runs version V", with a fleet-wide
+  sequence number that only grows (kept in the fleet state, so it survives publisher
+  restarts) and a ``downgrade`` flag that only a fleet rollback, a pin to an older version or
+  the end of a canary sets. It says what a robot should run.
+
+``ManifestVerifier`` is the robot's side. It refuses, with a reason: an unsigned or badly
+signed manifest or assignment, an assignment for another robot, a replayed or out-of-order
+assignment (sequence not above the last one applied), an older version than the running one
+unless the assignment is a signed downgrade, and an artifact whose bytes do not match the
+manifest's size or hash.
 """
 
 from __future__ import annotations
@@ -42,8 +48,6 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     action_tokenizer: dict[str, Any]
     observation: dict[str, Any]
     created_at: float
-    rollback_from: int | None = None
-    """Set on a fleet rollback: the newer version being rolled back from."""
 
     def payload(self) -> bytes:
         """Canonical bytes that are signed (sorted-key JSON)."""
@@ -54,6 +58,21 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class SignedManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     manifest: Manifest
     signature: bytes
+
+
+class Assignment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A fleet decision for one robot; signed as its msgpack bytes."""
+
+    robot_id: str
+    version: int
+    seq: int
+    """Fleet-wide, strictly increasing: a robot never applies a sequence it has passed."""
+    manifest_key: str
+    artifact_key: str
+    downgrade: bool
+    """True only for a fleet rollback, a pin to an older version or the end of a canary."""
+    reason: str
+    issued_at: float
 
 
 def generate_keypair(directory: str | Path, name: str = "publisher") -> tuple[Path, Path]:
@@ -97,13 +116,11 @@ def file_digest(path: str | Path) -> tuple[str, int]:
 
 
 def make_manifest(artifact: str | Path, version: int, parent_version: int,
-                  action_tokenizer: dict, observation: dict,
-                  rollback_from: int | None = None) -> Manifest:
+                  action_tokenizer: dict, observation: dict) -> Manifest:
     digest, size = file_digest(artifact)
     return Manifest(version=version, parent_version=parent_version, sha256=digest, size=size,
                     artifact=Path(artifact).name, action_tokenizer=action_tokenizer,
-                    observation=observation, created_at=time.time(),
-                    rollback_from=rollback_from)
+                    observation=observation, created_at=time.time())
 
 
 def sign(manifest: Manifest, key: Ed25519PrivateKey) -> SignedManifest:
@@ -121,34 +138,62 @@ def decode(data: bytes) -> SignedManifest:
         raise ManifestError(f"not a signed manifest: {e}") from None
 
 
-class ManifestVerifier:
-    """The robot's side: trusts one publisher key and remembers the version it runs."""
+def sign_assignment(a: Assignment, key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
+    """(payload, signature): the payload is the assignment's msgpack bytes."""
+    payload = msgspec.msgpack.encode(a)
+    return payload, key.sign(payload)
 
-    def __init__(self, publisher_key: Ed25519PublicKey, trusted_version: int = -1) -> None:
+
+class ManifestVerifier:
+    """The robot's side: trusts one publisher key; remembers the running version and the last
+    assignment sequence it applied (persist both with the robot's state)."""
+
+    def __init__(self, publisher_key: Ed25519PublicKey, trusted_version: int = -1,
+                 robot_id: str = "", last_seq: int = -1) -> None:
         self.key = publisher_key
         self.trusted_version = trusted_version
+        self.robot_id = robot_id
+        self.last_seq = last_seq
+
+    def _verify(self, what: str, signature: bytes, payload: bytes) -> None:
+        if not signature:
+            raise ManifestError(f"{what} is unsigned; refusing it")
+        try:
+            self.key.verify(signature, payload)
+        except InvalidSignature:
+            raise ManifestError(f"{what} signature does not verify against the publisher "
+                                "key this robot was enrolled with; refusing it") from None
 
     def check_signature(self, signed: SignedManifest) -> Manifest:
-        if not signed.signature:
-            raise ManifestError("manifest is unsigned; refusing it")
-        try:
-            self.key.verify(signed.signature, signed.manifest.payload())
-        except InvalidSignature:
-            raise ManifestError("manifest signature does not verify against the publisher "
-                                "key this robot was enrolled with; refusing it") from None
+        self._verify("manifest", signed.signature, signed.manifest.payload())
         return signed.manifest
 
-    def accept(self, signed: SignedManifest, artifact: str | Path) -> Manifest:
-        """Verify signature, ordering and the artifact's bytes; return the manifest."""
+    def check_assignment(self, payload: bytes, signature: bytes) -> Assignment:
+        """Signature, addressee and order of an assignment (before anything is downloaded)."""
+        self._verify("assignment", signature, payload)
+        try:
+            a = msgspec.msgpack.decode(payload, type=Assignment)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ManifestError(f"not an assignment: {e}") from None
+        if self.robot_id and a.robot_id != self.robot_id:
+            raise ManifestError(f"assignment is for robot {a.robot_id!r}, not {self.robot_id!r}")
+        if a.seq <= self.last_seq:
+            raise ManifestError(f"assignment seq {a.seq} is not after the last applied "
+                                f"({self.last_seq}): a replay or an out-of-date announcement")
+        if a.version < self.trusted_version and not a.downgrade:
+            raise ManifestError(f"version {a.version} is older than the running version "
+                                f"{self.trusted_version} and the assignment is not a signed "
+                                "rollback/pin; refusing it")
+        return a
+
+    def check_manifest(self, signed: SignedManifest, a: Assignment) -> Manifest:
         m = self.check_signature(signed)
-        if m.rollback_from is not None:
-            if m.rollback_from != self.trusted_version:
-                raise ManifestError(f"rollback from version {m.rollback_from} does not apply: "
-                                    f"this robot runs version {self.trusted_version}")
-        elif m.version <= self.trusted_version:
-            raise ManifestError(f"manifest version {m.version} is not newer than the running "
-                                f"version {self.trusted_version} (a replay or an old "
-                                "announcement); a fleet rollback must be signed as one")
+        if m.version != a.version:
+            raise ManifestError(f"manifest is for version {m.version}, the assignment names "
+                                f"{a.version}")
+        return m
+
+    def check_artifact(self, m: Manifest, artifact: str | Path) -> None:
         digest, size = file_digest(artifact)
         if size != m.size:
             raise ManifestError(f"artifact is {size} bytes, the manifest says {m.size} "
@@ -156,8 +201,19 @@ class ManifestVerifier:
         if digest != m.sha256:
             raise ManifestError("artifact sha256 does not match the manifest (corrupted or "
                                 "tampered); refusing it")
+
+    def accept(self, signed: SignedManifest, artifact: str | Path) -> Manifest:
+        """Manifest-only check (no fleet assignment): signature, newer version, bytes."""
+        m = self.check_signature(signed)
+        if m.version <= self.trusted_version:
+            raise ManifestError(f"manifest version {m.version} is not newer than the running "
+                                f"version {self.trusted_version} (a replay or an old "
+                                "announcement); a fleet rollback must be signed as one")
+        self.check_artifact(m, artifact)
         return m
 
-    def commit(self, manifest: Manifest) -> None:
+    def commit(self, manifest: Manifest, assignment: Assignment | None = None) -> None:
         """Call after the new policy passed its health check and is running."""
         self.trusted_version = manifest.version
+        if assignment is not None:
+            self.last_seq = assignment.seq

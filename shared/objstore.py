@@ -151,6 +151,7 @@ class S3ObjectStore:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, key: str, fn):
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -161,7 +162,7 @@ class S3ObjectStore:
                 raise ObjectStoreError(f"no object {key} in s3://{self.bucket}/"
                                        f"{self.prefix}") from None
             raise ObjectStoreError(f"S3 {what} of {key} failed: {code} {e}") from None
-        except (BotoCoreError, OSError) as e:
+        except (BotoCoreError, Boto3Error, OSError) as e:  # Boto3Error: transfer retries
             raise ObjectStoreError(f"S3 {what} of {key} failed ({type(e).__name__}: {e}); "
                                    "is the endpoint reachable?") from None
 

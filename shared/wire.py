@@ -215,20 +215,24 @@ class Heartbeat(Message):
     spool_depth: NonNeg
     spool_bytes: NonNeg = 0
     time: float = 0.0
+    update_error: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    """The weight updater's last failure (empty when the last update applied cleanly)."""
 
 
 class WeightAnnouncement(Message):
-    """A new policy version is available at ``uri``; the manifest is signed by the publisher."""
+    """Robot ``robot_id`` should run ``version``. ``assignment`` is the signed
+    ``vlac.shared.manifest.Assignment`` (its bytes are what ``signature`` covers; the plain
+    fields here are only for routing and logs); ``manifest`` is the version's encoded
+    ``SignedManifest``. Published on the topic ``robot_id + "\\0"``."""
 
     TYPE: ClassVar[str] = "weights"
+    MAX_BYTES: ClassVar[int] = 64 * 1024
+    robot_id: Id
     version: NonNeg
-    parent_version: int
-    uri: str
-    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-    size: NonNeg
-    manifest: bytes
+    seq: NonNeg
+    assignment: bytes
     signature: bytes
-    created_at: float
+    manifest: bytes
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

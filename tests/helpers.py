@@ -173,3 +173,62 @@ def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def tiny_policy_onnx(path: Path, version: int, *, nan: bool = False, seed: int = 0,
+                     image_shape=(32, 32, 3), action_dim: int = 4, bins: int = 16) -> Path:
+    """A small ONNX graph with the exported actor's interface and metadata (inputs image,
+    proprio, text, gumbel, temperature; outputs tokens, logprobs, value), so fleet tests run
+    real ONNX Runtime sessions in milliseconds. ``nan`` poisons its logits (fails the health
+    check); ``seed`` changes its weights (a different artifact)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).normal(size=(1, action_dim, bins)).astype(np.float32)
+    if nan:
+        w[:] = np.nan
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Div", ["w", "temperature"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "gumbel"], ["noisy"]),
+        helper.make_node("ArgMax", ["noisy"], ["tok3"], axis=2, keepdims=1),
+        helper.make_node("LogSoftmax", ["scaled"], ["logp_all"], axis=2),
+        helper.make_node("GatherElements", ["logp_all", "tok3"], ["logp3"], axis=2),
+        helper.make_node("Squeeze", ["logp3", "ax2"], ["logprobs"]),
+        helper.make_node("Squeeze", ["tok3", "ax2"], ["tokens"]),
+        helper.make_node("ReduceSum", ["proprio", "ax1"], ["psum"], keepdims=0),
+        helper.make_node("Mul", ["psum", "zero"], ["value"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny-actor",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, *image_shape]),
+         helper.make_tensor_value_info("proprio", f, [1, 4]),
+         helper.make_tensor_value_info("text", f, [1, 8]),
+         helper.make_tensor_value_info("gumbel", f, [1, action_dim, bins]),
+         helper.make_tensor_value_info("temperature", f, [1])],
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, action_dim]),
+         helper.make_tensor_value_info("logprobs", f, [1, action_dim]),
+         helper.make_tensor_value_info("value", f, [1])],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+         numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+         numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {"format": "vlac-actor-onnx", "format_version": 1, "policy_version": version,
+            "inputs": ["image", "proprio", "text", "gumbel", "temperature"],
+            "outputs": ["tokens", "logprobs", "value"],
+            "action_tokenizer": {"low": [-1.0] * action_dim, "high": [1.0] * action_dim,
+                                 "bins": bins},
+            "observation": {"camera": "corner", "image_shape": list(image_shape),
+                            "proprio_dim": 4},
+            "action_dim": action_dim, "action_bins": bins,
+            "text_embeddings": {"reach the goal": [0.0] * 8}}
+    p = model.metadata_props.add()
+    p.key, p.value = "vlac", json.dumps(meta)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -99,3 +99,17 @@ def test_bad_ids_cannot_escape_the_store(tmp_path):
 def test_load_missing_episode_says_how_to_list(tmp_path):
     with pytest.raises(KeyError, match="vlac store ls"):
         EpisodeStore(tmp_path).load_episode("r", "e")
+
+
+def test_read_only_reader_leaves_staging_to_the_writer(tmp_path):
+    writer = EpisodeStore(tmp_path)
+    write_episode(writer, "r1", "e1", 2)
+    write_episode(writer, "r1", "e2", 3, order=[0, 1])  # still arriving
+    in_flight = tmp_path / "staging/r1/e2/.tmp-chunk-0000002.parquet"
+    in_flight.write_bytes(b"being written by ingest")
+    reader = EpisodeStore(tmp_path, read_only=True)
+    assert [e["episode_id"] for e in reader.list_episodes()] == ["e1"]
+    assert len(reader.load_episode("r1", "e1")) == 10
+    assert in_flight.exists()  # a writing store's recovery would have deleted it
+    with pytest.raises(PermissionError, match="read-only"):
+        write_episode(reader, "r1", "e3", 1)

@@ -51,12 +51,36 @@ def test_refuses_replays_and_old_versions(setup):
             v.accept(signed(key, art, version, version - 1), art)
 
 
-def test_signed_rollback_is_accepted_only_from_the_running_version(setup):
+def assignment(key, version, seq, robot="robot-0", downgrade=False):
+    a = mf.Assignment(robot_id=robot, version=version, seq=seq, manifest_key="m",
+                      artifact_key="a", downgrade=downgrade, reason="test", issued_at=0.0)
+    return mf.sign_assignment(a, key)
+
+
+def test_assignments_are_checked_for_signature_robot_order_and_downgrade(setup, tmp_path):
     key, pub, art, _ = setup
-    v = mf.ManifestVerifier(pub, trusted_version=3)
-    assert v.accept(signed(key, art, 2, 1, rollback_from=3), art).version == 2
-    with pytest.raises(mf.ManifestError, match="does not apply"):
-        v.accept(signed(key, art, 2, 1, rollback_from=5), art)
+    v = mf.ManifestVerifier(pub, trusted_version=3, robot_id="robot-0", last_seq=10)
+    a = v.check_assignment(*assignment(key, 4, 11))
+    assert (a.version, a.seq) == (4, 11)
+    payload, sig = assignment(key, 4, 11)
+    with pytest.raises(mf.ManifestError, match="does not verify"):
+        v.check_assignment(payload.replace(b"robot-0", b"robot-1"), sig)
+    with pytest.raises(mf.ManifestError, match="unsigned"):
+        v.check_assignment(payload, b"")
+    with pytest.raises(mf.ManifestError, match="not 'robot-0'"):
+        v.check_assignment(*assignment(key, 4, 11, robot="robot-1"))
+    for seq in (10, 9):
+        with pytest.raises(mf.ManifestError, match="replay"):
+            v.check_assignment(*assignment(key, 4, seq))
+    with pytest.raises(mf.ManifestError, match="older than the running"):
+        v.check_assignment(*assignment(key, 2, 12))
+    assert v.check_assignment(*assignment(key, 2, 12, downgrade=True)).version == 2
+    m = signed(key, art, 4, 3)
+    with pytest.raises(mf.ManifestError, match="names 2"):
+        v.check_manifest(m, v.check_assignment(*assignment(key, 2, 12, downgrade=True)))
+    a = v.check_assignment(*assignment(key, 4, 13))
+    v.commit(v.check_manifest(m, a), a)
+    assert (v.trusted_version, v.last_seq) == (4, 13)
 
 
 def test_refuses_corrupted_and_truncated_artifacts(setup):

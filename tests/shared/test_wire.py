@@ -49,11 +49,9 @@ small_msgs = st.one_of(
     st.builds(wire.HandshakeReply, accepted=st.booleans(), reason=st.text(max_size=100)),
     st.builds(wire.Handshake, protocol=st.integers(0, 10), robot_id=ids,
               config_hash=st.text(max_size=16), spec=st.just(SPEC)),
-    st.builds(wire.WeightAnnouncement, version=st.integers(0, 10**6),
-              parent_version=st.integers(-1, 10**6), uri=st.text(max_size=100),
-              sha256=st.from_regex(r"\A[0-9a-f]{64}\Z"), size=st.integers(0, 2**40),
-              manifest=st.binary(max_size=300), signature=st.binary(max_size=64),
-              created_at=finite),
+    st.builds(wire.WeightAnnouncement, robot_id=ids, version=st.integers(0, 10**6),
+              seq=st.integers(0, 2**40), assignment=st.binary(max_size=300),
+              signature=st.binary(max_size=64), manifest=st.binary(max_size=300)),
 )
 
 

@@ -1,0 +1,272 @@
+"""Publishing weights to the fleet: export -> INT8 -> signed upload, then announcements.
+
+Two halves, both holding the publisher's ed25519 key:
+
+- ``Publisher.publish(actor, version)`` (called by the learner every N updates, or
+  ``vlac publisher publish`` for an artifact exported by hand): exports the actor to ONNX,
+  quantizes it to INT8 QDQ (calibrated on demonstration frames), uploads the artifact and its
+  signed manifest to the object store under ``weights/vNNNNNN/``, records the version in the
+  fleet state and, by default, promotes it (``promote: production | canary | none``).
+- ``Announcer`` (``vlac publisher serve``): a ZeroMQ XPUB socket. Each robot subscribes to
+  its own topic (``robot_id + "\\0"``); XPUB hands us every subscription, including the one a
+  robot makes again on reconnect, and we answer with that robot's current signed assignment
+  (so a robot asks for the latest version just by connecting). The fleet state's revision
+  counter is polled; any change (new version, promote, rollback, canary, pin) issues a new
+  assignment, with a new sequence number, to every robot whose target changed. Every
+  ``resend_s`` the current assignments are sent again (PUB drops messages to peers that are
+  not connected yet); robots ignore a sequence they already applied.
+
+The announcement channel is not encrypted: what it carries is signed, and the weights come
+from the object store. Restarting the announcer loses nothing: sequence numbers and the last
+announcement per robot live in the fleet state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import zmq
+
+from vlac.cloud.fleet import FleetState
+from vlac.shared import manifest as mf
+from vlac.shared import wire
+from vlac.shared.config import check, describe, opt
+from vlac.shared.objstore import open_store
+
+log = logging.getLogger(__name__)
+
+
+def topic(robot_id: str) -> bytes:
+    return robot_id.encode() + b"\0"
+
+
+def artifact_keys(version: int) -> tuple[str, str]:
+    base = f"weights/v{version:06d}"
+    return f"{base}/actor_int8.onnx", f"{base}/manifest.msgpack"
+
+
+@dataclass
+class PublisherConfig:
+    fleet_dir: Path = opt(Path(".cache/fleet"), "Fleet state (fleet.db) lives here.")
+    object_store: str = opt(".cache/objects", "Where weights go: a folder or "
+                            "s3://bucket/prefix?endpoint=URL.")
+    signing_key: Path = opt(Path(".cache/keys/publisher/publisher.ed25519"),
+                            "The publisher's ed25519 private key (robots hold its .pub).")
+    bind: str = opt("tcp://127.0.0.1:5560", "Announcement socket (XPUB) address.")
+    resend_s: float = opt(5.0, "Re-send current assignments this often.")
+    poll_s: float = opt(0.1, "How often the fleet state is checked for changes.")
+    promote: Literal["production", "canary", "none"] = opt(
+        "production", "What a newly published version becomes.")
+    canary_fraction: float = opt(0.25, "Fraction of robots for promote=canary.")
+    # for `vlac publisher publish`
+    artifact: Path | None = opt(None, "An exported INT8 .onnx to publish "
+                                "(`vlac publisher publish`).")
+    version: int | None = opt(None, "Version to publish it as (default: its metadata's).")
+
+    def __post_init__(self) -> None:
+        self.fleet_dir, self.signing_key = Path(self.fleet_dir), Path(self.signing_key)
+        check(self.resend_s > 0, "resend_s", "must be > 0")
+        check(self.poll_s > 0, "poll_s", "must be > 0")
+        check(0 < self.canary_fraction <= 1, "canary_fraction", "must be in (0, 1]")
+
+
+def ensure_signing_key(path: Path) -> None:
+    """Create the publisher key pair on first use (robots are enrolled with the .pub)."""
+    if not path.exists():
+        mf.generate_keypair(path.parent, path.name.removesuffix(".ed25519"))
+        log.info("created publisher signing key %s", path)
+
+
+def read_meta(onnx_path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    for p in model.metadata_props:
+        if p.key == "vlac":
+            return json.loads(p.value)
+    raise ValueError(f"{onnx_path} has no vlac metadata; export it with `vlac actor export`")
+
+
+class Publisher:
+    """Uploads signed versions and records them in the fleet state."""
+
+    def __init__(self, cfg: PublisherConfig, fleet: FleetState | None = None) -> None:
+        self.cfg = cfg
+        ensure_signing_key(cfg.signing_key)
+        self.key = mf.load_private(cfg.signing_key)
+        self.store = open_store(cfg.object_store)
+        self.fleet = fleet or FleetState(cfg.fleet_dir / "fleet.db")
+        self.export_samples: list | None = None
+
+    def upload(self, artifact: Path, version: int, parent: int | None = None,
+               meta: dict | None = None) -> mf.Manifest:
+        meta = meta or read_meta(artifact)
+        if int(meta.get("policy_version", version)) != version:
+            raise ValueError(f"{artifact} says policy_version {meta['policy_version']}, "
+                             f"not {version}; export it with --version {version}")
+        if parent is None:
+            parent = self.fleet.latest_version()
+            parent = -1 if parent is None else parent
+        art_key, man_key = artifact_keys(version)
+        m = mf.make_manifest(artifact, version, parent, meta["action_tokenizer"],
+                             meta["observation"])
+        m = msgspec.structs.replace(m, artifact=art_key)
+        self.store.put_file(art_key, artifact)
+        self.store.put_bytes(man_key, mf.encode(mf.sign(m, self.key)))
+        self.fleet.add_version(version, parent, man_key, art_key, m.size, m.sha256)
+        if self.cfg.promote == "production":
+            self.fleet.promote(version)
+        elif self.cfg.promote == "canary":
+            self.fleet.start_canary(version, fraction=self.cfg.canary_fraction)
+        log.info("published version %d (%d bytes) as %s", version, m.size, art_key)
+        return m
+
+    def publish(self, actor, version: int, store_root: Path, tasks: list[str],
+                calibration_frames: int = 64) -> mf.Manifest:
+        """Export ``actor`` (a TorchActor) to INT8 ONNX and upload it as ``version``."""
+        from vlac.cloud import export
+        from vlac.shared import tasks as task_text
+
+        if self.export_samples is None:
+            self.export_samples = export.calibration_samples(actor, Path(store_root), tasks,
+                                                             calibration_frames)
+        samples = self.export_samples
+        sentences = sorted({s for t in tasks for s in task_text.instructions(t)})
+        actor.version = version
+        meta = export.metadata(actor, sentences, version, samples[0]["image"].shape[1:])
+        with tempfile.TemporaryDirectory(prefix="vlac-publish-") as tmp:
+            fp32 = export.export_fp32(actor, Path(tmp) / "actor_fp32.onnx", meta, samples[0])
+            int8 = export.quantize_int8(fp32, Path(tmp) / "actor_int8.onnx", samples, meta)
+            return self.upload(int8, version, meta=meta)
+
+
+class Announcer:
+    """Sends each robot its signed assignment; see the module docstring."""
+
+    def __init__(self, cfg: PublisherConfig, fleet: FleetState | None = None) -> None:
+        self.cfg = cfg
+        ensure_signing_key(cfg.signing_key)
+        self.key = mf.load_private(cfg.signing_key)
+        self.store = open_store(cfg.object_store)
+        self.fleet = fleet or FleetState(cfg.fleet_dir / "fleet.db")
+        self._manifests: dict[int, bytes] = {}
+        self.robots: set[str] = {r["robot_id"] for r in self.fleet.robots()}
+        self.sent = 0
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 10000)
+        self.sock.bind(cfg.bind)
+        self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.fleet.close()
+
+    def _manifest(self, version: int, key: str) -> bytes:
+        if version not in self._manifests:
+            self._manifests[version] = self.store.get_bytes(key)
+        return self._manifests[version]
+
+    def assignment_for(self, robot_id: str, force: bool) -> bytes | None:
+        """The announcement to send ``robot_id`` now: a new one when its target changed, the
+        last one again when ``force``, else None."""
+        target = self.fleet.target(robot_id)
+        if target is None:
+            return None
+        last = self.fleet.last_assignment(robot_id)
+        if last is not None and last[1] == target.version:
+            return last[2] if force else None
+        v = self.fleet.version(target.version)
+        a = mf.Assignment(robot_id=robot_id, version=target.version, seq=self.fleet.next_seq(),
+                          manifest_key=v["manifest_key"], artifact_key=v["artifact_key"],
+                          downgrade=target.downgrade, reason=target.reason,
+                          issued_at=time.time())
+        payload, sig = mf.sign_assignment(a, self.key)
+        blob = wire.encode(wire.WeightAnnouncement(
+            robot_id=robot_id, version=a.version, seq=a.seq, assignment=payload,
+            signature=sig, manifest=self._manifest(a.version, v["manifest_key"])))
+        self.fleet.record_assignment(robot_id, a.seq, a.version, a.reason, blob)
+        log.info("robot %s -> version %d (%s, seq %d%s)", robot_id, a.version, a.reason, a.seq,
+                 ", downgrade" if a.downgrade else "")
+        return blob
+
+    def _send(self, robot_id: str, force: bool) -> None:
+        try:
+            blob = self.assignment_for(robot_id, force)
+        except Exception as e:  # one bad version must not stop announcements to the rest
+            log.error("cannot announce to %s: %s", robot_id, e)
+            return
+        if blob is not None:
+            self.sock.send_multipart([topic(robot_id), blob])
+            self.sent += 1
+
+    def _subscriptions(self) -> None:
+        while True:
+            try:
+                msg = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not msg or msg[0] != 1:
+                continue  # unsubscribe
+            robot_id = msg[1:].rstrip(b"\0").decode("utf-8", "replace")
+            try:
+                wire.check_id(robot_id, "robot id")
+            except wire.WireError:
+                log.warning("ignoring a subscription to %r: not a robot id", msg[1:80])
+                continue
+            if robot_id not in self.robots:
+                log.info("robot %s subscribed", robot_id)
+                self.robots.add(robot_id)
+            self.fleet.robot_seen(robot_id)
+            self._send(robot_id, force=True)
+
+    def run(self, stop: threading.Event) -> None:
+        revision, next_resend = -1, time.monotonic() + self.cfg.resend_s
+        while not stop.is_set():
+            if self.sock.poll(int(self.cfg.poll_s * 1000)):
+                self._subscriptions()
+            now = time.monotonic()
+            rev = self.fleet.revision
+            if rev != revision or now >= next_resend:
+                force = now >= next_resend
+                revision = rev
+                for r in sorted(self.robots):
+                    self._send(r, force)
+                if force:
+                    next_resend = now + self.cfg.resend_s
+
+
+def serve_main(cfg: PublisherConfig) -> None:
+    print(describe(cfg), flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    ann = Announcer(cfg)
+    print(f"announcing on {ann.address}; fleet state {cfg.fleet_dir / 'fleet.db'}", flush=True)
+    try:
+        ann.run(stop)
+    finally:
+        ann.close()
+
+
+def publish_main(cfg: PublisherConfig) -> dict:
+    check(cfg.artifact is not None and Path(cfg.artifact).exists(), "artifact",
+          f"{cfg.artifact} is not an exported .onnx; run `vlac actor export` first")
+    meta = read_meta(Path(cfg.artifact))
+    version = cfg.version if cfg.version is not None else int(meta["policy_version"])
+    pub = Publisher(cfg)
+    m = pub.upload(Path(cfg.artifact), version, meta=meta)
+    print(f"published version {m.version} (parent {m.parent_version}, {m.size} bytes, "
+          f"sha256 {m.sha256[:12]}); promote={cfg.promote}", flush=True)
+    return {"version": m.version, "size": m.size, "sha256": m.sha256}

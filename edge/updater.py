@@ -1,0 +1,329 @@
+"""The robot's weight updater: new policy versions arrive, are verified, and swap in safely.
+
+A background thread subscribes to the publisher's announcements on the robot's own topic
+(subscribing again on every reconnect is how it asks for its latest assignment). Of all
+announcements waiting it takes the newest (highest sequence) and:
+
+1. checks the assignment's signature (the publisher's ed25519 key from enrolment), that it is
+   addressed to this robot, that its sequence is after the last one applied (replays are
+   refused) and that it is not older than the running version unless signed as a downgrade
+   (fleet rollback, pin, canary end);
+2. checks the manifest's signature, downloads the artifact from the object store to
+   ``state_dir/vN/`` and checks its size and sha256;
+3. loads it and health-checks it on a recorded observation (the last one the agent saw, kept
+   in ``state_dir/health_obs.npz``; a blank frame from the observation spec when there is
+   none): outputs finite, tokens in range, the version inside the artifact matches;
+4. hands it over: the agent calls ``take()`` between episodes and swaps (or, with
+   ``auto_swap``, the updater swaps right away: updater-only robots).
+
+Any failure keeps the running (last-known-good) policy and is reported through ``error``
+(sent in heartbeats). A download that fails for a transient reason (object store down,
+truncated transfer) is retried with backoff while it is still the newest assignment; a bad
+signature, a corrupted artifact (after one fresh download) or a failed health check is final
+for that assignment. ``state.json`` keeps the running version, its artifact and the last
+sequence, so a restarted robot resumes its last-known-good policy and still refuses replays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from vlac.edge.policy import Policy
+from vlac.edge.robot import Observation
+from vlac.shared import manifest as mf
+from vlac.shared import wire
+from vlac.shared.config import check, opt
+from vlac.shared.fsutil import write_atomic
+from vlac.shared.objstore import ObjectStoreError, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpdaterConfig:
+    publisher_address: str = opt("", "Publisher announcement address (empty: no updates).")
+    object_store: str = opt(".cache/objects", "Where versions are downloaded from: a folder "
+                            "or s3://bucket/prefix?endpoint=URL.")
+    publisher_key: Path = opt(Path(".cache/keys/publisher/publisher.ed25519.pub"),
+                              "The publisher's public key this robot was enrolled with.")
+    state_dir: Path = opt(Path(".cache/edge/weights"), "Downloaded versions and updater state.")
+    retry_s: float = opt(1.0, "First retry delay after a transient failure (doubles, max 30).")
+    keep_versions: int = opt(3, "Downloaded versions kept on disk (the running one always).")
+
+    def __post_init__(self) -> None:
+        self.publisher_key, self.state_dir = Path(self.publisher_key), Path(self.state_dir)
+        check(self.retry_s > 0, "retry_s", "must be > 0")
+        check(self.keep_versions >= 1, "keep_versions", "must be >= 1")
+        if self.publisher_address:
+            check(self.publisher_key.exists(), "publisher_key",
+                  f"{self.publisher_key} does not exist; copy the publisher's .pub key "
+                  "(made by `vlac publisher serve`) to the robot")
+
+
+class UpdateRejected(RuntimeError):
+    """This assignment will not be applied (final); the message says why."""
+
+
+@dataclass
+class Pending:
+    policy: Policy
+    assignment: mf.Assignment
+    manifest: mf.Manifest
+    path: Path
+
+
+def health_check(policy: Policy, obs: Observation, version: int) -> None:
+    if getattr(policy, "version", version) != version:
+        raise UpdateRejected(f"the artifact says policy version {policy.version}, the signed "
+                             f"manifest {version}")
+    try:
+        step = policy.act(obs)
+    except Exception as e:
+        raise UpdateRejected(f"health check failed: the policy raised {type(e).__name__}: "
+                             f"{e}") from None
+    bins = getattr(getattr(policy, "tokenizer", None), "bins", None)
+    if not (np.all(np.isfinite(step.action)) and np.isfinite(step.logprob)):
+        raise UpdateRejected("health check failed: the policy output is not finite (NaN/inf)")
+    if bins is not None and not np.all((step.tokens >= 0) & (step.tokens < bins)):
+        raise UpdateRejected(f"health check failed: tokens {step.tokens} outside [0, {bins})")
+
+
+def blank_observation(policy: Policy) -> Observation:
+    """A recorded-observation stand-in built from the artifact's observation spec."""
+    meta = getattr(policy, "meta", {})
+    shape = tuple(meta.get("observation", {}).get("image_shape", (128, 128, 3)))
+    camera = meta.get("observation", {}).get("camera", "corner")
+    dim = meta.get("observation", {}).get("proprio_dim", 4)
+    task = sorted(meta.get("text_embeddings", {"": 0}))[0]
+    return Observation({camera: np.zeros(shape, np.uint8)}, np.zeros(dim, np.float32), task)
+
+
+class WeightUpdater(threading.Thread):
+    def __init__(self, cfg: UpdaterConfig, robot_id: str,
+                 load_policy: Callable[[Path], Policy], *, running_version: int = -1,
+                 auto_swap: bool = False,
+                 on_swap: Callable[[int], None] | None = None) -> None:
+        super().__init__(name=f"updater-{robot_id}", daemon=True)
+        self.cfg = cfg
+        self.robot_id = robot_id
+        self.load_policy = load_policy
+        self.auto_swap = auto_swap
+        self.on_swap = on_swap
+        self.store = open_store(cfg.object_store)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_path = cfg.state_dir / "state.json"
+        state = self._read_state()
+        self.verifier = mf.ManifestVerifier(
+            mf.load_public(cfg.publisher_key),
+            trusted_version=state.get("running_version", running_version),
+            robot_id=robot_id, last_seq=state.get("last_seq", -1))
+        self.running_path: Path | None = Path(state["artifact"]) if state.get("artifact") \
+            else None
+        self.error = ""
+        self.applied = 0
+        self._lock = threading.Lock()
+        self._pending: Pending | None = None
+        self._obs: Observation | None = None
+        self._done_seqs: set[int] = set()
+        self._retry: tuple[wire.WeightAnnouncement, float, float] | None = None
+        self._halt = threading.Event()
+
+    # ------------------------------------------------------------------ agent side
+    @property
+    def running_version(self) -> int:
+        return self.verifier.trusted_version
+
+    def restore(self) -> Policy | None:
+        """The last-known-good policy from a previous run, if there is one."""
+        if self.running_path is None or not self.running_path.exists():
+            return None
+        try:
+            return self.load_policy(self.running_path)
+        except Exception as e:
+            log.error("cannot reload last-known-good %s: %s", self.running_path, e)
+            return None
+
+    def observe(self, obs: Observation) -> None:
+        """Give the updater an observation to health-check new versions on."""
+        first = self._obs is None
+        self._obs = obs
+        if first:
+            np.savez(self.cfg.state_dir / "health_obs.npz", proprio=obs.proprio,
+                     task=np.array(obs.task), **{f"image_{k}": v for k, v in obs.images.items()})
+
+    def take(self) -> Policy | None:
+        """The verified new policy if one is waiting (call between episodes); it is now the
+        running version."""
+        with self._lock:
+            p, self._pending = self._pending, None
+        if p is None:
+            return None
+        self.verifier.commit(p.manifest, p.assignment)
+        self.running_path = p.path
+        self.error = ""
+        self.applied += 1
+        self._write_state()
+        self._prune()
+        log.info("robot %s now runs version %d", self.robot_id, p.manifest.version)
+        if self.on_swap is not None:
+            self.on_swap(p.manifest.version)
+        return p.policy
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    # ------------------------------------------------------------------ state
+    def _read_state(self) -> dict:
+        try:
+            return json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.error("updater state %s unreadable (%s); starting without it",
+                      self._state_path, e)
+            return {}
+
+    def _write_state(self) -> None:
+        write_atomic(self._state_path, json.dumps({
+            "running_version": self.verifier.trusted_version, "last_seq": self.verifier.last_seq,
+            "artifact": str(self.running_path) if self.running_path else ""}).encode())
+
+    def _prune(self) -> None:
+        dirs = sorted((d for d in self.cfg.state_dir.glob("v*") if d.is_dir()),
+                      key=lambda d: d.stat().st_mtime)
+        keep = {self.running_path.parent} if self.running_path else set()
+        for d in dirs[:-self.cfg.keep_versions]:
+            if d not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _health_obs(self, policy: Policy) -> Observation:
+        if self._obs is not None:
+            return self._obs
+        path = self.cfg.state_dir / "health_obs.npz"
+        if path.exists():
+            d = np.load(path)
+            return Observation({k[6:]: d[k] for k in d.files if k.startswith("image_")},
+                               d["proprio"], str(d["task"]))
+        return blank_observation(policy)
+
+    # ------------------------------------------------------------------ applying
+    def _fail(self, ann: wire.WeightAnnouncement, message: str) -> None:
+        self.error = f"version {ann.version} (seq {ann.seq}) refused: {message}"
+        self._done_seqs.add(ann.seq)
+        log.error("robot %s keeps version %d: %s", self.robot_id, self.running_version,
+                  self.error)
+
+    def _download(self, a: mf.Assignment, m: mf.Manifest) -> Path:
+        dest = self.cfg.state_dir / f"v{m.version:06d}" / Path(a.artifact_key).name
+        if dest.exists():
+            try:
+                self.verifier.check_artifact(m, dest)
+                return dest
+            except mf.ManifestError:
+                dest.unlink()
+        self.store.get_file(a.artifact_key, dest)
+        try:
+            self.verifier.check_artifact(m, dest)
+        except mf.ManifestError:
+            dest.unlink(missing_ok=True)  # one fresh download before calling it corrupted
+            self.store.get_file(a.artifact_key, dest)
+            try:
+                self.verifier.check_artifact(m, dest)
+            except mf.ManifestError as e:
+                dest.unlink(missing_ok=True)
+                raise UpdateRejected(str(e)) from None
+        return dest
+
+    def consider(self, ann: wire.WeightAnnouncement) -> None:
+        """Apply one announcement (the newest waiting); never raises."""
+        if ann.seq in self._done_seqs or ann.seq <= self.verifier.last_seq:
+            return  # a re-send of something already handled
+        with self._lock:
+            if self._pending is not None and self._pending.assignment.seq >= ann.seq:
+                return
+        try:
+            a = self.verifier.check_assignment(ann.assignment, ann.signature)
+            if a.version == self.running_version:
+                self.verifier.last_seq = a.seq
+                self._write_state()
+                with self._lock:
+                    self._pending = None  # an older target came back: stay where we are
+                self.error = ""
+                return
+            m = self.verifier.check_manifest(mf.decode(ann.manifest), a)
+            path = self._download(a, m)
+            try:
+                policy = self.load_policy(path)
+            except Exception as e:
+                raise UpdateRejected(f"cannot load {path.name}: {e}") from None
+            health_check(policy, self._health_obs(policy), m.version)
+        except (mf.ManifestError, UpdateRejected) as e:
+            self._fail(ann, str(e))
+            return
+        except Exception as e:  # ObjectStoreError or anything unforeseen: retry, keep serving
+            if not isinstance(e, ObjectStoreError):
+                log.exception("unexpected error applying version %d", ann.version)
+            delay = self.cfg.retry_s if self._retry is None or self._retry[0].seq != ann.seq \
+                else min(30.0, self._retry[2] * 2)
+            self._retry = (ann, time.monotonic() + delay, delay)
+            self.error = f"version {ann.version} download failed, retrying in {delay:.0f}s: {e}"
+            log.warning("robot %s: %s", self.robot_id, self.error)
+            return
+        self._retry = None
+        with self._lock:
+            self._pending = Pending(policy, a, m, path)
+        log.info("robot %s: version %d verified and health-checked (seq %d, %s)",
+                 self.robot_id, m.version, a.seq, a.reason)
+        if self.auto_swap:
+            self.take()
+
+    def run(self) -> None:
+        ctx = zmq.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.MAXMSGSIZE, wire.HARD_MAX_BYTES)
+        sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sub.setsockopt(zmq.SUBSCRIBE, self.robot_id.encode() + b"\0")
+        sub.connect(self.cfg.publisher_address)
+        try:
+            while not self._halt.is_set():
+                newest = None
+                if sub.poll(100):
+                    while True:  # drain: only the newest assignment matters
+                        try:
+                            frames = sub.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if len(frames) != 2:
+                            log.error("ignoring an announcement of %d frames", len(frames))
+                            continue
+                        data = frames[1]
+                        try:
+                            ann = wire.decode(data, expect=(wire.WeightAnnouncement,))
+                        except wire.WireError as e:
+                            log.error("ignoring a bad announcement: %s", e)
+                            continue
+                        if ann.robot_id == self.robot_id and (newest is None
+                                                              or ann.seq > newest.seq):
+                            newest = ann
+                if self._retry is not None and (newest is None
+                                                or newest.seq <= self._retry[0].seq):
+                    if time.monotonic() >= self._retry[1]:
+                        newest = self._retry[0]
+                    elif newest is not None and newest.seq == self._retry[0].seq:
+                        newest = None  # a re-send of what we are waiting to retry
+                if newest is not None:
+                    self.consider(newest)
+        finally:
+            sub.close(0)

@@ -1,0 +1,341 @@
+"""The PPO learner on real parts: a tiny actor, real encoders, a real episode store, the
+DeepSpeed engine (one process, and two processes over gloo), a local object store."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import free_port
+from vlac.cloud.actor import TorchActor
+from vlac.cloud.critic import SmallVLACCritic
+from vlac.cloud.encoders import ImageEncoder, TextEncoder
+from vlac.cloud.learner import Learner, LearnerConfig, reward_source, shape_rewards
+from vlac.cloud.store import EpisodeStore
+from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
+from vlac.infra.cli import main as cli
+from vlac.shared.config import ConfigError, from_dict
+from vlac.shared.episode import StepColumns
+from vlac.shared.objstore import open_store
+from vlac.shared.tokenizer import ActionTokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+REPO = Path(__file__).resolve().parents[2]
+TASK = "press the button"
+TINY = VLACConfig(d_model=32, layers=1, heads=2, ff=64, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def encoders():
+    return ImageEncoder(), TextEncoder()
+
+
+def tiny_actor(path, seed=0):
+    torch.manual_seed(seed)
+    TorchActor(SmallVLAC(TINY), camera="corner").save(path)
+    return path
+
+
+def make_steps(n, *, intervention=None, version=0, seed=0):
+    """32x32 frames; frame t+1 shows action token 0 of step t in a corner (what the scripted
+    critic below rewards)."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 256, (n, 4))
+    frames = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    frames[1:, :4, :4] = tokens[:-1, 0, None, None, None].astype(np.uint8)
+    interv = np.zeros(n, bool) if intervention is None else np.asarray(intervention, bool)
+    return StepColumns(
+        images={"corner": frames}, proprio=rng.normal(size=(n, 4)).astype(np.float32),
+        action=ActionTokenizer([-1] * 4, [1] * 4).decode(tokens),
+        action_tokens=tokens.astype(np.int32),
+        logprob=np.where(interv, 0, -4 * np.log(256)).astype(np.float32),
+        policy_version=np.full(n, version, np.int64), intervention=interv,
+        timestamp=np.arange(n, dtype=np.float64))
+
+
+def write_episode(store, robot, ep, n, *, success=False, source="policy", **kw):
+    steps = make_steps(n, **kw)
+    store.write_episode(robot, ep, TASK, steps, success, source=source, task_id="button-v3")
+    return steps
+
+
+class TokenRewards:
+    """A scripted critic: progress +0.5 when the next frame shows a high token 0."""
+
+    def episode_rewards(self, task, frames, stride=1, reference=None):
+        high = frames[1:, 0, 0, 0] >= 128
+        return np.where(high, 0.5, -0.5).astype(np.float32), np.zeros(len(high), np.float32)
+
+
+def config(tmp_path, **kw):
+    base = dict(store_root=tmp_path / "store", init=tmp_path / "init.pt", out=tmp_path / "out",
+                features=tmp_path / "features", object_store=str(tmp_path / "objects"),
+                episodes_per_update=2, epochs=2, minibatch_size=16, bc_batch_size=8,
+                lr=1e-3, once=True, threads=1)
+    return LearnerConfig(**{**base, **kw})
+
+
+def test_shape_rewards_edge_cases():
+    d, p = np.array([0.1, 0.2, 0.3], np.float32), np.array([0.0, 0.95, 0.99], np.float32)
+    r, term = shape_rewards("critic", 4, False, d, p, 0.9)  # critic done after step 1
+    np.testing.assert_allclose(r, [0.1, 0.2])
+    assert term
+    r, term = shape_rewards("critic", 4, True, d, np.zeros(3), 0.9)  # robot says success
+    np.testing.assert_allclose(r, [0.1, 0.2, 0.3, 0.0])
+    assert term
+    r, term = shape_rewards("critic", 4, False, d, np.zeros(3), 0.9)  # timeout: bootstrap
+    assert len(r) == 3 and not term
+    r, term = shape_rewards("critic", 4, False, d, p, 1.0)  # threshold 1 never fires
+    assert len(r) == 3 and not term
+    r, term = shape_rewards("sparse", 3, True)
+    np.testing.assert_array_equal(r, [0, 0, 1])
+    assert term
+    r, term = shape_rewards("sparse", 3, False)
+    np.testing.assert_array_equal(r, [0, 0])
+    assert not term
+    assert shape_rewards("critic", 1, False, np.zeros(0), np.zeros(0))[0].size == 0
+    assert shape_rewards("critic", 1, True, np.zeros(0), np.zeros(0))[1]
+
+
+def test_run_checkpoints_publishes_and_resumes_without_reconsuming(tmp_path, encoders):
+    img, txt = encoders
+    tiny_actor(tmp_path / "init.pt")
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    for i in range(4):
+        write_episode(store, "robot-0", f"ep-{i}", 10, success=i % 2 == 0, seed=i,
+                      intervention=[j < 3 for j in range(10)] if i == 1 else None)
+    write_episode(store, "operator", "demo-0", 8, success=True, source="demo", seed=9)
+    published = []
+    cfg = config(tmp_path, checkpoint_every=1, keep_checkpoints=1)
+    learner = Learner(cfg, TokenRewards(), lambda a, v: published.append((type(a), v)),
+                      image_encoder=img, text_encoder=txt)
+    first = learner.run()
+    assert first["updates"] == 2 and first["version"] == 2 and first["episodes"] == 4
+    assert published == [(TorchActor, 1), (TorchActor, 2)]
+    log = json.loads((cfg.out / "learner_log.json").read_text())["log"]
+    assert all(r["bc_samples"] >= 8 and r["ppo_samples"] > 0 for r in log)  # demo + takeovers
+    assert list((cfg.out / "tb").glob("events.out.tfevents.*"))
+    assert (cfg.out / "learner_curves.png").stat().st_size > 10_000
+    objects = open_store(tmp_path / "objects")
+    assert objects.get_bytes("learner/checkpoints/latest") == b"step2"
+    keys = objects.list("learner/checkpoints/")
+    assert "learner/checkpoints/step2/actor.pt" in keys
+    assert not [k for k in keys if "/step1/" in k]  # keep_checkpoints=1 pruned it
+    assert TorchActor.load(cfg.out / "actor.pt").version == 2
+
+    # two more episodes arrive; a fresh output folder resumes from the object store alone
+    write_episode(store, "robot-1", "ep-4", 10, seed=4, version=2)
+    write_episode(store, "robot-1", "ep-5", 10, seed=5, version=1)
+    cfg2 = config(tmp_path, out=tmp_path / "out2")
+    again = Learner(cfg2, TokenRewards(), image_encoder=img, text_encoder=txt)
+    assert again.version == 2 and len(again.consumed) == 4
+    assert len(again.engine.optimizer.state) > 0  # AdamW moments came back too
+    torch.testing.assert_close(again.engine.module.state_dict(),
+                               learner.engine.module.state_dict())
+    second = again.run()
+    assert second["updates"] == 1 and second["episodes"] == 2 and second["version"] == 3
+    third = Learner(cfg2, TokenRewards(), image_encoder=img, text_encoder=txt).run()
+    assert third["updates"] == 0 and third["version"] == 3 and third["consumed_total"] == 6
+
+
+def test_consumes_episodes_as_they_arrive_and_stops_when_idle_or_told(tmp_path, encoders):
+    img, txt = encoders
+    tiny_actor(tmp_path / "init.pt")
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    learner = Learner(config(tmp_path, once=False, idle_timeout_s=1.0, poll_s=0.05),
+                      TokenRewards(), image_encoder=img, text_encoder=txt)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(learner.run()))
+    thread.start()
+    for i in range(3):  # arrive while the learner waits; the third stays pending (1 < 2)
+        time.sleep(0.2)
+        write_episode(store, "robot-0", f"ep-{i}", 8, seed=i)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert result["updates"] == 1 and result["episodes"] == 2
+    assert learner.consumed == {"robot-0/ep-0", "robot-0/ep-1"}
+    waiting = Learner(config(tmp_path, once=False, poll_s=0.05), TokenRewards(),
+                      image_encoder=img, text_encoder=txt)  # no idle timeout: waits for ever
+    thread = threading.Thread(target=lambda: result.update(waiting.run()))
+    thread.start()
+    time.sleep(0.3)
+    waiting.stop()
+    thread.join(10)
+    assert not thread.is_alive() and result["updates"] == 0 and result["version"] == 1
+
+
+def _prob_high(learner, episodes):
+    """Mean probability of token 0 >= 128, and mean log-prob of the rewarded tokens."""
+    model = learner.engine.module
+    probs, logps = [], []
+    with torch.no_grad():
+        for ep in episodes:
+            t = torch.from_numpy
+            text = t(np.repeat(ep.text[None], len(ep), 0))
+            logits, _ = model.actor_forward(text, t(ep.feat.astype(np.float32)),
+                                            t(ep.proprio), t(ep.tokens))
+            probs.append(logits[:, 0].softmax(-1)[:, 128:].sum(-1).numpy())
+            logp, _, _ = model.action_logprobs(text, t(ep.feat.astype(np.float32)),
+                                               t(ep.proprio), t(ep.tokens))
+            logps.append(logp.numpy()[ep.tokens[:, 0] >= 128])
+    return float(np.concatenate(probs).mean()), float(np.concatenate(logps).mean())
+
+
+def test_ppo_raises_the_probability_of_rewarded_tokens(tmp_path, encoders):
+    img, txt = encoders
+    tiny_actor(tmp_path / "init.pt", seed=1)
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    cfg = config(tmp_path, episodes_per_update=4, epochs=4, minibatch_size=32, lr=3e-3,
+                 gamma=0.0, bc_coef=0.0, target_kl=0.0, max_updates=1)
+    learner = Learner(cfg, TokenRewards(), image_encoder=img, text_encoder=txt)
+    for i in range(4):
+        write_episode(store, "robot-0", f"probe-{i}", 24, seed=100 + i)
+    probe = [learner.load_episode(e) for e in learner.poll()]
+    learner.consumed.update(e.key for e in probe)
+    before = _prob_high(learner, probe)
+    for u in range(3):
+        for i in range(4):  # behaviour log-probs: the current policy's
+            steps = make_steps(24, seed=10 * u + i, version=learner.version)
+            with torch.no_grad():
+                logp, _, _ = learner.engine.module.action_logprobs(
+                    torch.from_numpy(np.repeat(txt.encode([TASK]), 24, 0)),
+                    torch.from_numpy(img.encode(steps.images["corner"]).astype(np.float32)),
+                    torch.from_numpy(steps.proprio),
+                    torch.from_numpy(steps.action_tokens.astype(np.int64)))
+            steps.logprob = logp.numpy()
+            store.write_episode("robot-0", f"ep-{u}-{i}", TASK, steps, False)
+        stats = learner.update(learner.poll())
+        assert stats["ppo_samples"] == 4 * 23 and 0.99 < stats["mean_weight"] <= 1.0
+    after = _prob_high(learner, probe)
+    assert learner.version == 3
+    assert after[0] > before[0] + 0.05, (before, after)  # P(token 0 high) went up
+    assert after[1] > before[1], (before, after)  # and the rewarded tokens' log-prob
+
+
+def test_takeover_steps_are_never_ppo_samples(tmp_path, encoders):
+    img, txt = encoders
+    tiny_actor(tmp_path / "init.pt")
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    cfg = config(tmp_path, episodes_per_update=1, demo_episodes=0, bc_coef=1.0,
+                 max_version_lag=0)
+    learner = Learner(cfg, TokenRewards(), image_encoder=img, text_encoder=txt)
+    w0 = {k: v.clone() for k, v in learner.engine.module.state_dict().items()}
+    write_episode(store, "robot-0", "all-operator", 12, intervention=np.ones(12), seed=3)
+    stats = learner.update(learner.poll())
+    assert stats["ppo_samples"] == 0 and stats["bc_samples"] == 12
+    assert np.isnan(stats["pg_loss"]) and np.isfinite(stats["bc_loss"])
+    assert stats["version"] == 1  # the BC term alone still trained the policy
+    assert any(not torch.equal(w0[k], v) for k, v in learner.engine.module.state_dict().items())
+    # mixed: 5 takeovers among 12 steps; 11 steps have a reward (no success: bootstrap)
+    write_episode(store, "robot-0", "mixed", 12, intervention=np.arange(12) % 2 == 0, seed=4,
+                  version=1)
+    learner.cfg.epochs, learner.cfg.target_kl = 4, 1e-9
+    stats = learner.update(learner.poll())
+    assert stats["ppo_samples"] == 5 and stats["bc_samples"] == 6  # steps 1,3,..,9 in PPO
+    assert stats["epochs"] == 2  # epoch 1 starts at the anchor (KL 0); epoch 2 overshoots
+    # stale steps (lag > max_version_lag) are dropped too
+    write_episode(store, "robot-0", "stale", 12, seed=5, version=0)  # lag 2 > 0
+    stats = learner.update(learner.poll())
+    assert stats["ppo_samples"] == 0 and stats["stale_fraction"] == 1.0
+    assert stats["version"] == 2  # nothing to learn from: same version, episode consumed
+    assert "robot-0/stale" in learner.consumed
+
+
+def test_bad_config_values_name_the_field(tmp_path, capsys):
+    for kw, field in [({"episodes_per_update": 0}, "episodes_per_update"),
+                      ({"clip": 0.0}, "clip"), ({"done_threshold": 1.5}, "done_threshold"),
+                      ({"zero_stage": 3}, "zero_stage"), ({"gamma": 1.1}, "gamma"),
+                      ({"critic": tmp_path / "missing.pt"}, "critic"),
+                      ({"ds_config": tmp_path / "missing.json"}, "ds_config")]:
+        with pytest.raises(ConfigError, match=f"`{field}`"):
+            LearnerConfig(**kw)
+    with pytest.raises(ConfigError, match="`reward`"):
+        from_dict(LearnerConfig, {"reward": "dense"})
+    with pytest.raises(ConfigError, match=r"`critic`.*--reward-service"):
+        reward_source(LearnerConfig())
+    assert reward_source(LearnerConfig(reward="sparse")) is None
+    assert cli(["learner", "run", "--epochs", "0"]) == 2
+    assert "`epochs`" in capsys.readouterr().err
+
+
+def test_cli_runs_once_with_an_in_process_critic(tmp_path):
+    tiny_actor(tmp_path / "init.pt")
+    torch.manual_seed(0)
+    SmallVLACCritic(SmallVLAC(TINY)).save(tmp_path / "critic.pt")
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    for i in range(3):
+        write_episode(store, "robot-0", f"ep-{i}", 6, success=i == 0, seed=i)
+    args = ["learner", "run", "--store-root", str(tmp_path / "store"), "--init",
+            str(tmp_path / "init.pt"), "--out", str(tmp_path / "out"), "--critic",
+            str(tmp_path / "critic.pt"), "--once", "--episodes-per-update", "2",
+            "--epochs", "1", "--threads", "1", "--features", str(tmp_path / "features")]
+    assert cli(args) == 0
+    summary = json.loads((tmp_path / "out" / "learner_log.json").read_text())
+    assert summary["updates"] == 2 and summary["version"] == 2  # 2 + the remaining 1
+    assert (tmp_path / "out" / "objects" / "learner" / "checkpoints" / "latest").exists()
+
+
+RANK_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from pathlib import Path
+    root, repo = Path(sys.argv[1]), sys.argv[2]
+    sys.path.insert(0, repo)
+    from tests.cloud.test_learner import TokenRewards
+    from vlac.cloud.learner import Learner, LearnerConfig
+
+    calls = []
+
+    class CountingRewards(TokenRewards):
+        def episode_rewards(self, *args, **kw):
+            calls.append(1)
+            return super().episode_rewards(*args, **kw)
+
+    cfg = LearnerConfig(store_root=root / "store", init=root / "init.pt", out=root / "out",
+                        features=root / "features", once=True, max_updates=1,
+                        episodes_per_update=2, epochs=1, minibatch_size=8, bc_batch_size=4,
+                        lr=1e-2, checkpoint_every=1, threads=1)
+    learner = Learner(cfg, CountingRewards())
+    assert learner.world == 2, learner.world
+    summary = learner.run()
+    assert summary["version"] == 1, summary
+    assert len(calls) == (2 if learner.rank == 0 else 0), calls  # rank 0 asks the critic
+    torch.save(learner.engine.module.state_dict(), root / f"rank{learner.rank}.pt")
+""")
+
+
+@pytest.mark.timeout(180)
+def test_two_process_deepspeed_step_keeps_ranks_identical(tmp_path):
+    tiny_actor(tmp_path / "init.pt")
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    for i in range(3):
+        write_episode(store, "robot-0", f"ep-{i}", 9, success=True, seed=i,
+                      intervention=np.arange(9) < 2)
+    write_episode(store, "operator", "demo-0", 8, success=True, source="demo", seed=7)
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, str(tmp_path / "rank.py"),
+                                       str(tmp_path), str(REPO)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=150)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    init = TorchActor.load(tmp_path / "init.pt").model.state_dict()
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for k in r0:
+        torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(r0[k], init[k]) for k in r0)
+    # rank 0 alone uploaded the checkpoint
+    assert open_store(tmp_path / "out" / "objects").get_bytes(
+        "learner/checkpoints/latest") == b"step1"

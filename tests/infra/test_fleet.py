@@ -1,0 +1,320 @@
+"""Weight publishing and the fleet: signed versions, a live announcer (real XPUB/SUB sockets on
+loopback), robots' updaters with real ONNX Runtime sessions, fleet decisions, and faults."""
+
+import contextlib
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.helpers import tiny_policy_onnx, wait_for
+from vlac.cloud.fleet import FleetError, FleetState, in_fraction
+from vlac.cloud.publisher import Announcer, Publisher, PublisherConfig, artifact_keys
+from vlac.edge.runtime import OnnxPolicy
+from vlac.edge.updater import UpdaterConfig, WeightUpdater
+from vlac.shared import manifest as mf
+from vlac.shared import wire
+
+
+# ------------------------------------------------------------------ fleet state rules
+def add(fleet, *versions):
+    for v in versions:
+        fleet.add_version(v, v - 1, f"m{v}", f"a{v}", 10, "0" * 64)
+
+
+def test_targets_follow_production_canary_and_pins(tmp_path):
+    fleet = FleetState(tmp_path / "fleet.db")
+    assert fleet.target("r1") is None
+    add(fleet, 1, 2, 3)
+    fleet.promote(1)
+    fleet.promote(2)
+    assert fleet.target("r1") == (t := fleet.target("r1")) and (t.version, t.reason) == \
+        (2, "production") and not t.downgrade
+    fleet.set_group("lab-a", ["r1"])
+    fleet.start_canary(3, group="lab-a")
+    assert fleet.target("r1").version == 3 and fleet.target("r2").version == 2
+    fleet.pin(1, group="lab-a")
+    t = fleet.target("r1")
+    assert (t.version, t.reason, t.downgrade) == (1, "pin:lab-a", True)
+    fleet.pin(2, robot="r1")  # a robot's own pin wins over its group's
+    assert fleet.target("r1").reason == "pin"
+    fleet.unpin(robot="r1")
+    fleet.unpin(group="lab-a")
+    assert fleet.target("r1").version == 3
+    fleet.end_canary()
+    t = fleet.target("r1")
+    assert (t.version, t.downgrade) == (2, True)  # the canary's end is a signed downgrade
+    assert fleet.rollback() == 1 and fleet.production == 1
+    with pytest.raises(FleetError, match="nothing to roll back"):
+        fleet.rollback()
+    with pytest.raises(FleetError, match="never published"):
+        fleet.promote(9)
+    with pytest.raises(FleetError, match="already published"):
+        add(fleet, 3)
+    with pytest.raises(FleetError, match="exactly one"):
+        fleet.start_canary(3, group="g", fraction=0.5)
+    fleet.close()
+    again = FleetState(tmp_path / "fleet.db")  # state survives restarts
+    assert again.production == 1 and again.target("r2").version == 1
+    assert [e["action"] for e in again.events(3)] == ["rollback", "canary_end", "unpin"]
+
+
+def test_fraction_canary_is_stable_and_about_the_right_size(tmp_path):
+    robots = [f"robot-{i}" for i in range(400)]
+    chosen = [r for r in robots if in_fraction(r, 0.25)]
+    assert 60 < len(chosen) < 140
+    assert chosen == [r for r in robots if in_fraction(r, 0.25)]
+
+
+# ------------------------------------------------------------------ live fleet
+class Fleet:
+    """An announcer thread plus updater-only robots, all on loopback."""
+
+    def __init__(self, tmp, store_uri: str | None = None, resend_s: float = 0.5):
+        self.tmp = tmp
+        self.cfg = PublisherConfig(fleet_dir=tmp / "fleet", object_store=store_uri or
+                                   str(tmp / "objects"),
+                                   signing_key=tmp / "keys" / "publisher.ed25519",
+                                   bind="tcp://127.0.0.1:0", resend_s=resend_s, poll_s=0.05)
+        self.publisher = Publisher(self.cfg)
+        self.robots: dict[str, WeightUpdater] = {}
+        self.start_announcer()
+
+    def start_announcer(self, bind: str | None = None):
+        if bind:
+            self.cfg.bind = bind
+        self.announcer = Announcer(self.cfg, FleetState(self.cfg.fleet_dir / "fleet.db"))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.announcer.run, args=(self.stop,),
+                                       daemon=True)
+        self.thread.start()
+
+    def stop_announcer(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.announcer.close()
+
+    def publish(self, version: int, **kw):
+        art = tiny_policy_onnx(self.tmp / "art" / f"v{version}.onnx", version, seed=version,
+                               **kw)
+        return self.publisher.upload(art, version)
+
+    def robot(self, name: str, running: int = -1) -> WeightUpdater:
+        cfg = UpdaterConfig(publisher_address=self.announcer.address,
+                            object_store=self.cfg.object_store,
+                            publisher_key=self.tmp / "keys" / "publisher.ed25519.pub",
+                            state_dir=self.tmp / "robots" / name, retry_s=0.2)
+        u = WeightUpdater(cfg, name, lambda p: OnnxPolicy(p), running_version=running,
+                          auto_swap=True)
+        u.start()
+        self.robots[name] = u
+        return u
+
+    def wait_versions(self, want: dict[str, int], timeout: float = 20.0):
+        wait_for(lambda: all(self.robots[r].running_version == v for r, v in want.items()),
+                 timeout, f"robots at {want}; now "
+                 f"{ {r: u.running_version for r, u in self.robots.items()} }")
+
+    def close(self):
+        for u in self.robots.values():
+            u.stop()
+            u.join(5)
+        self.stop_announcer()
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    f = Fleet(tmp_path)
+    yield f
+    f.close()
+
+
+def test_versions_reach_robots_rollback_pins_and_canary(fleet):
+    robots = [fleet.robot(f"robot-{i}") for i in range(3)]
+    fleet.publish(1)
+    fleet.wait_versions({"robot-0": 1, "robot-1": 1, "robot-2": 1})
+    fleet.publish(2)
+    fleet.wait_versions({"robot-0": 2, "robot-1": 2, "robot-2": 2})
+    fleet.publisher.fleet.rollback()  # signed downgrade, applied everywhere
+    fleet.wait_versions({"robot-0": 1, "robot-1": 1, "robot-2": 1})
+    fleet.publisher.fleet.pin(2, robot="robot-2")
+    fleet.wait_versions({"robot-2": 2})
+    fleet.publisher.cfg.promote = "none"
+    fleet.publish(3)
+    fleet.publisher.fleet.set_group("canary", ["robot-0"])
+    fleet.publisher.fleet.start_canary(3, group="canary")
+    fleet.wait_versions({"robot-0": 3})
+    time.sleep(1.0)  # several re-sends later, nobody else moved
+    assert [r.running_version for r in robots] == [3, 1, 2]
+    fleet.publisher.fleet.promote(3)
+    fleet.wait_versions({"robot-0": 3, "robot-1": 3})
+    assert robots[2].running_version == 2  # the pin holds over a promotion
+    assert all(r.error == "" for r in robots)
+    assert fleet.announcer.fleet.assignments()["robot-2"]["reason"] == "pin"
+
+
+def test_replays_and_forgeries_are_refused(fleet, tmp_path):
+    r = fleet.robot("robot-0")
+    fleet.publish(1)
+    fleet.wait_versions({"robot-0": 1})
+    old = fleet.announcer.fleet.last_assignment("robot-0")[2]
+    fleet.publish(2)
+    fleet.wait_versions({"robot-0": 2})
+    # A replay of the older signed announcement is refused (stale sequence).
+    ann = wire.decode(old)
+    r.consider(ann)
+    assert r.running_version == 2
+    # An announcement signed with another key is refused and reported.
+    priv, _ = mf.generate_keypair(tmp_path / "evil")
+    a = mf.Assignment(robot_id="robot-0", version=1, seq=10**6, manifest_key=artifact_keys(1)[1],
+                      artifact_key=artifact_keys(1)[0],
+                      downgrade=True, reason="evil", issued_at=0.0)
+    payload, sig = mf.sign_assignment(a, mf.load_private(priv))
+    r.consider(wire.WeightAnnouncement(robot_id="robot-0", version=1, seq=10**6,
+                                       assignment=payload, signature=sig,
+                                       manifest=ann.manifest))
+    assert r.running_version == 2 and "does not verify" in r.error
+    # An old version without the downgrade flag is refused even when properly signed.
+    a = mf.Assignment(robot_id="robot-0", version=1, seq=10**6 + 1, manifest_key="x",
+                      artifact_key="y", downgrade=False, reason="old", issued_at=0.0)
+    payload, sig = mf.sign_assignment(a, fleet.announcer.key)
+    r.consider(wire.WeightAnnouncement(robot_id="robot-0", version=1, seq=10**6 + 1,
+                                       assignment=payload, signature=sig,
+                                       manifest=ann.manifest))
+    assert r.running_version == 2 and "older than the running" in r.error
+
+
+def test_corrupted_truncated_and_unhealthy_versions_keep_the_last_good(fleet):
+    r = fleet.robot("robot-0")
+    fleet.publish(1)
+    fleet.wait_versions({"robot-0": 1})
+    store = fleet.publisher.store
+    # Corrupted artifact in the store: hash mismatch after a fresh download.
+    fleet.publisher.cfg.promote = "none"
+    fleet.publish(2)
+    art = fleet.tmp / "objects" / artifact_keys(2)[0]
+    data = bytearray(art.read_bytes())
+    data[-5] ^= 0xFF
+    art.write_bytes(bytes(data))
+    fleet.publisher.fleet.promote(2)
+    wait_for(lambda: "sha256 does not match" in r.error, 10, "corruption reported")
+    assert r.running_version == 1
+    # Truncated artifact.
+    fleet.publish(3)
+    art = fleet.tmp / "objects" / artifact_keys(3)[0]
+    art.write_bytes(art.read_bytes()[:100])
+    fleet.publisher.fleet.promote(3)
+    wait_for(lambda: "truncated" in r.error, 10, "truncation reported")
+    # A version whose outputs are NaN fails its health check.
+    fleet.publish(4, nan=True)
+    fleet.publisher.fleet.promote(4)
+    wait_for(lambda: "health check failed" in r.error, 10, "health check failure reported")
+    assert r.running_version == 1 and r.applied == 1
+    # A good version after all that still applies.
+    fleet.publish(5)
+    fleet.publisher.fleet.promote(5)
+    fleet.wait_versions({"robot-0": 5})
+    assert r.error == "" and store.exists(artifact_keys(5)[0])
+
+
+def test_publisher_and_robot_restarts(fleet):
+    r = fleet.robot("robot-0")
+    fleet.publish(1)
+    fleet.wait_versions({"robot-0": 1})
+    address = fleet.announcer.address
+    fleet.stop_announcer()
+    fleet.publisher.cfg.promote = "none"
+    fleet.publish(2)  # published while the announcer is down
+    fleet.publisher.fleet.promote(2)
+    time.sleep(0.5)
+    assert r.running_version == 1
+    fleet.start_announcer(bind=address)  # same address; sequence numbers continue
+    fleet.wait_versions({"robot-0": 2})
+    seq = r.verifier.last_seq
+    # The robot restarts: its last-known-good and replay protection come back from disk.
+    r.stop()
+    r.join(5)
+    again = fleet.robot("robot-0")
+    assert again.running_version == 2 and again.verifier.last_seq == seq
+    assert again.restore().version == 2
+    time.sleep(1.0)  # re-sends of seq `seq` are recognised as already applied
+    assert again.applied == 0 and again.error == ""
+
+
+class CuttingProxy:
+    """A TCP proxy to the S3 endpoint that can cut every transfer after ``cut_after`` bytes
+    from the server (S3 going away mid-download), or pass everything through."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.cut_after: int | None = None
+        self.cuts = 0
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.srv.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True),
+                             daemon=True).start()
+
+    def _pipe(self, src, dst, from_server: bool):
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if from_server and self.cut_after is not None and \
+                        sent + len(data) > self.cut_after:
+                    dst.sendall(data[: max(0, self.cut_after - sent)])
+                    self.cuts += 1
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):  # shutdown (not just close) wakes the other pipe's recv
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_s3_down_mid_download_is_retried_until_it_applies(tmp_path, s3_endpoint, monkeypatch):
+    from urllib.parse import urlparse
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_endpoint["access_key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_endpoint["secret_key"])
+    proxy = CuttingProxy(urlparse(s3_endpoint["endpoint"]).port)
+    from vlac.shared.objstore import S3ObjectStore
+
+    S3ObjectStore("fleet", endpoint_url=s3_endpoint["endpoint"], create_bucket=True)
+    f = Fleet(tmp_path, store_uri=f"s3://fleet/t{time.time_ns()}?endpoint="
+              f"{s3_endpoint['endpoint']}")
+    try:
+        robot_cfg_store = f.cfg.object_store.replace(
+            s3_endpoint["endpoint"], f"http://127.0.0.1:{proxy.port}")
+        f.cfg.object_store, publish_store = robot_cfg_store, f.cfg.object_store
+        r = f.robot("robot-0")  # downloads through the proxy
+        f.cfg.object_store = publish_store
+        proxy.cut_after = 600  # every response is cut mid-body
+        f.publish(1)
+        wait_for(lambda: "download failed" in r.error, 60, "the failed download reported")
+        assert r.running_version == -1 and proxy.cuts > 0
+        proxy.cut_after = None  # S3 is back
+        f.wait_versions({"robot-0": 1}, timeout=60)
+        assert r.error == ""
+        shutil.rmtree(tmp_path / "robots", ignore_errors=True)
+    finally:
+        f.close()
