@@ -45,6 +45,8 @@ class IngestConfig:
     status_every_s: float = opt(10.0, "Seconds between status log lines (0: never).")
     fsync: bool = opt(True, "fsync every chunk before acknowledging it (keep on).")
     duration_s: float = opt(0.0, "Stop after this many seconds (0: run until stopped).")
+    fleet_dir: Path | None = opt(None, "Fleet state folder: heartbeats (running version, "
+                                 "update errors) are recorded there for `vlac fleet status`.")
 
     def __post_init__(self) -> None:
         self.store_root = Path(self.store_root)
@@ -103,6 +105,11 @@ class Ingest:
         self._ready = threading.Event()
         self.sessions: dict[bytes, _Session] = {}
         self.robots: dict[str, RobotStatus] = {}
+        self.fleet = None
+        if cfg.fleet_dir is not None:
+            from vlac.cloud.fleet import FleetState
+
+            self.fleet = FleetState(Path(cfg.fleet_dir) / "fleet.db")
         self.errors: Counter = Counter()
         self.address = cfg.bind
         self.ingest_id = f"ingest-{int(time.time())}"
@@ -214,6 +221,13 @@ class Ingest:
                 st = self.robots[robot]
                 st.last_seen, st.policy_version = time.time(), msg.policy_version
                 st.spool_depth = msg.spool_depth
+                if self.fleet is not None:
+                    try:
+                        self.fleet.robot_seen(robot, msg.policy_version, msg.update_error,
+                                              msg.spool_depth)
+                    except Exception as e:  # fleet status must never stop ingest
+                        log.warning("could not record %s's heartbeat in the fleet state: %s",
+                                    robot, e)
             return None
         assert isinstance(msg, wire.EpisodeChunk)
         return self._chunk(ident.bytes, robot, session, msg)

@@ -95,11 +95,13 @@ class Sender:
 
     def __init__(self, cfg: SenderConfig, spool: Spool, spec: wire.RobotSpec,
                  policy_version: Callable[[], int] = lambda: 0,
-                 ctx: zmq.Context | None = None) -> None:
+                 ctx: zmq.Context | None = None,
+                 update_error: Callable[[], str] = lambda: "") -> None:
         self.cfg = cfg
         self.spool = spool
         self.spec = spec
         self.policy_version = policy_version
+        self.update_error = update_error
         self.stats = SenderStats()
         self._ctx = ctx or zmq.Context.instance()
         self._stop = threading.Event()
@@ -199,7 +201,8 @@ class Sender:
                     hb = wire.Heartbeat(robot_id=self.cfg.robot_id,
                                         policy_version=int(self.policy_version()),
                                         spool_depth=self.spool.depth,
-                                        spool_bytes=self.spool.nbytes, time=time.time())
+                                        spool_bytes=self.spool.nbytes, time=time.time(),
+                                        update_error=self.update_error()[:500])
                     self._send(sock, wire.encode(hb))
                     next_hb = now + self.cfg.heartbeat_s
                 events = dict(poller.poll(20))

@@ -8,6 +8,11 @@ the spool and the sender thread ships them. ``takeover_prob`` makes
 the simulated operator take over now and then (human-guided exploration; those steps are
 marked as interventions). SIGINT/SIGTERM finish the current step, end the episode, flush the
 spool and exit cleanly.
+
+With ``--updater.publisher-address`` set, the robot's weight updater (``vlac.edge.updater``)
+runs beside the loop: new signed versions are verified and health-checked in the background
+and swapped in between episodes; heartbeats carry the running version and the last update
+error. A restarted robot resumes its last-known-good version.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
 from vlac.edge.operator import ScriptedExpert
 from vlac.edge.policy import Policy, RandomPolicy, ScriptedPolicy
 from vlac.edge.recorder import EpisodeRecorder
+from vlac.edge.robot import Observation
 from vlac.edge.sender import Sender, SenderConfig
+from vlac.edge.updater import UpdaterConfig, WeightUpdater
 from vlac.shared.config import check, describe, opt
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,8 @@ class SimAgentConfig:
                                  metadata={"help": "Connection and spool settings."})
     robot: MetaWorldRobotConfig = field(default_factory=MetaWorldRobotConfig,
                                         metadata={"help": "The simulated robot."})
+    updater: UpdaterConfig = field(default_factory=UpdaterConfig,
+                                   metadata={"help": "Weight updates from the publisher."})
     policy: Literal["onnx", "scripted", "random"] = opt(
         "scripted", "onnx: the exported actor (policy_path); scripted: Meta-World's expert "
         "with action noise; random: uniform tokens.")
@@ -64,15 +73,33 @@ class SimAgentConfig:
                   "`vlac actor export` and pass its .onnx file")
 
 
+def load_onnx(cfg: SimAgentConfig, path: Path) -> Policy:
+    from vlac.edge.runtime import OnnxPolicy
+
+    return OnnxPolicy(path, temperature=cfg.temperature, greedy=cfg.greedy,
+                      seed=cfg.robot.seed)
+
+
 def make_policy(cfg: SimAgentConfig, spec) -> Policy:
     if cfg.policy == "onnx":
-        from vlac.edge.runtime import OnnxPolicy
-
-        return OnnxPolicy(cfg.policy_path, temperature=cfg.temperature, greedy=cfg.greedy,
-                          seed=cfg.robot.seed)
+        return load_onnx(cfg, cfg.policy_path)
     if cfg.policy == "random":
         return RandomPolicy(spec, seed=cfg.robot.seed)
     return ScriptedPolicy(cfg.robot.task, spec, noise=cfg.policy_noise, seed=cfg.robot.seed)
+
+
+class _Watched(Policy):
+    """Hands the first observation to the updater (its health-check sample)."""
+
+    def __init__(self, inner: Policy, updater: WeightUpdater) -> None:
+        self.inner, self.updater, self.version = inner, updater, inner.version
+        self._seen = False
+
+    def act(self, obs: Observation):
+        if not self._seen:
+            self.updater.observe(obs)
+            self._seen = True
+        return self.inner.act(obs)
 
 
 def main(cfg: SimAgentConfig) -> dict:
@@ -85,9 +112,24 @@ def main(cfg: SimAgentConfig) -> dict:
     spool = cfg.sender.make_spool()
     results = []
     t0 = time.monotonic()
+    current: list[Policy] = []
+    versions: list[int] = []
+    updater: WeightUpdater | None = None
     with MetaWorldRobot(cfg.robot) as robot, \
-            Sender(cfg.sender, spool, robot.spec) as sender:
-        policy = make_policy(cfg, robot.spec)
+            Sender(cfg.sender, spool, robot.spec,
+                   policy_version=lambda: current[0].version if current else -1,
+                   update_error=lambda: updater.error if updater else "") as sender:
+        current.append(make_policy(cfg, robot.spec))
+        if cfg.updater.publisher_address:
+            updater = WeightUpdater(cfg.updater, cfg.sender.robot_id,
+                                    lambda p: load_onnx(cfg, p),
+                                    running_version=current[0].version
+                                    if cfg.policy == "onnx" else -1)
+            restored = updater.restore()
+            if restored is not None:
+                log.info("resuming last-known-good version %d", restored.version)
+                current[0] = restored
+            updater.start()
         operator = None
         if cfg.takeover_prob > 0:
             operator = ScriptedExpert(cfg.robot.task, takeover_prob=cfg.takeover_prob,
@@ -100,16 +142,27 @@ def main(cfg: SimAgentConfig) -> dict:
                 return EpisodeRecorder(spool, cfg.sender.robot_id, task, cfg.chunk_steps,
                                        task_id=cfg.robot.task)
 
+            if updater is not None:
+                fresh = updater.take()  # swap only between episodes
+                if fresh is not None:
+                    current[0] = fresh
+            policy = current[0] if updater is None else _Watched(current[0], updater)
+            versions.append(current[0].version)
             res = run_episode(robot, policy, sink, operator=operator, step_hz=cfg.step_hz,
                               stop=stop.is_set)
             results.append(res)
             sender.raise_if_failed()
         drained = sender.wait_drained(cfg.drain_timeout_s)
+        if updater is not None:
+            updater.stop()
+            updater.join(5)
     summary = {"robot_id": cfg.sender.robot_id, "task": cfg.robot.task,
                "episodes": len(results), "successes": sum(r.success for r in results),
                "steps": sum(r.steps for r in results),
                "interventions": sum(r.interventions for r in results),
                "seconds": time.monotonic() - t0, "drained": drained,
+               "policy_version": current[0].version if current else -1,
+               "versions": versions,
                "spool_left": spool.depth}
     if not cfg.quiet:
         print(f"robot {cfg.sender.robot_id}: {summary}", flush=True)

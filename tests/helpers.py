@@ -176,7 +176,8 @@ def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
 
 
 def tiny_policy_onnx(path: Path, version: int, *, nan: bool = False, seed: int = 0,
-                     image_shape=(32, 32, 3), action_dim: int = 4, bins: int = 16) -> Path:
+                     image_shape=(32, 32, 3), action_dim: int = 4, bins: int = 16,
+                     sentences: tuple[str, ...] = ("reach the goal",)) -> Path:
     """A small ONNX graph with the exported actor's interface and metadata (inputs image,
     proprio, text, gumbel, temperature; outputs tokens, logprobs, value), so fleet tests run
     real ONNX Runtime sessions in milliseconds. ``nan`` poisons its logits (fails the health
@@ -225,7 +226,7 @@ def tiny_policy_onnx(path: Path, version: int, *, nan: bool = False, seed: int =
             "observation": {"camera": "corner", "image_shape": list(image_shape),
                             "proprio_dim": 4},
             "action_dim": action_dim, "action_bins": bins,
-            "text_embeddings": {"reach the goal": [0.0] * 8}}
+            "text_embeddings": {t: [0.0] * 8 for t in sentences}}
     p = model.metadata_props.add()
     p.key, p.value = "vlac", json.dumps(meta)
     onnx.checker.check_model(model)

@@ -318,3 +318,49 @@ def test_s3_down_mid_download_is_retried_until_it_applies(tmp_path, s3_endpoint,
         shutil.rmtree(tmp_path / "robots", ignore_errors=True)
     finally:
         f.close()
+
+
+def test_a_streaming_robot_swaps_versions_between_episodes_and_reports_them(tmp_path,
+                                                                            keyring):
+    """`vlac edge run` with the updater: Meta-World robot, real ingest (recording heartbeats
+    in the fleet state), live announcer; `vlac fleet status` sees the running version."""
+    from tests.helpers import ThreadIngest, ingest_config, sender_config
+    from vlac.edge.metaworld_robot import MetaWorldRobotConfig
+    from vlac.edge.sim_agent import SimAgentConfig
+    from vlac.edge.sim_agent import main as edge_run
+    from vlac.infra.fleet_cli import FleetConfig, status_main, versions_main
+    from vlac.shared import tasks
+
+    shape = (128, 128, 3)
+    sentences = tuple(tasks.instructions("reach-v3"))
+    f = Fleet(tmp_path)
+    try:
+        v0 = tiny_policy_onnx(tmp_path / "v0.onnx", 0, image_shape=shape, sentences=sentences)
+        f.publish(1, image_shape=shape, sentences=sentences)
+        icfg = ingest_config(keyring, tmp_path / "store")
+        icfg.fleet_dir = f.cfg.fleet_dir
+        with ThreadIngest(icfg) as ingest:
+            cfg = SimAgentConfig(
+                sender=sender_config(keyring, "robot-1", ingest.address, tmp_path / "spool"),
+                robot=MetaWorldRobotConfig(task="reach-v3", seed=1, max_steps=30),
+                updater=UpdaterConfig(publisher_address=f.announcer.address,
+                                      object_store=f.cfg.object_store,
+                                      publisher_key=tmp_path / "keys" / "publisher.ed25519.pub",
+                                      state_dir=tmp_path / "robot-1-weights"),
+                policy="onnx", policy_path=v0, episodes=6, step_hz=40, chunk_steps=8,
+                quiet=True)
+            summary = edge_run(cfg)
+            assert summary["drained"] and summary["versions"][0] == 0
+            assert summary["versions"][-1] == 1 and summary["policy_version"] == 1
+            eps = ingest.store.list_episodes()
+            stored = sorted(int(ingest.store.load_episode("robot-1", e["episode_id"])
+                                .steps.policy_version[0]) for e in eps)
+            assert stored == sorted(summary["versions"])  # one version per episode
+        rows = status_main(FleetConfig(fleet_dir=f.cfg.fleet_dir, store_root=tmp_path / "store"))
+        robot = next(r for r in rows if r["robot_id"] == "robot-1")
+        assert robot["running_version"] == 1 and robot["target"] == 1
+        assert robot["update_error"] == "" and robot["recent_success"] is not None
+        assert [v["role"] for v in versions_main(FleetConfig(fleet_dir=f.cfg.fleet_dir))] == \
+            ["production"]
+    finally:
+        f.close()

@@ -1,0 +1,170 @@
+"""`vlac fleet ...`: what the fleet runs, and the decisions about what it should run.
+
+Every command works on the fleet state (``--fleet-dir``/fleet.db), which the publisher's
+announcer polls: a decision made here reaches the robots within ``poll_s`` (signed by the
+announcer, applied by each robot's updater between episodes). State survives restarts.
+
+    vlac fleet status                      robots, running/target version, last seen, errors,
+                                           recent success rate (from --store-root)
+    vlac fleet versions                    published versions; production / canary marked
+    vlac fleet promote --version 7         production for every robot not pinned
+    vlac fleet rollback [--to 5]           production back to the previous (or given) version
+    vlac fleet canary --version 8 --group lab-a | --fraction 0.1    [--end]
+    vlac fleet pin --version 6 --robot robot-3 | --group lab-a      [--unpin]
+    vlac fleet group --name lab-a --robots robot-0,robot-1
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from vlac.cloud.fleet import FleetState
+from vlac.shared.config import check, check_id, opt
+
+
+@dataclass
+class FleetConfig:
+    fleet_dir: Path = opt(Path(".cache/fleet"), "Fleet state folder (fleet.db).")
+    store_root: Path | None = opt(None, "Episode store, for recent success rates (status).")
+    recent: int = opt(20, "Episodes per robot in the recent success rate.")
+    version: int | None = opt(None, "Version to promote / canary / pin.")
+    to: int | None = opt(None, "Rollback target (default: the previous production version).")
+    robot: str | None = opt(None, "Robot to pin.")
+    group: str | None = opt(None, "Group to pin or canary.")
+    fraction: float | None = opt(None, "Canary fraction of robots (0, 1].")
+    name: str = opt("", "Group name (fleet group).")
+    robots: list[str] = opt([], "Robots of the group (fleet group).")
+    end: bool = opt(False, "End the canary (fleet canary).")
+    unpin: bool = opt(False, "Remove the pin instead (fleet pin).")
+
+    def __post_init__(self) -> None:
+        self.fleet_dir = Path(self.fleet_dir)
+        for field_name in ("robot", "group"):
+            value = getattr(self, field_name)
+            if value is not None:
+                check_id(value, field_name)
+        for r in self.robots:
+            check_id(r, "robots")
+
+    def state(self) -> FleetState:
+        check((self.fleet_dir / "fleet.db").exists(), "fleet_dir",
+              f"no fleet state in {self.fleet_dir} (no fleet.db): pass the --fleet-dir of "
+              "`vlac publisher serve`")
+        return FleetState(self.fleet_dir / "fleet.db")
+
+    def need_version(self) -> int:
+        check(self.version is not None, "version", "give --version N (see `vlac fleet "
+              "versions`)")
+        return int(self.version)  # type: ignore[arg-type]
+
+
+def _ago(t: float | None) -> str:
+    if not t:
+        return "never"
+    s = time.time() - t
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else \
+        f"{s / 3600:.1f}h ago"
+
+
+def recent_success(store_root: Path, n: int) -> dict[str, tuple[int, int]]:
+    from vlac.cloud.store import EpisodeStore
+
+    out: dict[str, list[bool]] = {}
+    for e in EpisodeStore(store_root, read_only=True).list_episodes():
+        if e.get("source", "policy") != "demo":
+            out.setdefault(e["robot_id"], []).append(bool(e.get("success")))
+    return {r: (sum(v[-n:]), len(v[-n:])) for r, v in out.items()}
+
+
+def status_main(cfg: FleetConfig) -> list[dict]:
+    fleet = cfg.state()
+    success = recent_success(cfg.store_root, cfg.recent) if cfg.store_root else {}
+    assigned = fleet.assignments()
+    rows = []
+    table = Table(title=f"fleet: production v{fleet.production}"
+                  + (f", canary v{fleet.canary['version']}" if fleet.canary else ""))
+    for col in ("robot", "group", "running", "target", "last seen", "recent success",
+                "update error"):
+        table.add_column(col)
+    for r in fleet.robots():
+        target = fleet.target(r["robot_id"])
+        ok, n = success.get(r["robot_id"], (0, 0))
+        row = {**r, "group": fleet.group_of(r["robot_id"]),
+               "target": None if target is None else target.version,
+               "reason": None if target is None else target.reason,
+               "announced_seq": assigned.get(r["robot_id"], {}).get("seq"),
+               "recent_success": ok / n if n else None}
+        rows.append(row)
+        running = "-" if r["running_version"] < 0 else f"v{r['running_version']}"
+        table.add_row(r["robot_id"], row["group"] or "", running,
+                      "-" if target is None else f"v{target.version} ({target.reason})",
+                      _ago(r["last_seen"]), f"{ok}/{n}" if n else "-",
+                      r["update_error"] or "")
+    Console().print(table)
+    return rows
+
+
+def versions_main(cfg: FleetConfig) -> list[dict]:
+    fleet = cfg.state()
+    running: dict[int, int] = {}
+    for r in fleet.robots():
+        running[r["running_version"]] = running.get(r["running_version"], 0) + 1
+    canary = fleet.canary or {}
+    table = Table(title="published versions")
+    for col in ("version", "parent", "size", "sha256", "published", "role", "robots running"):
+        table.add_column(col)
+    out = []
+    for v in fleet.versions():
+        role = "production" if v["version"] == fleet.production else \
+            "canary" if v["version"] == canary.get("version") else ""
+        out.append({**v, "role": role, "robots": running.get(v["version"], 0)})
+        table.add_row(f"v{v['version']}", str(v["parent"]), f"{v['size'] / 1e6:.2f} MB",
+                      v["sha256"][:12], _ago(v["created_at"]), role,
+                      str(running.get(v["version"], 0)))
+    Console().print(table)
+    return out
+
+
+def promote_main(cfg: FleetConfig) -> None:
+    version = cfg.need_version()
+    cfg.state().promote(version)
+    print(f"production is now v{version}")
+
+
+def rollback_main(cfg: FleetConfig) -> None:
+    to = cfg.state().rollback(cfg.to)
+    print(f"rolled back: production is now v{to} (robots get it as a signed downgrade)")
+
+
+def canary_main(cfg: FleetConfig) -> None:
+    if cfg.end:
+        cfg.state().end_canary()
+        print("canary ended: canary robots return to production")
+        return
+    version = cfg.need_version()
+    cfg.state().start_canary(version, group=cfg.group, fraction=cfg.fraction)
+    who = f"group {cfg.group}" if cfg.group else f"{cfg.fraction:.0%} of robots"
+    print(f"canary v{version} on {who}")
+
+
+def pin_main(cfg: FleetConfig) -> None:
+    if cfg.unpin:
+        cfg.state().unpin(robot=cfg.robot, group=cfg.group)
+        print(f"unpinned {cfg.robot or cfg.group}")
+        return
+    version = cfg.need_version()
+    cfg.state().pin(version, robot=cfg.robot, group=cfg.group)
+    print(f"pinned {cfg.robot or cfg.group} to v{version}")
+
+
+def group_main(cfg: FleetConfig) -> None:
+    check_id(cfg.name, "name")
+    check(bool(cfg.robots), "robots", "list the group's robots: --robots robot-0,robot-1")
+    cfg.state().set_group(cfg.name, cfg.robots)
+    print(f"group {cfg.name}: {', '.join(cfg.robots)}")
+
