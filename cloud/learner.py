@@ -45,7 +45,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +58,7 @@ from vlac.cloud.actor import TorchActor
 from vlac.cloud.critic import write_json
 from vlac.cloud.encoders import FeatureCache, ImageEncoder, TextEncoder
 from vlac.cloud.ppo import gae, ppo_loss
+from vlac.cloud.publisher import PublisherConfig
 from vlac.cloud.reward_service import RewardSource
 from vlac.cloud.store import Episode, EpisodeStore
 from vlac.cloud.vlac_model import SmallVLAC, bc_loss
@@ -124,6 +125,14 @@ class LearnerConfig:
     camera: str = opt("", "Camera the actor sees (empty: the --init actor's camera).")
     seed: int = opt(0, "Seed of minibatch shuffling and BC sampling.")
     threads: int = opt(0, "torch threads (0: torch's default).")
+    publish: bool = opt(False, "Export, quantize, sign and upload every --publish-every "
+                        "versions to the fleet (and the init weights first, if the fleet has "
+                        "no version yet).")
+    publish_tasks: list[str] = opt(["reach-v3", "button-press-v3", "drawer-open-v3",
+                                    "push-v3"], "Tasks whose sentences published versions "
+                                   "carry (and whose demos calibrate INT8).")
+    publisher: PublisherConfig = field(default_factory=PublisherConfig,
+                                       metadata={"help": "Where and how versions go out."})
 
     def __post_init__(self) -> None:
         self.store_root, self.init, self.out = (Path(self.store_root), Path(self.init),
@@ -772,9 +781,21 @@ def main(cfg: LearnerConfig, on_publish: Callable[[TorchActor, int], None] | Non
          ) -> dict[str, Any]:
     import signal
 
-    if os.environ.get("RANK", "0") == "0":
+    rank0 = os.environ.get("RANK", "0") == "0"
+    if rank0:
         print(describe(cfg), flush=True)
+    publisher = None
+    if cfg.publish and on_publish is None and rank0:
+        from vlac.cloud.publisher import Publisher
+
+        publisher = Publisher(cfg.publisher)
+
+        def on_publish(actor: TorchActor, version: int) -> None:
+            publisher.publish(actor, version, cfg.store_root, cfg.publish_tasks)
+
     learner = Learner(cfg, on_publish=on_publish)
+    if publisher is not None and publisher.fleet.latest_version() is None:
+        on_publish(learner.snapshot(), learner.version)  # the fleet starts from the init
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: learner.stop())

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 
+import onnx
 import pytest
 
 from tests.helpers import tiny_policy_onnx, wait_for
@@ -362,5 +363,33 @@ def test_a_streaming_robot_swaps_versions_between_episodes_and_reports_them(tmp_
         assert robot["update_error"] == "" and robot["recent_success"] is not None
         assert [v["role"] for v in versions_main(FleetConfig(fleet_dir=f.cfg.fleet_dir))] == \
             ["production"]
+    finally:
+        f.close()
+
+
+def test_the_learner_publishes_versions_that_a_robot_verifies_and_runs(tmp_path):
+    """learner -> export -> INT8 QDQ -> signed upload -> announcement -> robot's updater."""
+    from tests.cloud.test_learner import config, tiny_actor, write_episode
+    from vlac.cloud.learner import main as learner_main
+    from vlac.cloud.store import EpisodeStore
+
+    tiny_actor(tmp_path / "init.pt")
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    for i in range(2):
+        write_episode(store, "robot-0", f"ep-{i}", 10, success=i == 0, seed=i)
+    write_episode(store, "operator", "demo-0", 8, success=True, source="demo", seed=9)
+    f = Fleet(tmp_path)
+    try:
+        robot = f.robot("robot-0")
+        cfg = config(tmp_path, reward="sparse", publish=True, publish_tasks=["button-v3"],
+                     publisher=f.cfg)
+        result = learner_main(cfg)
+        assert result["version"] == 1
+        assert [v["version"] for v in f.publisher.fleet.versions()] == [0, 1]
+        f.wait_versions({"robot-0": 1}, timeout=30)
+        policy = OnnxPolicy(robot.running_path)
+        assert policy.version == 1 and policy.meta["observation"]["image_shape"] == [32, 32, 3]
+        nodes = onnx.load(str(robot.running_path)).graph.node
+        assert "QuantizeLinear" in {n.op_type for n in nodes}
     finally:
         f.close()

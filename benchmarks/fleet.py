@@ -1,0 +1,298 @@
+"""Fleet benchmark: time from publishing a version to K robots running it.
+
+publisher (this process): Publisher.upload -> object store (artifact + signed manifest) ->
+                          fleet state (add version, promote)
+announcer (own process):  polls the fleet state every 50 ms -> one signed announcement per
+                          robot on its XPUB topic (the announcement carries the manifest)
+robots (K, updater-only): WeightUpdater threads, up to --robots-per-process per OS process:
+                          verify -> download the artifact -> load it in ONNX Runtime (1 thread)
+                          -> health check -> swap, then report (robot, version, time.time())
+
+Per K (default 1, 8, 32) the robots start, v1 is published and applied everywhere (warm-up,
+not measured), then --updates versions are published one after the other. The clock for a
+robot's latency starts when ``upload()`` returns (the version is promoted) and stops when that
+robot has swapped; ``upload s`` is the time ``upload()`` itself took. Each version is its own
+file: the exported INT8 actor with its metadata's policy_version rewritten (or, when that file
+is not on this machine, a tiny generated graph with the same interface).
+
+    python benchmarks/fleet.py [--artifact PATH.onnx] [--robots 1,8,32] [--updates 5]
+                               [--s3-endpoint URL]
+
+Prints a table, writes benchmarks/out/fleet.png (latency CDF per K) and ends with
+``p99_s_32=<x> bytes_per_update=<y>``: the p99 latency for K=32 and the bytes that reach one
+robot per update (artifact download + its announcement, which carries the signed manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).parent / "out"
+REAL_ARTIFACT = Path(".cache/actor-bc10/export/actor_int8.onnx")
+S3_BUCKET = "vlac-bench"
+
+
+# ----------------------------------------------------------------------------- artifacts
+def make_artifacts(source: Path | None, versions: range, out: Path) -> str:
+    """One artifact file per version in ``out`` (``v{n}.onnx``); returns what they are."""
+    out.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        import json
+
+        import onnx
+
+        model = onnx.load(str(source))
+        prop = next((p for p in model.metadata_props if p.key == "vlac"), None)
+        if prop is None:
+            raise SystemExit(f"{source} has no vlac metadata; export it with "
+                             "`vlac actor export`")
+        meta = json.loads(prop.value)
+        for v in versions:
+            meta["policy_version"] = v
+            prop.value = json.dumps(meta)
+            onnx.save(model, str(out / f"v{v}.onnx"))
+        return f"exported INT8 actor {source}"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.helpers import tiny_policy_onnx
+
+    for v in versions:
+        tiny_policy_onnx(out / f"v{v}.onnx", v, seed=v)
+    return "generated tiny ONNX graph (tests.helpers.tiny_policy_onnx)"
+
+
+# ----------------------------------------------------------------------------- processes
+def _announcer(cfg, address_q, result_q, stop) -> None:
+    from vlac.cloud.publisher import Announcer
+
+    ann = Announcer(cfg)
+    address_q.put(ann.address)
+    try:
+        ann.run(stop)
+    finally:
+        result_q.put(ann.sent)
+        ann.close()
+
+
+def _robot_host(cfgs: dict, reports, stop) -> None:
+    """Updater-only robots as threads of one process; reports swaps and new errors."""
+    from vlac.edge.runtime import OnnxPolicy
+    from vlac.edge.updater import WeightUpdater
+
+    def report_swap(robot_id: str):
+        return lambda version: reports.put((robot_id, version, time.time()))
+
+    updaters = [WeightUpdater(cfg, name, lambda p: OnnxPolicy(p, threads=1), auto_swap=True,
+                              on_swap=report_swap(name)) for name, cfg in cfgs.items()]
+    for u in updaters:
+        u.start()
+    errors = {u.robot_id: "" for u in updaters}
+    while not stop.wait(0.2):
+        for u in updaters:
+            if u.error and u.error != errors[u.robot_id]:
+                reports.put((u.robot_id, -1, u.error))
+            errors[u.robot_id] = u.error
+    for u in updaters:
+        u.stop()
+    for u in updaters:
+        u.join(5)
+
+
+# ----------------------------------------------------------------------------- one K
+def wait_swaps(reports, robots: list[str], version: int, timeout: float) -> dict[str, float]:
+    """Swap time per robot for ``version``; raises naming the stragglers and their errors."""
+    got: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < len(robots):
+        try:
+            robot, v, info = reports.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            missing = sorted(set(robots) - set(got))
+            raise RuntimeError(f"after {timeout:.0f}s, {len(missing)} robots do not run "
+                               f"version {version}: {missing[:8]}; errors: {errors}") from None
+        if v == -1:
+            errors[robot] = info
+        elif v == version:
+            got[robot] = info
+    return got
+
+
+def run_fleet(k: int, args, artifacts: Path, workdir: Path, store_uri: str) -> dict:
+    from vlac.cloud.publisher import Publisher, PublisherConfig, artifact_keys
+    from vlac.edge.updater import UpdaterConfig
+
+    work = Path(tempfile.mkdtemp(dir=workdir, prefix=f"fleet-k{k}-"))
+    ctx = mp.get_context("spawn")
+    cfg = PublisherConfig(fleet_dir=work / "fleet", object_store=store_uri,
+                          signing_key=work / "keys" / "publisher.ed25519",
+                          bind="tcp://127.0.0.1:0", resend_s=5.0, poll_s=0.05)
+    publisher = Publisher(cfg)  # creates the signing key pair the announcer and robots use
+    stop, address_q, sent_q, reports = ctx.Event(), ctx.Queue(), ctx.Queue(), ctx.Queue()
+    announcer = ctx.Process(target=_announcer, args=(cfg, address_q, sent_q, stop))
+    announcer.start()
+    hosts = []
+    result: dict = {"robots": k}
+    try:
+        address = address_q.get(timeout=60)
+        names = [f"robot-{i}" for i in range(k)]
+        for i in range(0, k, args.robots_per_process):
+            cfgs = {n: UpdaterConfig(publisher_address=address, object_store=store_uri,
+                                     publisher_key=work / "keys" / "publisher.ed25519.pub",
+                                     state_dir=work / "robots" / n)
+                    for n in names[i:i + args.robots_per_process]}
+            hosts.append(ctx.Process(target=_robot_host, args=(cfgs, reports, stop)))
+            hosts[-1].start()
+        publisher.upload(artifacts / "v1.onnx", 1)  # warm-up: processes start, subscribe
+        wait_swaps(reports, names, 1, args.timeout + 60)
+        latencies, uploads, art_b, man_b, ann_b = [], [], [], [], []
+        for v in range(2, args.updates + 2):
+            t_start = time.time()
+            publisher.upload(artifacts / f"v{v}.onnx", v)
+            t0 = time.time()
+            swaps = wait_swaps(reports, names, v, args.timeout)
+            uploads.append(t0 - t_start)
+            latencies += [t - t0 for t in swaps.values()]
+            art_b.append(os.path.getsize(artifacts / f"v{v}.onnx"))
+            man_b.append(len(publisher.store.get_bytes(artifact_keys(v)[1])))
+            blobs = [publisher.fleet.last_assignment(n) for n in names]
+            assert all(b is not None and b[1] == v for b in blobs), "stale assignment"
+            ann_b.append(float(np.mean([len(b[2]) for b in blobs])))
+        result.update(latencies=np.array(latencies), upload_s=float(np.mean(uploads)),
+                      artifact_b=float(np.mean(art_b)), manifest_b=float(np.mean(man_b)),
+                      announcement_b=float(np.mean(ann_b)), processes=len(hosts))
+    finally:
+        stop.set()
+        for p in hosts:
+            p.join(30)
+        try:
+            result["sent"] = sent_q.get(timeout=10)
+        except queue.Empty:
+            result["sent"] = -1
+        announcer.join(10)
+        for p in [*hosts, announcer]:
+            if p.is_alive():
+                print(f"process {p.pid} did not stop; terminating it", file=sys.stderr)
+                p.terminate()
+                p.join(5)
+        publisher.fleet.close()
+        if store_uri.startswith("s3://"):
+            for key in publisher.store.list():
+                publisher.store.delete(key)
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        lat = np.sort(r["latencies"])
+        ax.step(lat, np.arange(1, len(lat) + 1) / len(lat), where="post",
+                label=f"K={r['robots']} ({len(lat)} swaps)")
+    ax.set_xlabel("seconds from upload() returned to the robot running it")
+    ax.set_ylabel("fraction of robot updates")
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Weight rollout latency CDF, loopback, {os.cpu_count()} cores")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--artifact", type=Path, default=REAL_ARTIFACT,
+                    help="exported INT8 actor to publish (a tiny generated graph when the "
+                         "file does not exist)")
+    ap.add_argument("--robots", default="1,8,32", help="fleet sizes K, comma-separated")
+    ap.add_argument("--updates", type=int, default=5, help="measured versions per K")
+    ap.add_argument("--robots-per-process", type=int, default=8)
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds for one version to reach every robot")
+    ap.add_argument("--s3-endpoint", default=None,
+                    help="S3 endpoint URL for the object store (keys from AWS_ACCESS_KEY_ID/"
+                         "AWS_SECRET_ACCESS_KEY); default: a local folder")
+    ap.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
+    args = ap.parse_args(argv)
+    if args.updates < 1 or args.robots_per_process < 1:
+        ap.error("--updates and --robots-per-process must be >= 1")
+    counts = [int(c) for c in args.robots.split(",")]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(exist_ok=True)
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=110)
+    scratch = Path(tempfile.mkdtemp(dir=args.workdir, prefix="fleet-"))
+    rows = []
+    try:
+        source = args.artifact if args.artifact.exists() else None
+        if source is None:
+            console.print(f"[yellow]{args.artifact} not found; generating a tiny artifact")
+        what = make_artifacts(source, range(1, args.updates + 2), scratch / "artifacts")
+        size = os.path.getsize(scratch / "artifacts" / "v1.onnx")
+        console.print(f"artifact: {what}, {size:,} bytes per version")
+        for k in counts:
+            if args.s3_endpoint:
+                from vlac.shared.objstore import S3ObjectStore
+
+                S3ObjectStore(S3_BUCKET, endpoint_url=args.s3_endpoint, create_bucket=True)
+                store = f"s3://{S3_BUCKET}/fleet-{time.time_ns()}?endpoint={args.s3_endpoint}"
+            else:
+                store = str(scratch / f"objects-k{k}")
+            t = time.perf_counter()
+            rows.append(run_fleet(k, args, scratch / "artifacts", args.workdir, store))
+            console.print(f"K={k}: {rows[-1]['processes']} robot processes, "
+                          f"{time.perf_counter() - t:.1f}s incl. start-up and warm-up")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    table = Table(title=f"publish -> K robots running it, {args.updates} updates per K, "
+                        f"{'S3 ' + args.s3_endpoint if args.s3_endpoint else 'local-folder'} "
+                        f"store, {os.cpu_count()} cores")
+    for col in ("K", "updates", "p50 s", "p99 s", "max s", "upload s",
+                "bytes/robot/update\n(artifact+ann.)", "total bytes/update\n(x K)"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        lat = r["latencies"]
+        r["p99"] = float(np.percentile(lat, 99))
+        r["per_robot_b"] = r["artifact_b"] + r["announcement_b"]
+        table.add_row(str(r["robots"]), str(args.updates), f"{np.percentile(lat, 50):.3f}",
+                      f"{r['p99']:.3f}", f"{lat.max():.3f}", f"{r['upload_s']:.3f}",
+                      f"{r['per_robot_b']:,.0f}", f"{r['per_robot_b'] * r['robots']:,.0f}")
+    console.print(table)
+    r = rows[-1]
+    console.print(f"per robot per update: artifact {r['artifact_b']:,.0f} B (object store) + "
+                  f"announcement {r['announcement_b']:,.0f} B (XPUB; it carries the signed "
+                  f"manifest, {r['manifest_b']:,.0f} B, which robots never fetch from the store)")
+    for r in rows:
+        sends = r["sent"] / (r["robots"] * (args.updates + 1))
+        console.print(f"K={r['robots']}: announcer sent {r['sent']} messages, {sends:.1f} per "
+                      f"robot per version (above 1: the 5 s re-sends, which robots ignore)")
+    plot(rows, OUT / "fleet.png")
+    console.print(f"plot: {OUT / 'fleet.png'}")
+    at32 = next((r for r in rows if r["robots"] == 32), None)
+    p99_32 = at32["p99"] if at32 else float("nan")
+    per_robot = (at32 or rows[-1])["per_robot_b"]
+    print(f"p99_s_32={p99_32:.3f} bytes_per_update={per_robot:.0f}")
+    return {"rows": rows, "p99_s_32": p99_32, "bytes_per_update": per_robot}
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
