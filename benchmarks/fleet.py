@@ -154,7 +154,7 @@ def run_fleet(k: int, args, artifacts: Path, workdir: Path, store_uri: str) -> d
             hosts[-1].start()
         publisher.upload(artifacts / "v1.onnx", 1)  # warm-up: processes start, subscribe
         wait_swaps(reports, names, 1, args.timeout + 60)
-        latencies, uploads, art_b, man_b, ann_b = [], [], [], [], []
+        latencies, announce, apply, uploads, art_b, man_b, ann_b = [], [], [], [], [], [], []
         for v in range(2, args.updates + 2):
             t_start = time.time()
             publisher.upload(artifacts / f"v{v}.onnx", v)
@@ -162,12 +162,16 @@ def run_fleet(k: int, args, artifacts: Path, workdir: Path, store_uri: str) -> d
             swaps = wait_swaps(reports, names, v, args.timeout)
             uploads.append(t0 - t_start)
             latencies += [t - t0 for t in swaps.values()]
+            issued = publisher.fleet.assignments()  # when the announcer signed each one
+            announce += [issued[n]["issued_at"] - t0 for n in names]
+            apply += [swaps[n] - issued[n]["issued_at"] for n in names]
             art_b.append(os.path.getsize(artifacts / f"v{v}.onnx"))
             man_b.append(len(publisher.store.get_bytes(artifact_keys(v)[1])))
             blobs = [publisher.fleet.last_assignment(n) for n in names]
             assert all(b is not None and b[1] == v for b in blobs), "stale assignment"
             ann_b.append(float(np.mean([len(b[2]) for b in blobs])))
-        result.update(latencies=np.array(latencies), upload_s=float(np.mean(uploads)),
+        result.update(latencies=np.array(latencies), announce=np.array(announce),
+                      apply=np.array(apply), upload_s=float(np.mean(uploads)),
                       artifact_b=float(np.mean(art_b)), manifest_b=float(np.mean(man_b)),
                       announcement_b=float(np.mean(ann_b)), processes=len(hosts))
     finally:
@@ -280,6 +284,11 @@ def main(argv: list[str] | None = None) -> dict:
     console.print(f"per robot per update: artifact {r['artifact_b']:,.0f} B (object store) + "
                   f"announcement {r['announcement_b']:,.0f} B (XPUB; it carries the signed "
                   f"manifest, {r['manifest_b']:,.0f} B, which robots never fetch from the store)")
+    for r in rows:
+        console.print(f"K={r['robots']}: upload() returned -> announcement signed: p50 "
+                      f"{np.percentile(r['announce'], 50):.3f}s max {r['announce'].max():.3f}s; "
+                      f"signed -> robot swapped (verify, download, load, health check): p50 "
+                      f"{np.percentile(r['apply'], 50):.3f}s max {r['apply'].max():.3f}s")
     for r in rows:
         sends = r["sent"] / (r["robots"] * (args.updates + 1))
         console.print(f"K={r['robots']}: announcer sent {r['sent']} messages, {sends:.1f} per "

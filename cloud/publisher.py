@@ -61,7 +61,7 @@ class PublisherConfig:
                             "s3://bucket/prefix?endpoint=URL.")
     signing_key: Path = opt(Path(".cache/keys/publisher/publisher.ed25519"),
                             "The publisher's ed25519 private key (robots hold its .pub).")
-    bind: str = opt("tcp://127.0.0.1:5560", "Announcement socket (XPUB) address.")
+    bind: str = opt("tcp://127.0.0.1:5570", "Announcement socket (XPUB) address.")
     resend_s: float = opt(5.0, "Re-send current assignments this often.")
     poll_s: float = opt(0.1, "How often the fleet state is checked for changes.")
     promote: Literal["production", "canary", "none"] = opt(

@@ -15,7 +15,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -23,35 +23,18 @@ import zmq
 
 from vlac.cloud.critic import SmallVLACCritic
 from vlac.shared.config import check, describe, opt
+from vlac.shared.critic_wire import (
+    ENCODER,
+    REPLY_DECODER,
+    REQUEST_DECODER,
+    RewardError,
+    RewardReply,
+    RewardRequest,
+)
 from vlac.shared.wire import Array, WireError
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
-
-
-class RewardRequest(msgspec.Struct, forbid_unknown_fields=True, tag="reward_request"):
-    request_id: int
-    task: Annotated[str, msgspec.Meta(max_length=1000)]
-    frames: Array
-    stride: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
-    reference: Array | None = None
-    schema_version: int = 1
-
-
-class RewardReply(msgspec.Struct, forbid_unknown_fields=True, tag="reward_reply"):
-    request_id: int
-    delta: Array
-    done_prob: Array
-
-
-class RewardError(msgspec.Struct, forbid_unknown_fields=True, tag="reward_error"):
-    request_id: int
-    message: str
-
-
-_enc = msgspec.msgpack.Encoder()
-_req_dec = msgspec.msgpack.Decoder(RewardRequest)
-_rep_dec = msgspec.msgpack.Decoder(RewardReply | RewardError)
 
 
 class RewardSource(Protocol):
@@ -101,10 +84,10 @@ class RewardServer:
 
     def _answer(self, payload: bytes) -> bytes:
         try:
-            req = _req_dec.decode(payload)
+            req = REQUEST_DECODER.decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self.errors += 1
-            return _enc.encode(RewardError(request_id=-1, message=f"bad request: {e}"))
+            return ENCODER.encode(RewardError(request_id=-1, message=f"bad request: {e}"))
         try:
             if req.schema_version != 1:
                 raise ValueError(f"schema version {req.schema_version} not supported (1)")
@@ -113,9 +96,9 @@ class RewardServer:
             delta, done = self.critic.episode_rewards(req.task, frames, req.stride, ref)
         except (WireError, ValueError) as e:
             self.errors += 1
-            return _enc.encode(RewardError(request_id=req.request_id, message=str(e)))
+            return ENCODER.encode(RewardError(request_id=req.request_id, message=str(e)))
         self.served += 1
-        return _enc.encode(RewardReply(request_id=req.request_id,
+        return ENCODER.encode(RewardReply(request_id=req.request_id,
                                        delta=Array.from_numpy(delta.astype(np.float32)),
                                        done_prob=Array.from_numpy(done.astype(np.float32))))
 
@@ -172,14 +155,14 @@ class RewardClient:
                             stride=stride,
                             reference=Array.from_numpy(reference) if reference is not None
                             else None)
-        self._sock.send(_enc.encode(req))
+        self._sock.send(ENCODER.encode(req))
         while True:
             if not self._sock.poll(int(self.timeout_s * 1000)):
                 self._sock.close(0)  # drop whatever might still come for the lost request
                 self._sock = self._connect()
                 raise TimeoutError(f"no answer from the reward service at {self.address} "
                                    f"within {self.timeout_s}s; is `vlac critic serve` running?")
-            rep = _rep_dec.decode(self._sock.recv())
+            rep = REPLY_DECODER.decode(self._sock.recv())
             if rep.request_id != rid:
                 continue  # a late answer to an earlier request, or to garbage we never sent
             if isinstance(rep, RewardError):

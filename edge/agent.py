@@ -98,7 +98,8 @@ def run_episode(robot: Robot, policy: Policy, sink_for_task, *,
         sink.add(_one_step(obs, action, tokens, logprob, policy.version, intervention, ts))
         steps += 1
         obs = result.observation
-        if snapshot_every and steps % snapshot_every == 0:
+        if (snapshot_every and steps % snapshot_every == 0) or \
+                (operator is not None and operator.wants_snapshot()):
             try:
                 latest = robot.save_state()
             except NotImplementedError:

@@ -53,6 +53,11 @@ class Operator(abc.ABC):
     @abc.abstractmethod
     def poll(self, obs: Observation) -> Command | None: ...
 
+    def wants_snapshot(self) -> bool:
+        """True to have the agent save the robot's state after this step (a promising state
+        to return to)."""
+        return False
+
 
 # ----------------------------------------------------------------------------- simulation
 class ScriptedExpert(Operator):
@@ -106,6 +111,79 @@ class ScriptedExpert(Operator):
         if self._left > 0:
             self._left -= 1
         return TakeOver(self.expert_action(obs))
+
+
+class StallWatch(Operator):
+    """Human-in-the-loop on a measurable trigger: the critic's progress.
+
+    Every ``check_every`` steps it asks ``progress(first_obs, obs)``: the critic's progress
+    delta from the episode's first frame to now (injected, so the edge never imports the
+    critic; ``vlac.edge.progress.CriticProgress`` asks the critic service without blocking,
+    and None means "no answer yet": the check is skipped). A new best marks the state as
+    promising (``wants_snapshot``). When progress has not beaten the best by ``min_gain`` for
+    ``patience`` checks in a row, or fell more than ``regress`` below it, the episode has
+    stalled, and then:
+
+    - ``on_stall="return"`` (return and explore): ``ReturnTo("best")`` ends the episode and
+      the caller starts the next one from the promising snapshot;
+    - ``on_stall="guide"`` (human-guided exploration): the ``guide`` operator (a person, or
+      the scripted expert standing in for one) takes over for ``guide_steps`` steps; those
+      steps are marked as interventions (demonstration data, never PPO samples).
+
+    At most ``max_triggers`` per episode. ``triggers`` counts them.
+    """
+
+    def __init__(self, progress: Callable[[Observation, Observation], float | None], *,
+                 on_stall: str = "guide", guide: ScriptedExpert | None = None,
+                 check_every: int = 10, patience: int = 2, min_gain: float = 0.02,
+                 regress: float = 0.1, guide_steps: int = 20, max_triggers: int = 2) -> None:
+        if on_stall not in ("guide", "return"):
+            raise ValueError(f"on_stall must be 'guide' or 'return', not {on_stall!r}")
+        if on_stall == "guide" and guide is None:
+            raise ValueError("on_stall='guide' needs a guide operator")
+        self.progress, self.on_stall, self.guide = progress, on_stall, guide
+        self.check_every, self.patience, self.min_gain = check_every, patience, min_gain
+        self.regress, self.guide_steps, self.max_triggers = regress, guide_steps, max_triggers
+        self.triggers = 0
+        self.on_episode_start("")
+
+    def on_episode_start(self, task: str) -> None:
+        self._first: Observation | None = None
+        self._steps = self._flat = self._episode_triggers = 0
+        self._best = -np.inf
+        self._snap = False
+        if self.guide is not None:
+            self.guide.disengage()
+
+    def wants_snapshot(self) -> bool:
+        snap, self._snap = self._snap, False
+        return snap
+
+    def poll(self, obs: Observation) -> Command | None:
+        if self._first is None:
+            self._first = obs
+        if self.guide is not None and self.guide.engaged:
+            return self.guide.poll(obs)
+        self._steps += 1
+        if self._steps % self.check_every or self._episode_triggers >= self.max_triggers:
+            return None
+        measured = self.progress(self._first, obs)
+        if measured is None or not np.isfinite(measured):
+            return None  # no answer yet (the critic is remote): skip this check
+        p = float(measured)
+        if p > self._best + self.min_gain:
+            self._best, self._flat, self._snap = p, 0, True
+            return None
+        self._flat += 1
+        if self._flat < self.patience and p > self._best - self.regress:
+            return None
+        self._flat = 0
+        self._episode_triggers += 1
+        self.triggers += 1
+        if self.on_stall == "return":
+            return ReturnTo("best")
+        self.guide.engage(self.guide_steps)  # type: ignore[union-attr]
+        return self.guide.poll(obs)  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------- people

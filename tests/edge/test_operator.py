@@ -14,6 +14,7 @@ from vlac.edge.operator import (
     ScriptedExpert,
     SpaceMouseState,
     SpaceMouseTeleop,
+    StallWatch,
     TakeOver,
     random_keys,
 )
@@ -131,3 +132,83 @@ def test_spacemouse_teleop_maps_a_recorded_stream():
 def test_expert_needs_simulator_state():
     with pytest.raises(RuntimeError, match="simulator state"):
         ScriptedExpert("push-v3", always=True).poll(OBS)
+
+
+class ScriptedProgress:
+    """Progress that rises until step ``peak`` (one call per check), then stays flat."""
+
+    def __init__(self, peak_checks: int):
+        self.calls, self.peak = 0, peak_checks
+
+    def __call__(self, first, now):
+        self.calls += 1
+        return 0.1 * min(self.calls, self.peak)
+
+
+def test_stall_watch_hands_over_to_the_guide_when_progress_stalls(robot):
+    watch = StallWatch(ScriptedProgress(2), on_stall="guide",
+                       guide=ScriptedExpert("push-v3", seed=0), check_every=5, patience=2,
+                       guide_steps=6, max_triggers=1)
+    sink = Sink()
+    res = run_episode(robot, RandomPolicy(robot.spec), lambda _t: sink, operator=watch)
+    marked = sink.steps.intervention
+    # checks at steps 5, 10 (rising), 15, 20 (flat): the guide takes over at step 20 for 6
+    assert watch.triggers == 1 and res.interventions == 6
+    assert marked[19:25].all() and marked.sum() == 6
+    assert (sink.steps.logprob[marked] == 0).all()
+
+
+def test_stall_watch_returns_to_the_most_promising_state(robot):
+    watch = StallWatch(ScriptedProgress(3), on_stall="return", check_every=4, patience=1)
+    sink = Sink()
+    res = run_episode(robot, RandomPolicy(robot.spec), lambda _t: sink, operator=watch)
+    # bests at polls 4, 8, 12 snapshot the state after that step; the flat poll 16 returns
+    assert res.reason == "returned" and res.steps == 15 and res.snapshot.step == 12
+    again = Sink()
+    run_episode(robot, RandomPolicy(robot.spec), lambda _t: again, start_from=res.snapshot,
+                operator=KeyboardTeleop(Recorded([[]] * 2 + [["x"]])))
+    np.testing.assert_array_equal(again.steps.images["corner"][0],
+                                  res.snapshot.data["obs"].images["corner"])
+
+
+def test_stall_watch_skips_checks_without_an_answer_and_needs_a_guide():
+    watch = StallWatch(lambda a, b: None, on_stall="return", check_every=1, patience=1)
+    assert all(watch.poll(OBS) is None for _ in range(10)) and watch.triggers == 0
+    with pytest.raises(ValueError, match="needs a guide"):
+        StallWatch(lambda a, b: 0.0, on_stall="guide")
+
+
+def test_critic_progress_asks_the_service_without_blocking(robot):
+    """The robot's progress client against a real reward server (ROUTER on loopback) that
+    scores with a scripted critic standing in for the trained one."""
+    import threading
+    import time
+
+    from vlac.cloud.reward_service import RewardServer
+    from vlac.edge.progress import CriticProgress
+
+    class Brightness:
+        def episode_rewards(self, task, frames, stride=1, reference=None):
+            d = np.diff(frames.reshape(len(frames), -1).mean(1)) / 255
+            return d.astype(np.float32), np.zeros(len(d), np.float32)
+
+    server = RewardServer(Brightness(), "tcp://127.0.0.1:0")
+    threading.Thread(target=server.serve, daemon=True).start()
+    progress = CriticProgress(server.wait_ready())
+    first = robot.reset()
+    brighter = Observation({"corner": np.full_like(first.images["corner"], 255)},
+                           first.proprio, first.task)
+    try:
+        t0 = time.monotonic()
+        assert progress(first, brighter) is None  # asked; never waits
+        assert time.monotonic() - t0 < 0.5
+        answer = None
+        for _ in range(200):
+            time.sleep(0.01)
+            answer = progress(first, brighter)
+            if answer is not None:
+                break
+        assert answer is not None and answer > 0 and progress.answered == 1
+    finally:
+        progress.close()
+        server.stop()

@@ -1,0 +1,279 @@
+"""Learning benchmark: PPO from the ~30% imitation policy on four Meta-World tasks.
+
+Three variants, measured in the same run from the same starting weights:
+
+- ``critic``: PPO with the critic's dense progress rewards, no human help (no demonstration
+  replay, no takeovers);
+- ``sparse``: the same PPO with a success-only reward (1 at the end of a successful episode);
+- ``hitl``: critic rewards plus the human-in-the-loop protocols: offline demonstration replay
+  (behaviour cloning on stored demos), and human-guided exploration triggered when the
+  critic's progress stalls (``vlac.edge.operator.StallWatch``; the scripted expert stands in
+  for the person, its steps are marked interventions and only ever used for behaviour
+  cloning), plus return-and-explore: a failed episode's next attempt starts from its most
+  promising saved state (the critic's best progress) once per failure.
+
+Each variant runs in its own process (one torch thread): episodes are rolled out in
+Meta-World with the learner's current weights (sampling, temperature 1), stored in an episode
+store, and handed to ``vlac.cloud.learner.Learner.update`` every ``--episodes-per-update``
+episodes (round-robin over tasks). The success rate is that of the rollouts themselves (a
+rolling window of ``--window`` episodes per task).
+
+    python benchmarks/learning.py                      # 4 tasks, 1 seed, 3 variants
+    python benchmarks/learning.py --seeds 3            # the full table
+    python benchmarks/learning.py --tasks reach-v3 --episodes 40 --variants critic  # smoke
+
+Prints a table, writes ``benchmarks/out/learning.png`` (success vs episodes, per task and
+variant) and ``learning.json``, and ends with
+``success_start=<x> success_at_200=<y> hitl_episodes_ratio=<z>``: the critic variant's
+success over each task's first window and last window (mean over tasks and seeds), and the
+episodes the hitl variant needed to reach 90% (rolling) divided by the critic variant's (a
+run that never gets there counts its full length, so the ratio is then a bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).parent / "out"
+TASKS = ["reach-v3", "button-press-v3", "drawer-open-v3", "push-v3"]
+
+
+class Collect:
+    """Episode sink that keeps the steps in memory."""
+
+    def __init__(self) -> None:
+        self.parts = []
+        self.success = False
+
+    def add(self, steps) -> None:
+        self.parts.append(steps)
+
+    def end(self, success: bool, reason: str = "") -> None:
+        self.success = success
+
+
+def run_variant(args: dict) -> list[dict]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(1)
+    from vlac.cloud.critic import SmallVLACCritic
+    from vlac.cloud.encoders import ImageEncoder, TextEncoder
+    from vlac.cloud.learner import Learner, LearnerConfig
+    from vlac.cloud.reward_service import InProcessRewards
+    from vlac.cloud.store import EpisodeStore
+    from vlac.edge.agent import run_episode
+    from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
+    from vlac.edge.operator import ScriptedExpert, StallWatch
+    from vlac.infra.evaluate import ActorPolicy
+    from vlac.shared.episode import concat_steps
+
+    variant, seed, tasks, work = args["variant"], args["seed"], args["tasks"], Path(args["work"])
+    shutil.rmtree(work, ignore_errors=True)
+    store_root = work / "store"
+    store = EpisodeStore(store_root, fsync=False)
+    demo_store = EpisodeStore(args["demo_store"], read_only=True)
+    if variant == "hitl":  # offline demonstration replay: the stored demos of these tasks
+        per_task: dict[str, int] = {}
+        for e in demo_store.list_episodes():
+            t = e.get("task_id")
+            if e.get("source") == "demo" and t in tasks and e["outcome"]["success"] and \
+                    per_task.get(t, 0) < args["demos"]:
+                per_task[t] = per_task.get(t, 0) + 1
+                ep = demo_store.load_episode(e["robot_id"], e["episode_id"])
+                store.write_episode("demo", e["episode_id"], e["task"], ep.steps, True,
+                                    source="demo", task_id=t)
+    img, txt = ImageEncoder(), TextEncoder()
+    critic = SmallVLACCritic.load(args["critic"], image_encoder=img, text_encoder=txt)
+    cfg = LearnerConfig(store_root=store_root, init=Path(args["init"]), out=work / "learner",
+                        features=work / "features", object_store=str(work / "objects"),
+                        reward="sparse" if variant == "sparse" else "critic",
+                        episodes_per_update=args["per_update"], lr=args["lr"],
+                        bc_coef=args["bc_coef"] if variant == "hitl" else 0.0,
+                        demo_episodes=args["demos"] * len(tasks), seed=seed, threads=1,
+                        checkpoint_every=10_000)
+    learner = Learner(cfg, None if variant == "sparse" else InProcessRewards(critic),
+                      image_encoder=img, text_encoder=txt)
+
+    def progress(a, b) -> float:
+        cam = learner.camera
+        d, _ = critic.critique([a.task], a.images[cam][None], b.images[cam][None])
+        return float(d[0])
+
+    robots = {t: MetaWorldRobot(MetaWorldRobotConfig(task=t, seed=seed * 1000 + i,
+                                                     max_steps=args["max_steps"]))
+              for i, t in enumerate(tasks)}
+    for r in robots.values():
+        r.connect()
+    watch = {t: StallWatch(progress, on_stall="guide",
+                           guide=ScriptedExpert(t, noise=0.1, seed=seed), check_every=10,
+                           patience=3, guide_steps=15, max_triggers=1)
+             for t in tasks} if variant == "hitl" else {}
+    retry: dict[str, object] = {}
+    log, pending = [], []
+    counts = dict.fromkeys(tasks, 0)
+    actor = learner.snapshot()
+    t0 = time.monotonic()
+    total = args["episodes"] * len(tasks)
+    while min(counts.values()) < args["episodes"]:
+        for t in tasks:
+            if counts[t] >= args["episodes"]:
+                continue
+            sink = Collect()
+            start = retry.pop(t, None)
+            res = run_episode(robots[t], ActorPolicy(actor, greedy=False), lambda _, s=sink: s,
+                              operator=watch.get(t), start_from=start,
+                              snapshot_every=0)
+            if variant == "hitl" and not res.success and start is None and \
+                    res.snapshot is not None:
+                retry[t] = res.snapshot  # return and explore from the most promising state
+            steps = concat_steps(sink.parts)
+            eid = f"{variant}-s{seed}-{t}-{counts[t]:04d}"
+            store.write_episode("bench", eid, res.task, steps, res.success, source="policy",
+                                task_id=t)
+            pending.append(eid)
+            log.append({"variant": variant, "seed": seed, "task": t, "episode": counts[t],
+                        "success": bool(res.success), "steps": res.steps,
+                        "interventions": res.interventions, "returned": start is not None,
+                        "version": learner.version})
+            counts[t] += 1
+        if len(pending) >= args["per_update"]:
+            infos = [e for e in store.list_episodes() if e["episode_id"] in set(pending)]
+            learner.update(infos, learner.demo_episodes() if variant == "hitl" else None)
+            pending.clear()
+            actor = learner.snapshot()
+            done = sum(counts.values())
+            recent = [r["success"] for r in log[-4 * len(tasks):]]
+            print(f"[{variant} seed {seed}] {done}/{total} episodes, v{learner.version}, "
+                  f"recent success {np.mean(recent):.0%}, {time.monotonic() - t0:.0f}s",
+                  flush=True)
+    for r in robots.values():
+        r.close()
+    (work / "log.json").write_text(json.dumps(log))
+    return log
+
+
+def rolling(x: list[bool], w: int) -> np.ndarray:
+    x = np.asarray(x, float)
+    return np.array([x[max(0, i - w + 1):i + 1].mean() for i in range(len(x))])
+
+
+def episodes_to(x: list[bool], w: int, level: float) -> int:
+    r = rolling(x, w)
+    hit = np.nonzero((r >= level) & (np.arange(len(r)) >= w - 1))[0]
+    return int(hit[0] + 1) if len(hit) else len(x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--variants", default="critic,sparse,hitl")
+    ap.add_argument("--episodes", type=int, default=200, help="episodes per task")
+    ap.add_argument("--per-update", type=int, default=8, help="episodes per PPO update")
+    ap.add_argument("--window", type=int, default=20)
+    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--bc-coef", type=float, default=0.1)
+    ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
+    ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
+                    help="the ~30%% imitation policy (vlac actor pretrain --demos-per-task 2)")
+    ap.add_argument("--critic", default=".cache/critic-data/critic/critic.pt")
+    ap.add_argument("--demo-store", default=".cache/critic-data/store")
+    ap.add_argument("--work", default=".cache/bench/learning")
+    ap.add_argument("--processes", type=int, default=2)
+    a = ap.parse_args()
+    tasks = a.tasks.split(",")
+    for p in (a.init, a.critic):
+        if not Path(p).exists():
+            sys.exit(f"{p} does not exist: run `vlac train --quick` (or `vlac critic train` / "
+                     "`vlac actor pretrain --demos-per-task 2`) first")
+    jobs = [{"variant": v, "seed": s, "tasks": tasks, "work": f"{a.work}/{v}-s{s}",
+             "episodes": a.episodes, "per_update": a.per_update, "max_steps": a.max_steps,
+             "lr": a.lr, "bc_coef": a.bc_coef, "demos": a.demos, "init": a.init,
+             "critic": a.critic, "demo_store": a.demo_store}
+            for s in range(a.seeds) for v in a.variants.split(",")]
+    t0 = time.monotonic()
+    with mp.get_context("spawn").Pool(min(a.processes, len(jobs))) as pool:
+        logs = pool.map(run_variant, jobs, chunksize=1)
+    wall = time.monotonic() - t0
+    rows = [r for log in logs for r in log]
+    OUT.mkdir(exist_ok=True)
+    (OUT / "learning.json").write_text(json.dumps(rows))
+    report(rows, tasks, a, wall)
+
+
+def report(rows: list[dict], tasks: list[str], a, wall: float) -> None:
+    import matplotlib
+    from rich.console import Console
+    from rich.table import Table
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = a.window
+    variants = sorted({r["variant"] for r in rows}, key=["critic", "sparse", "hitl"].index)
+    seeds = sorted({r["seed"] for r in rows})
+    series = {(v, s, t): [r["success"] for r in rows if (r["variant"], r["seed"], r["task"])
+                          == (v, s, t)] for v in variants for s in seeds for t in tasks}
+    table = Table(title=f"learning: success of rollouts (window {w}), {len(seeds)} seed(s), "
+                  f"{a.episodes} episodes per task, wall {wall / 60:.0f} min")
+    for col in ("variant", "task", "first window", "last window", "episodes to 90%",
+                "interventions"):
+        table.add_column(col)
+    summary = {}
+    for v in variants:
+        firsts, lasts, to90 = [], [], []
+        for t in tasks:
+            xs = [series[(v, s, t)] for s in seeds]
+            first = np.mean([np.mean(x[:w]) for x in xs])
+            last = np.mean([np.mean(x[-w:]) for x in xs])
+            n90 = np.mean([episodes_to(x, w, 0.9) for x in xs])
+            inter = sum(r["interventions"] for r in rows if r["variant"] == v and
+                        r["task"] == t)
+            firsts.append(first)
+            lasts.append(last)
+            to90.append(n90)
+            table.add_row(v, t, f"{first:.0%}", f"{last:.0%}", f"{n90:.0f}", str(inter))
+        summary[v] = {"first": float(np.mean(firsts)), "last": float(np.mean(lasts)),
+                      "to90": float(np.mean(to90))}
+        table.add_row(v, "mean", f"{summary[v]['first']:.0%}", f"{summary[v]['last']:.0%}",
+                      f"{summary[v]['to90']:.0f}", "", end_section=True)
+    Console(width=120).print(table)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+    for ax, t in zip(axes[0], tasks, strict=True):
+        for v in variants:
+            curves = [rolling(series[(v, s, t)], w) for s in seeds]
+            n = min(len(c) for c in curves)
+            ax.plot(np.arange(1, n + 1), np.mean([c[:n] for c in curves], 0), label=v)
+        ax.axhline(0.9, color="grey", ls=":", lw=1)
+        ax.set_title(t)
+        ax.set_xlabel("episode")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel(f"success (rolling {w})")
+    axes[0][-1].legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "learning.png", dpi=110)
+    print(f"plot: {OUT / 'learning.png'}")
+    base = summary.get("critic", next(iter(summary.values())))
+    ratio = summary["hitl"]["to90"] / base["to90"] if "hitl" in summary and base["to90"] \
+        else float("nan")
+    print(f"success_start={base['first']:.3f} success_at_200={base['last']:.3f} "
+          f"hitl_episodes_ratio={ratio:.3f}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
