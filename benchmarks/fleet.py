@@ -18,7 +18,9 @@ is not on this machine, a tiny generated graph with the same interface).
     python benchmarks/fleet.py [--artifact PATH.onnx] [--robots 1,8,32] [--updates 5]
                                [--s3-endpoint URL]
 
-Prints a table, writes benchmarks/out/fleet.png (latency CDF per K) and ends with
+Prints a table and where the time goes (upload() returned -> announcement signed, from the
+fleet state's ``issued_at``; signed -> swapped, on the robot), writes benchmarks/out/fleet.png
+(latency CDF per K) and ends with
 ``p99_s_32=<x> bytes_per_update=<y>``: the p99 latency for K=32 and the bytes that reach one
 robot per update (artifact download + its announcement, which carries the signed manifest).
 """
@@ -127,8 +129,35 @@ def wait_swaps(reports, robots: list[str], version: int, timeout: float) -> dict
     return got
 
 
+def measure(publisher, reports, names: list[str], artifacts: Path, args) -> dict:
+    """Publish versions 2.. one at a time; latency = swap time - the moment upload() returned."""
+    from vlac.cloud.publisher import artifact_keys
+
+    latencies, announce, apply, uploads, art_b, man_b, ann_b = [], [], [], [], [], [], []
+    for v in range(2, args.updates + 2):
+        t_start = time.time()
+        publisher.upload(artifacts / f"v{v}.onnx", v)
+        t0 = time.time()
+        swaps = wait_swaps(reports, names, v, args.timeout)
+        uploads.append(t0 - t_start)
+        latencies += [t - t0 for t in swaps.values()]
+        issued = publisher.fleet.assignments()  # when the announcer signed each one
+        announce += [issued[n]["issued_at"] - t0 for n in names]
+        apply += [swaps[n] - issued[n]["issued_at"] for n in names]
+        art_b.append(os.path.getsize(artifacts / f"v{v}.onnx"))
+        man_b.append(len(publisher.store.get_bytes(artifact_keys(v)[1])))
+        blobs = [publisher.fleet.last_assignment(n) for n in names]
+        if not all(b is not None and b[1] == v for b in blobs):
+            raise RuntimeError(f"the fleet state's last assignments are not all version {v}")
+        ann_b.append(float(np.mean([len(b[2]) for b in blobs])))
+    return {"latencies": np.array(latencies), "announce": np.array(announce),
+            "apply": np.array(apply), "upload_s": float(np.mean(uploads)),
+            "artifact_b": float(np.mean(art_b)), "manifest_b": float(np.mean(man_b)),
+            "announcement_b": float(np.mean(ann_b))}
+
+
 def run_fleet(k: int, args, artifacts: Path, workdir: Path, store_uri: str) -> dict:
-    from vlac.cloud.publisher import Publisher, PublisherConfig, artifact_keys
+    from vlac.cloud.publisher import Publisher, PublisherConfig
     from vlac.edge.updater import UpdaterConfig
 
     work = Path(tempfile.mkdtemp(dir=workdir, prefix=f"fleet-k{k}-"))
@@ -154,26 +183,7 @@ def run_fleet(k: int, args, artifacts: Path, workdir: Path, store_uri: str) -> d
             hosts[-1].start()
         publisher.upload(artifacts / "v1.onnx", 1)  # warm-up: processes start, subscribe
         wait_swaps(reports, names, 1, args.timeout + 60)
-        latencies, announce, apply, uploads, art_b, man_b, ann_b = [], [], [], [], [], [], []
-        for v in range(2, args.updates + 2):
-            t_start = time.time()
-            publisher.upload(artifacts / f"v{v}.onnx", v)
-            t0 = time.time()
-            swaps = wait_swaps(reports, names, v, args.timeout)
-            uploads.append(t0 - t_start)
-            latencies += [t - t0 for t in swaps.values()]
-            issued = publisher.fleet.assignments()  # when the announcer signed each one
-            announce += [issued[n]["issued_at"] - t0 for n in names]
-            apply += [swaps[n] - issued[n]["issued_at"] for n in names]
-            art_b.append(os.path.getsize(artifacts / f"v{v}.onnx"))
-            man_b.append(len(publisher.store.get_bytes(artifact_keys(v)[1])))
-            blobs = [publisher.fleet.last_assignment(n) for n in names]
-            assert all(b is not None and b[1] == v for b in blobs), "stale assignment"
-            ann_b.append(float(np.mean([len(b[2]) for b in blobs])))
-        result.update(latencies=np.array(latencies), announce=np.array(announce),
-                      apply=np.array(apply), upload_s=float(np.mean(uploads)),
-                      artifact_b=float(np.mean(art_b)), manifest_b=float(np.mean(man_b)),
-                      announcement_b=float(np.mean(ann_b)), processes=len(hosts))
+        result.update(measure(publisher, reports, names, artifacts, args), processes=len(hosts))
     finally:
         stop.set()
         for p in hosts:

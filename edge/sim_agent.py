@@ -55,6 +55,14 @@ class SimAgentConfig:
     policy_noise: float = opt(0.3, "Action noise of the scripted policy.")
     takeover_prob: float = opt(0.0, "Per-step chance that the simulated operator takes over.")
     takeover_steps: int = opt(20, "Steps an operator takeover lasts.")
+    on_stall: Literal["none", "guide", "return"] = opt(
+        "none", "When the critic's progress stalls or regresses: guide = the (simulated) "
+        "operator takes over for takeover_steps (human-guided exploration); return = go back "
+        "to the episode's most promising state and explore again (return and explore).")
+    critic_address: str = opt("", "Critic service (`vlac critic serve`) for the stall "
+                              "trigger; asked without ever blocking the robot.")
+    stall_check_every: int = opt(10, "Steps between progress checks.")
+    stall_patience: int = opt(3, "Checks without progress that count as a stall.")
     episodes: int = opt(3, "Episodes to run, then flush the spool and exit (0: only flush).")
     chunk_steps: int = opt(16, "Steps per chunk on the wire.")
     step_hz: float = opt(0.0, "Control rate (0: as fast as the simulator goes).")
@@ -67,6 +75,8 @@ class SimAgentConfig:
         check(0 <= self.takeover_prob <= 1, "takeover_prob", "must be in [0, 1]")
         check(self.policy_noise >= 0, "policy_noise", "must be >= 0")
         check(self.temperature > 0, "temperature", "must be > 0")
+        check(self.on_stall == "none" or bool(self.critic_address), "critic_address",
+              "on_stall needs the critic service's address (vlac critic serve)")
         if self.policy == "onnx":
             check(self.policy_path is not None and Path(self.policy_path).exists(),
                   "policy_path", f"{self.policy_path} is not an exported actor; run "
@@ -134,6 +144,19 @@ def main(cfg: SimAgentConfig) -> dict:
         if cfg.takeover_prob > 0:
             operator = ScriptedExpert(cfg.robot.task, takeover_prob=cfg.takeover_prob,
                                       takeover_steps=cfg.takeover_steps, seed=cfg.robot.seed)
+        progress = None
+        if cfg.on_stall != "none":
+            from vlac.edge.operator import StallWatch
+            from vlac.edge.progress import CriticProgress
+
+            progress = CriticProgress(cfg.critic_address, cfg.robot.camera)
+            guide = operator or ScriptedExpert(cfg.robot.task, seed=cfg.robot.seed)
+            operator = StallWatch(progress, on_stall=cfg.on_stall, guide=guide,
+                                  check_every=cfg.stall_check_every,
+                                  patience=cfg.stall_patience,
+                                  guide_steps=cfg.takeover_steps, max_triggers=1)
+        start_from = None
+        returns = 0
         for _ in range(cfg.episodes):
             if stop.is_set():
                 break
@@ -149,10 +172,15 @@ def main(cfg: SimAgentConfig) -> dict:
             policy = current[0] if updater is None else _Watched(current[0], updater)
             versions.append(current[0].version)
             res = run_episode(robot, policy, sink, operator=operator, step_hz=cfg.step_hz,
-                              stop=stop.is_set)
+                              stop=stop.is_set, start_from=start_from)
+            # return and explore: the next attempt starts from the most promising state
+            start_from = res.snapshot if res.reason == "returned" else None
+            returns += res.reason == "returned"
             results.append(res)
             sender.raise_if_failed()
         drained = sender.wait_drained(cfg.drain_timeout_s)
+        if progress is not None:
+            progress.close()
         if updater is not None:
             updater.stop()
             updater.join(5)
@@ -160,6 +188,8 @@ def main(cfg: SimAgentConfig) -> dict:
                "episodes": len(results), "successes": sum(r.success for r in results),
                "steps": sum(r.steps for r in results),
                "interventions": sum(r.interventions for r in results),
+               "returns": returns,
+               "stall_triggers": getattr(operator, "triggers", 0),
                "seconds": time.monotonic() - t0, "drained": drained,
                "policy_version": current[0].version if current else -1,
                "versions": versions,

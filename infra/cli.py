@@ -70,6 +70,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                        "Pin a --robot or --group to --version (--unpin removes it)."),
     ("fleet", "group"): ("vlac.infra.fleet_cli", "FleetConfig", "group_main",
                          "Put --robots into the group --name."),
+    ("train",): ("vlac.infra.train", "TrainConfig", "main",
+                 "The main job: the whole RL loop locally (demos, critic, actor, fleet, PPO)."),
     ("stack",): ("vlac.infra.stack", "StackConfig", "main",
                  "The main job: ingest + a fleet of robot processes on loopback."),
 }

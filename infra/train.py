@@ -1,0 +1,450 @@
+"""`vlac train`: the whole loop on one machine, the README's main job.
+
+1. **Prepare** (only what is not cached in ``--workdir``): CURVE keys for ingest and robots,
+   the publisher's signing key, scripted-expert demonstrations of the tasks, the critic, the
+   ~30% imitation actor (few demonstrations per task), and its INT8 export, published as
+   version 0.
+2. **Run** every part as its own process on loopback, as across machines: ingest (episodes
+   into the store, heartbeats into the fleet state), the critic service, the publisher's
+   announcer, the PPO learner (critic rewards, demonstration replay, publishes every
+   ``--publish-every`` versions) and one simulated robot per task (INT8 actor under ONNX
+   Runtime, weight updater, optional human-in-the-loop triggers). A live line shows
+   episodes, success rate, policy versions and rewards.
+3. **Report** in ``WORKDIR/report/``: success vs episodes per task (``success.png``), versions
+   pushed and when, throughput, interventions, the critic's VOC, as ``report.md`` +
+   ``report.json``.
+
+Ctrl-C (or SIGTERM) stops every process cleanly (robots finish their step and flush their
+spools; the learner checkpoints). Running it again resumes: the store, spools, learner
+checkpoint and fleet state are all in the workdir, and ``--episodes`` bounds the total.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import signal
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from vlac.shared.config import check, describe, opt
+
+log = logging.getLogger(__name__)
+TASKS = ["reach-v3", "button-press-v3", "drawer-open-v3", "push-v3"]
+
+
+@dataclass
+class HitlConfig:
+    demo_replay: bool = opt(True, "Offline demonstration replay: behaviour cloning on stored "
+                            "demos inside every PPO update.")
+    guide_on_stall: bool = opt(False, "Human-guided exploration: the (simulated) operator "
+                               "takes over when the critic's progress stalls; its steps are "
+                               "demonstration data, never PPO samples.")
+    return_on_stall: bool = opt(False, "Return and explore: a stalled episode restarts from "
+                                "its most promising saved state.")
+    takeover_prob: float = opt(0.0, "Also take over at random with this per-step chance.")
+    takeover_steps: int = opt(15, "Steps a takeover lasts.")
+
+    def __post_init__(self) -> None:
+        check(not (self.guide_on_stall and self.return_on_stall), "return_on_stall",
+              "choose one stall response: guide_on_stall or return_on_stall")
+
+
+@dataclass
+class TrainConfig:
+    workdir: Path = opt(Path(".cache/train"), "Everything lives here (resumable).")
+    quick: bool = opt(False, "Small and fast (under 15 minutes on 2 cores): fewer demos, "
+                      "shorter training, fewer RL episodes.")
+    tasks: list[str] = opt(TASKS, "Meta-World tasks; one robot per task.")
+    episodes: int = opt(0, "RL episodes in total across robots (0: 800, quick: 64).")
+    demos_per_task: int = opt(0, "Expert demos per task for the critic (0: 12, quick: 6).")
+    actor_demos_per_task: int = opt(2, "Demos the imitation actor learns from (the ~30% knob).")
+    critic_steps: int = opt(0, "Critic training steps (0: 3000, quick: 600).")
+    actor_steps: int = opt(0, "Imitation steps (0: 2000, quick: 600).")
+    episodes_per_update: int = opt(8, "Episodes per PPO update.")
+    publish_every: int = opt(1, "Learner versions between publications.")
+    lr: float = opt(1e-5, "Learner learning rate.")
+    max_steps: int = opt(150, "Step limit of an episode.")
+    critic: Path | None = opt(None, "Use this critic instead of training one.")
+    actor: Path | None = opt(None, "Use this imitation actor instead of training one.")
+    hitl: HitlConfig = field(default_factory=HitlConfig,
+                             metadata={"help": "Human-in-the-loop protocols."})
+    timeout_s: float = opt(0.0, "Stop after this long (0: when the episodes are done).")
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        check(len(self.tasks) >= 1, "tasks", "name at least one Meta-World task")
+        for t in self.tasks:
+            check(t.endswith("-v3"), "tasks", f"{t!r} is not a Meta-World v3 task")
+        check(self.episodes >= 0, "episodes", "must be >= 0")
+        check(self.actor_demos_per_task >= 1, "actor_demos_per_task", "must be >= 1")
+        check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
+        for name in ("critic", "actor"):
+            path = getattr(self, name)
+            if path is not None:
+                setattr(self, name, Path(path))
+                check(Path(path).exists(), name, f"{path} does not exist")
+        self.episodes = self.episodes or (64 if self.quick else 800)
+        self.demos_per_task = self.demos_per_task or (6 if self.quick else 12)
+        self.critic_steps = self.critic_steps or (600 if self.quick else 3000)
+        self.actor_steps = self.actor_steps or (600 if self.quick else 2000)
+        check(self.demos_per_task > self.actor_demos_per_task, "demos_per_task",
+              "must exceed actor_demos_per_task (the critic holds some out)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Paths:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.keys, self.store, self.fleet = root / "keys", root / "store", root / "fleet"
+        self.objects, self.critic_dir, self.actor_dir = (root / "objects", root / "critic",
+                                                         root / "actor")
+        self.features, self.export = root / "features", root / "export"
+        self.signing = root / "keys" / "publisher" / "publisher.ed25519"
+        self.report = root / "report"
+
+
+# ----------------------------------------------------------------------------- prepare
+def prepare(cfg: TrainConfig, p: Paths, console: Console) -> tuple[Path, Path, Path]:
+    """Keys, demos, critic, actor, v0 export + publication. Returns (critic, actor, v0)."""
+    from vlac.cloud.store import EpisodeStore
+    from vlac.shared import keys
+
+    keys.generate(p.keys, [f"robot-{i}" for i in range(len(cfg.tasks))])
+    have: dict[str, int] = {}
+    if (p.store / "episodes").exists():
+        for e in EpisodeStore(p.store, read_only=True).list_episodes():
+            if e.get("source") == "demo" and e["outcome"]["success"]:
+                have[e.get("task_id", "")] = have.get(e.get("task_id", ""), 0) + 1
+    missing = [t for t in cfg.tasks if have.get(t, 0) < cfg.demos_per_task]
+    if missing:
+        from vlac.infra.demos import DemosCollectConfig
+        from vlac.infra.demos import main as collect
+
+        console.rule(f"demonstrations: {cfg.demos_per_task} per task of {missing}")
+        collect(DemosCollectConfig(tasks=missing, episodes=cfg.demos_per_task, noise=0.1,
+                                   store_root=p.store, max_steps=cfg.max_steps))
+    critic = cfg.critic or p.critic_dir / "critic.pt"
+    if not critic.exists():
+        from vlac.cloud.critic_train import CriticTrainConfig
+        from vlac.cloud.critic_train import main as train_critic
+
+        console.rule(f"critic: {cfg.critic_steps} steps on {len(cfg.tasks)} tasks")
+        train_critic(CriticTrainConfig(store_root=p.store, out=p.critic_dir,
+                                       features=p.features, tasks=cfg.tasks,
+                                       steps=cfg.critic_steps))
+    actor = cfg.actor or p.actor_dir / "actor.pt"
+    if not actor.exists():
+        from vlac.cloud.actor_train import ActorPretrainConfig, train
+
+        console.rule(f"imitation actor: {cfg.actor_demos_per_task} demos per task")
+        train(ActorPretrainConfig(store_root=p.store, out=p.actor_dir, features=p.features,
+                                  tasks=cfg.tasks, demos_per_task=cfg.actor_demos_per_task,
+                                  steps=cfg.actor_steps))
+    v0 = p.export / "actor_int8.onnx"
+    if not v0.exists():
+        from vlac.cloud.export import ActorExportConfig
+        from vlac.cloud.export import main as export
+
+        console.rule("INT8 export of version 0")
+        export(ActorExportConfig(actor=actor, out=p.export, store_root=p.store,
+                                 tasks=cfg.tasks, calibration_frames=64, version=0))
+    from vlac.cloud.publisher import Publisher
+
+    pub = Publisher(publisher_config(p))
+    if pub.fleet.latest_version() is None:
+        pub.upload(v0, 0)
+    pub.fleet.close()
+    return critic, actor, v0
+
+
+def publisher_config(p: Paths, bind: str = "tcp://127.0.0.1:0"):
+    from vlac.cloud.publisher import PublisherConfig
+
+    return PublisherConfig(fleet_dir=p.fleet, object_store=str(p.objects),
+                           signing_key=p.signing, bind=bind, resend_s=2.0)
+
+
+# ----------------------------------------------------------------------------- processes
+def _child(kind: str, cfg) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
+    warnings.filterwarnings("ignore")
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if kind == "ingest":
+        from vlac.cloud.ingest import main
+    elif kind == "critic":
+        from vlac.cloud.reward_service import main
+    elif kind == "publisher":
+        from vlac.cloud.publisher import serve_main as main
+    elif kind == "learner":
+        import contextlib
+        import io
+
+        from vlac.cloud.learner import main
+        with contextlib.redirect_stdout(io.StringIO()):  # the parent shows progress
+            main(cfg)
+        return
+    else:
+        from vlac.edge.sim_agent import main
+    main(cfg)
+
+
+def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
+              done_before: int) -> dict[str, mp.Process]:
+    from vlac.cloud.ingest import IngestConfig
+    from vlac.cloud.learner import LearnerConfig
+    from vlac.cloud.reward_service import RewardServiceConfig
+    from vlac.edge.metaworld_robot import MetaWorldRobotConfig
+    from vlac.edge.sender import SenderConfig
+    from vlac.edge.sim_agent import SimAgentConfig
+    from vlac.edge.updater import UpdaterConfig
+
+    ingest_addr = f"tcp://127.0.0.1:{_free_port()}"
+    critic_addr = f"tcp://127.0.0.1:{_free_port()}"
+    pub_addr = f"tcp://127.0.0.1:{_free_port()}"
+    ctx = mp.get_context("spawn")
+    procs: dict[str, mp.Process] = {}
+
+    def start(name: str, kind: str, c) -> None:
+        proc = ctx.Process(target=_child, args=(kind, c), name=name)
+        proc.start()
+        procs[name] = proc
+
+    start("ingest", "ingest", IngestConfig(
+        bind=ingest_addr, store_root=p.store, server_secret_key=p.keys / "server/ingest.key_secret",
+        allowed_keys_dir=p.keys / "robots", status_every_s=0.0, fleet_dir=p.fleet))
+    start("critic", "critic", RewardServiceConfig(critic=critic, bind=critic_addr))
+    start("publisher", "publisher", publisher_config(p, pub_addr))
+    left = max(0, cfg.episodes - done_before)
+    updates = max(1, -(-cfg.episodes // cfg.episodes_per_update))
+    lcfg = LearnerConfig(
+        store_root=p.store, init=actor, out=p.root / "learner", object_store=str(p.objects),
+        features=p.features, reward="critic", reward_service=critic_addr,
+        episodes_per_update=cfg.episodes_per_update, lr=cfg.lr,
+        bc_coef=0.1 if cfg.hitl.demo_replay else 0.0, publish=True,
+        publish_every=cfg.publish_every, publish_tasks=cfg.tasks, max_updates=updates,
+        idle_timeout_s=60.0, poll_s=1.0, checkpoint_every=5, threads=1,
+        publisher=publisher_config(p, pub_addr))
+    start("learner", "learner", lcfg)
+    per_robot = -(-left // len(cfg.tasks))
+    on_stall = "guide" if cfg.hitl.guide_on_stall else \
+        "return" if cfg.hitl.return_on_stall else "none"
+    for i, task in enumerate(cfg.tasks):
+        name = f"robot-{i}"
+        sender = SenderConfig(robot_id=name, ingest_address=ingest_addr,
+                              robot_secret_key=p.keys / f"robots/{name}.key_secret",
+                              server_public_key=p.keys / "server/ingest.key",
+                              spool_dir=p.root / "spool" / name)
+        start(name, "robot", SimAgentConfig(
+            sender=sender, robot=MetaWorldRobotConfig(task=task, seed=2000 + 97 * done_before
+                                                      + i, max_steps=cfg.max_steps),
+            updater=UpdaterConfig(publisher_address=pub_addr, object_store=str(p.objects),
+                                  publisher_key=p.signing.with_name("publisher.ed25519.pub"),
+                                  state_dir=p.root / "weights" / name),
+            policy="onnx", policy_path=v0, episodes=per_robot, chunk_steps=16,
+            takeover_prob=cfg.hitl.takeover_prob, takeover_steps=cfg.hitl.takeover_steps,
+            on_stall=on_stall, critic_address=critic_addr if on_stall != "none" else "",
+            quiet=True))
+    return procs
+
+
+def policy_episodes(store_root: Path) -> list[dict]:
+    from vlac.cloud.store import EpisodeStore
+
+    if not (store_root / "episodes").exists():
+        return []
+    eps = [e for e in EpisodeStore(store_root, read_only=True).list_episodes()
+           if e.get("source") != "demo"]
+    return sorted(eps, key=lambda e: e["completed_at"])
+
+
+def stop_all(procs: dict[str, mp.Process], timeout: float = 60.0) -> None:
+    """SIGTERM robots first (they finish the step and flush), then the services."""
+    order = [n for n in procs if n.startswith("robot")] + ["learner", "publisher", "critic",
+                                                          "ingest"]
+    for name in order:
+        proc = procs.get(name)
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+
+
+# ----------------------------------------------------------------------------- main
+def main(cfg: TrainConfig) -> dict:
+    console = Console(width=120)
+    console.print(describe(cfg))
+    p = Paths(cfg.workdir)
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    critic, actor, v0 = prepare(cfg, p, console)
+    done_before = len(policy_episodes(p.store))
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    console.rule(f"RL: {len(cfg.tasks)} robots, {cfg.episodes} episodes "
+                 f"({done_before} already done)")
+    t_rl = time.time()
+    procs = start_all(cfg, p, critic, actor, v0, done_before) \
+        if done_before < cfg.episodes else {}
+    try:
+        watch(cfg, p, procs, stop, console, t_rl)
+    finally:
+        stop_all(procs)
+    return report(cfg, p, critic, console, t_start, t_rl)
+
+
+def watch(cfg: TrainConfig, p: Paths, procs: dict[str, mp.Process], stop: threading.Event,
+          console: Console, t0: float) -> None:
+    from rich.live import Live
+
+    from vlac.cloud.fleet import FleetState
+
+    fleet = FleetState(p.fleet / "fleet.db")
+    robots = [n for n in procs if n.startswith("robot")]
+    with Live(console=console, refresh_per_second=1, transient=False) as live:
+        while not stop.is_set():
+            eps = policy_episodes(p.store)
+            wins = [e["outcome"]["success"] for e in eps[-20:]]
+            running = sorted({r["running_version"] for r in fleet.robots()})
+            versions = fleet.versions()
+            learner_log = p.root / "learner" / "learner_log.json"
+            ret = ""
+            if learner_log.exists():
+                try:
+                    rows = json.loads(learner_log.read_text())["log"]
+                    if rows:
+                        ret = f", mean return {rows[-1].get('return_mean', float('nan')):.2f}"
+                except (ValueError, KeyError):
+                    pass
+            live.update(f"[bold]{len(eps)}/{cfg.episodes}[/] episodes, success (last 20) "
+                        f"{np.mean(wins) if wins else 0:.0%}, published v"
+                        f"{versions[-1]['version'] if versions else '-'}, robots run "
+                        f"{running}{ret}, {time.time() - t0:.0f}s")
+            robots_done = all(not procs[r].is_alive() for r in robots)
+            if robots_done and (not procs.get("learner") or not procs["learner"].is_alive()
+                                or len(eps) >= cfg.episodes):
+                break
+            if any(procs[n].exitcode not in (None, 0) for n in ("ingest", "critic",
+                                                                 "publisher", "learner")
+                   if n in procs):
+                bad = [n for n in procs if procs[n].exitcode not in (None, 0)]
+                raise RuntimeError(f"{bad} stopped with an error (see above); rerun `vlac "
+                                   "train` to resume")
+            if cfg.timeout_s and time.time() - t0 > cfg.timeout_s:
+                console.print(f"timeout after {cfg.timeout_s:.0f}s; stopping")
+                break
+            stop.wait(2.0)
+        if robots and all(not procs[r].is_alive() for r in robots) and "learner" in procs:
+            procs["learner"].join(120)  # let it consume the last episodes
+    fleet.close()
+
+
+def rolling(x: list[bool], w: int) -> np.ndarray:
+    x_ = np.asarray(x, float)
+    return np.array([x_[max(0, i - w + 1):i + 1].mean() for i in range(len(x_))])
+
+
+def report(cfg: TrainConfig, p: Paths, critic: Path, console: Console, t_start: float,
+           t_rl: float) -> dict:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rich.table import Table
+
+    from vlac.cloud.fleet import FleetState
+    from vlac.cloud.store import EpisodeStore
+
+    p.report.mkdir(parents=True, exist_ok=True)
+    eps = policy_episodes(p.store)
+    store = EpisodeStore(p.store, read_only=True)
+    by_task: dict[str, list[dict]] = {}
+    interventions = returns = 0
+    versions_seen = []
+    for e in eps:
+        by_task.setdefault(e.get("task_id") or e["task"], []).append(e)
+        returns += e["outcome"].get("reason") == "returned"
+        cols = store.load_columns(e["robot_id"], e["episode_id"],
+                                  ["intervention", "policy_version"])
+        interventions += int(np.asarray(cols["intervention"]).sum())
+        versions_seen.append(int(np.asarray(cols["policy_version"])[0]))
+    w = max(4, min(20, len(eps) // max(1, 4 * len(by_task))))
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    table = Table(title=f"vlac train: success per task (rolling {w})")
+    for col in ("task", "episodes", "first window", "last window"):
+        table.add_column(col)
+    rows = {}
+    for task, items in sorted(by_task.items()):
+        wins = [bool(e["outcome"]["success"]) for e in items]
+        r = rolling(wins, w)
+        ax[0].plot(np.arange(1, len(r) + 1), r, label=task)
+        first, last = float(np.mean(wins[:w])), float(np.mean(wins[-w:]))
+        rows[task] = {"episodes": len(wins), "first": first, "last": last}
+        table.add_row(task, str(len(wins)), f"{first:.0%}", f"{last:.0%}")
+    ax[0].set(xlabel="episode of the task", ylabel="success", ylim=(-0.02, 1.02),
+              title="success vs episodes")
+    if by_task:
+        ax[0].legend(fontsize=8)
+    ax[1].plot(np.arange(1, len(versions_seen) + 1), versions_seen)
+    ax[1].set(xlabel="episode (all robots)", ylabel="policy version",
+              title="version each episode ran")
+    fig.tight_layout()
+    fig.savefig(p.report / "success.png", dpi=110)
+    plt.close(fig)
+    fleet = FleetState(p.fleet / "fleet.db")
+    versions = fleet.versions()
+    fleet.close()
+    voc = None
+    try:
+        from vlac.cloud.critic_eval import CriticEvalConfig
+        from vlac.cloud.critic_eval import main as critic_eval
+
+        res = critic_eval(CriticEvalConfig(store_root=p.store, critic=critic,
+                                           out=p.report / "critic", features=p.features,
+                                           seen_tasks=cfg.tasks, unseen_tasks=[]),
+                          Console(width=120, quiet=True))
+        voc = res.get("summary", {}).get("voc_seen")
+    except Exception as e:  # the report must still be written
+        console.print(f"critic VOC not measured: {e}")
+    rl_s = time.time() - t_rl
+    steps = sum(e["n_steps"] for e in eps)
+    summary = {"episodes": len(eps), "tasks": rows, "versions_published": len(versions),
+               "versions": [{"version": v["version"], "created_at": v["created_at"]}
+                            for v in versions],
+               "intervention_steps": interventions, "returns": returns,
+               "critic_voc_heldout": voc, "rl_seconds": rl_s,
+               "steps_per_s": steps / rl_s if rl_s > 0 else None,
+               "total_seconds": time.time() - t_start, "hitl": vars(cfg.hitl)}
+    (p.report / "report.json").write_text(json.dumps(summary, indent=1, default=str))
+    md = ["# vlac train report\n", "![success](success.png)\n",
+          "| task | episodes | first window | last window |", "|---|---|---|---|"]
+    md += [f"| {t} | {r['episodes']} | {r['first']:.0%} | {r['last']:.0%} |"
+           for t, r in rows.items()]
+    md += ["", f"- versions published: {len(versions)}",
+           f"- episodes: {len(eps)}, {steps} steps, {summary['steps_per_s'] or 0:.1f} steps/s "
+           f"during RL ({rl_s / 60:.1f} min)",
+           f"- interventions: {interventions} takeover steps, {returns} return-and-explore "
+           "restarts", f"- critic VOC on held-out demos: {voc}",
+           f"- human-in-the-loop: {vars(cfg.hitl)}"]
+    (p.report / "report.md").write_text("\n".join(md) + "\n")
+    console.print(table)
+    console.print(f"report: {p.report / 'report.md'} and {p.report / 'success.png'}")
+    return summary
