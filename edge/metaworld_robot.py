@@ -123,6 +123,10 @@ class MetaWorldRobot(Robot):
         return self._env
 
     def _render(self) -> np.ndarray:
+        # Several robots in one process each own a GL context: make ours current first, or
+        # this robot renders into (and reads back) another robot's framebuffer.
+        viewer = self._env.mujoco_renderer._get_viewer(render_mode="rgb_array")
+        viewer.make_context_current()
         img = self._env.render()
         if self.cfg.camera in _FLIPPED:
             img = img[::-1]

@@ -78,6 +78,8 @@ class TrainConfig:
     hitl: HitlConfig = field(default_factory=HitlConfig,
                              metadata={"help": "Human-in-the-loop protocols."})
     timeout_s: float = opt(0.0, "Stop after this long (0: when the episodes are done).")
+    object_store: str = opt("", "Weights and checkpoints: a folder or s3://bucket/prefix?"
+                            "endpoint=URL (empty: WORKDIR/objects).")
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -107,11 +109,11 @@ def _free_port() -> int:
 
 
 class Paths:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, object_store: str = "") -> None:
         self.root = root
         self.keys, self.store, self.fleet = root / "keys", root / "store", root / "fleet"
-        self.objects, self.critic_dir, self.actor_dir = (root / "objects", root / "critic",
-                                                         root / "actor")
+        self.objects = object_store or str(root / "objects")
+        self.critic_dir, self.actor_dir = root / "critic", root / "actor"
         self.features, self.export = root / "features", root / "export"
         self.signing = root / "keys" / "publisher" / "publisher.ed25519"
         self.report = root / "report"
@@ -174,7 +176,7 @@ def prepare(cfg: TrainConfig, p: Paths, console: Console) -> tuple[Path, Path, P
 def publisher_config(p: Paths, bind: str = "tcp://127.0.0.1:0"):
     from vlac.cloud.publisher import PublisherConfig
 
-    return PublisherConfig(fleet_dir=p.fleet, object_store=str(p.objects),
+    return PublisherConfig(fleet_dir=p.fleet, object_store=p.objects,
                            signing_key=p.signing, bind=bind, resend_s=2.0)
 
 
@@ -234,7 +236,7 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
     left = max(0, cfg.episodes - done_before)
     updates = max(1, -(-cfg.episodes // cfg.episodes_per_update))
     lcfg = LearnerConfig(
-        store_root=p.store, init=actor, out=p.root / "learner", object_store=str(p.objects),
+        store_root=p.store, init=actor, out=p.root / "learner", object_store=p.objects,
         features=p.features, reward="critic", reward_service=critic_addr,
         episodes_per_update=cfg.episodes_per_update, lr=cfg.lr,
         bc_coef=0.1 if cfg.hitl.demo_replay else 0.0, publish=True,
@@ -254,7 +256,7 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
         start(name, "robot", SimAgentConfig(
             sender=sender, robot=MetaWorldRobotConfig(task=task, seed=2000 + 97 * done_before
                                                       + i, max_steps=cfg.max_steps),
-            updater=UpdaterConfig(publisher_address=pub_addr, object_store=str(p.objects),
+            updater=UpdaterConfig(publisher_address=pub_addr, object_store=p.objects,
                                   publisher_key=p.signing.with_name("publisher.ed25519.pub"),
                                   state_dir=p.root / "weights" / name),
             policy="onnx", policy_path=v0, episodes=per_robot, chunk_steps=16,
@@ -291,7 +293,7 @@ def stop_all(procs: dict[str, mp.Process], timeout: float = 60.0) -> None:
 def main(cfg: TrainConfig) -> dict:
     console = Console(width=120)
     console.print(describe(cfg))
-    p = Paths(cfg.workdir)
+    p = Paths(cfg.workdir, cfg.object_store)
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     critic, actor, v0 = prepare(cfg, p, console)

@@ -122,3 +122,17 @@ def test_config_errors():
 def test_paraphrases():
     assert len(tasks.instructions("drawer-open-v3")) >= 3
     assert tasks.instructions("stick-pull-v3")[0] == "stick pull"
+
+
+def test_two_robots_in_one_process_each_render_their_own_scene():
+    """Each robot owns a GL context; without making it current before rendering, the first
+    robot read back the second one's framebuffer (a benchmark's policies saw garbage)."""
+    with MetaWorldRobot(MetaWorldRobotConfig(task="button-press-v3", seed=1)) as a:
+        first = a.reset().images["corner"].astype(int)
+        with MetaWorldRobot(MetaWorldRobotConfig(task="drawer-open-v3", seed=2)) as b:
+            b.reset()
+            still = np.zeros(4, np.float32)
+            a_img = a.act(still).observation.images["corner"].astype(int)
+            b_img = b.act(still).observation.images["corner"].astype(int)
+    assert np.abs(a_img - first).mean() < 3  # the same scene, one still step later
+    assert np.abs(a_img - b_img).mean() > 3
