@@ -188,6 +188,10 @@ def _child(kind: str, cfg) -> None:
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # The parent may have trained in-process (its rendezvous port is still bound): every
+    # child that runs DeepSpeed sets up its own single-process group.
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(var, None)
     if kind == "ingest":
         from vlac.cloud.ingest import main
     elif kind == "critic":

@@ -1,0 +1,32 @@
+"""`vlac train` end to end on a tiny budget: demos, critic, actor, INT8 v0, then ingest, critic
+service, publisher, learner and a robot as real processes; a report; a rerun resumes."""
+
+import json
+
+import pytest
+
+from vlac.infra.train import TrainConfig, main
+
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(900)]
+
+
+def tiny(workdir, episodes):
+    return TrainConfig(workdir=workdir, tasks=["reach-v3"], episodes=episodes,
+                       demos_per_task=3, actor_demos_per_task=2, critic_steps=30,
+                       actor_steps=30, episodes_per_update=2, max_steps=60)
+
+
+def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
+    first = main(tiny(tmp_path, 4))
+    assert first["episodes"] == 4 and first["versions_published"] >= 2  # v0 + learner's
+    report = tmp_path / "report"
+    assert (report / "success.png").stat().st_size > 10_000
+    data = json.loads((report / "report.json").read_text())
+    assert data["tasks"]["reach-v3"]["episodes"] == 4 and data["steps_per_s"] > 0
+    assert "versions published" in (report / "report.md").read_text()
+    learner_version = json.loads((tmp_path / "learner" / "learner_log.json").read_text())
+    # A rerun with a larger budget keeps everything and only adds the missing episodes.
+    second = main(tiny(tmp_path, 6))
+    assert second["episodes"] == 6
+    assert second["versions_published"] > first["versions_published"]
+    assert learner_version
