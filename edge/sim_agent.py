@@ -63,6 +63,10 @@ class SimAgentConfig:
                               "trigger; asked without ever blocking the robot.")
     stall_check_every: int = opt(10, "Steps between progress checks.")
     stall_patience: int = opt(3, "Checks without progress that count as a stall.")
+    sync_every: int = opt(0, "After this many episodes on one policy version, wait for a "
+                          "newer one before going on (on-policy batches for a learner that is "
+                          "slower than the fleet; 0: never wait).")
+    sync_timeout_s: float = opt(600.0, "Longest wait for a newer version (then go on).")
     episodes: int = opt(3, "Episodes to run, then flush the spool and exit (0: only flush).")
     chunk_steps: int = opt(16, "Steps per chunk on the wire.")
     step_hz: float = opt(0.0, "Control rate (0: as fast as the simulator goes).")
@@ -157,9 +161,19 @@ def main(cfg: SimAgentConfig) -> dict:
                                   guide_steps=cfg.takeover_steps, max_triggers=1)
         start_from = None
         returns = 0
+        on_version = 0
         for _ in range(cfg.episodes):
             if stop.is_set():
                 break
+            if updater is not None and cfg.sync_every and on_version >= cfg.sync_every:
+                deadline = time.monotonic() + cfg.sync_timeout_s
+                while not stop.is_set() and time.monotonic() < deadline:
+                    fresh = updater.take()
+                    if fresh is not None:
+                        current[0] = fresh
+                        break
+                    time.sleep(0.2)
+                on_version = 0
 
             def sink(task: str) -> EpisodeRecorder:
                 return EpisodeRecorder(spool, cfg.sender.robot_id, task, cfg.chunk_steps,
@@ -169,6 +183,8 @@ def main(cfg: SimAgentConfig) -> dict:
                 fresh = updater.take()  # swap only between episodes
                 if fresh is not None:
                     current[0] = fresh
+                    on_version = 0
+            on_version += 1
             policy = current[0] if updater is None else _Watched(current[0], updater)
             versions.append(current[0].version)
             res = run_episode(robot, policy, sink, operator=operator, step_hz=cfg.step_hz,

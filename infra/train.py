@@ -266,6 +266,7 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
             policy="onnx", policy_path=v0, episodes=per_robot, chunk_steps=16,
             takeover_prob=cfg.hitl.takeover_prob, takeover_steps=cfg.hitl.takeover_steps,
             on_stall=on_stall, critic_address=critic_addr if on_stall != "none" else "",
+            sync_every=max(1, cfg.episodes_per_update * cfg.publish_every // len(cfg.tasks)),
             quiet=True))
     return procs
 
@@ -435,6 +436,7 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, console: Console, t_start: 
     summary = {"episodes": len(eps), "tasks": rows, "versions_published": len(versions),
                "versions": [{"version": v["version"], "created_at": v["created_at"]}
                             for v in versions],
+               "episode_versions": versions_seen,
                "intervention_steps": interventions, "returns": returns,
                "critic_voc_heldout": voc, "rl_seconds": rl_s,
                "steps_per_s": steps / rl_s if rl_s > 0 else None,

@@ -21,11 +21,16 @@ fi
 [[ $cmd == start ]] || { echo "unknown command $cmd" >&2; exit 2; }
 PORT=${3:-7480}; MON_PORT=$((PORT + 1))
 ACCESS=${S3_ACCESS_KEY:-vlactest}; SECRET=${S3_SECRET_KEY:-vlactestsecret}
-rm -rf "$DIR"; mkdir -p "$DIR"/{mon,osd,run,log}
-FSID=$(python3 -c 'import uuid; print(uuid.uuid4())')
-CLASSDIR=$(dirname "$(find /usr/lib -name 'libcls_rgw.so*' | head -1)")
-CONF=$DIR/ceph.conf
-cat > "$CONF" <<CONF
+stop_daemons() {
+  for p in "$DIR"/run/*.pid; do [[ -f $p ]] && kill "$(cat "$p")" 2>/dev/null || true; done
+  sleep 1
+}
+start_once() {
+  rm -rf "$DIR"; mkdir -p "$DIR"/{mon,osd,run,log}
+  FSID=$(python3 -c 'import uuid; print(uuid.uuid4())')
+  CLASSDIR=$(dirname "$(find /usr/lib -name 'libcls_rgw.so*' | head -1)")
+  CONF=$DIR/ceph.conf
+  cat > "$CONF" <<CONF
 [global]
 fsid = $FSID
 mon host = [v1:127.0.0.1:$MON_PORT]
@@ -58,17 +63,32 @@ osd data = $DIR/osd
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:$PORT
 CONF
-monmaptool --create --addv a "[v1:127.0.0.1:$MON_PORT]" --fsid "$FSID" "$DIR/monmap" >/dev/null
-ceph-mon -c "$CONF" -i a --mkfs --monmap "$DIR/monmap" >/dev/null
-ceph-mon -c "$CONF" -i a
-OSD_UUID=$(python3 -c 'import uuid; print(uuid.uuid4())')
-timeout 60 /usr/bin/python3 /usr/bin/ceph -c "$CONF" osd new "$OSD_UUID" >/dev/null
-ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$OSD_UUID" >/dev/null 2>&1
-ceph-osd -c "$CONF" -i 0
-radosgw -c "$CONF" -n client.rgw.a
-for _ in $(seq 1 120); do
-  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT', timeout=1)" 2>/dev/null; then break; fi
-  sleep 0.5
+  monmaptool --create --addv a "[v1:127.0.0.1:$MON_PORT]" --fsid "$FSID" "$DIR/monmap" >/dev/null
+  ceph-mon -c "$CONF" -i a --mkfs --monmap "$DIR/monmap" >/dev/null
+  ceph-mon -c "$CONF" -i a
+  OSD_UUID=$(python3 -c 'import uuid; print(uuid.uuid4())')
+  timeout 60 /usr/bin/python3 /usr/bin/ceph -c "$CONF" osd new "$OSD_UUID" >/dev/null
+  ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$OSD_UUID" >/dev/null 2>&1
+  ceph-osd -c "$CONF" -i 0
+  radosgw -c "$CONF" -n client.rgw.a
+  curl_ok=0
+  for _ in $(seq 1 120); do
+    if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT', timeout=1)" 2>/dev/null; then curl_ok=1; break; fi
+    sleep 0.5
+  done
+  [[ $curl_ok == 1 ]] || { echo "radosgw did not answer on port $PORT" >&2; return 1; }
+  timeout 60 radosgw-admin -c "$CONF" user create --uid vlac --display-name vlac --access-key "$ACCESS" --secret "$SECRET" >/dev/null
+}
+# The OSD sometimes fails its first boot ("wrong fsid" from the monitor); a fresh cluster in
+# the same folder then starts. Three attempts.
+for attempt in 1 2 3; do
+  set +e
+  ( set -e; start_once )
+  rc=$?
+  set -e
+  [[ $rc == 0 ]] && break
+  echo "radosgw start attempt $attempt failed (exit $rc)" >&2
+  stop_daemons
 done
-timeout 60 radosgw-admin -c "$CONF" user create --uid vlac --display-name vlac --access-key "$ACCESS" --secret "$SECRET" >/dev/null
+[[ $rc == 0 ]] || exit "$rc"
 echo "export VLAC_S3_ENDPOINT=http://127.0.0.1:$PORT"
