@@ -96,8 +96,8 @@ def read_meta(onnx_path: Path) -> dict:
     raise ValueError(f"{onnx_path} has no vlac metadata; export it with `vlac actor export`")
 
 
-class Publisher:
-    """Uploads signed versions and records them in the fleet state."""
+class _PublisherSide:
+    """What both halves hold: the config, the signing key, the object store, the fleet state."""
 
     def __init__(self, cfg: PublisherConfig, fleet: FleetState | None = None) -> None:
         self.cfg = cfg
@@ -105,6 +105,13 @@ class Publisher:
         self.key = mf.load_private(cfg.signing_key)
         self.store = open_store(cfg.object_store)
         self.fleet = fleet or FleetState(cfg.fleet_dir / "fleet.db")
+
+
+class Publisher(_PublisherSide):
+    """Uploads signed versions and records them in the fleet state."""
+
+    def __init__(self, cfg: PublisherConfig, fleet: FleetState | None = None) -> None:
+        super().__init__(cfg, fleet)
         self.export_samples: list | None = None
 
     def upload(self, artifact: Path, version: int, parent: int | None = None,
@@ -149,15 +156,11 @@ class Publisher:
             return self.upload(int8, version, meta=meta)
 
 
-class Announcer:
+class Announcer(_PublisherSide):
     """Sends each robot its signed assignment; see the module docstring."""
 
     def __init__(self, cfg: PublisherConfig, fleet: FleetState | None = None) -> None:
-        self.cfg = cfg
-        ensure_signing_key(cfg.signing_key)
-        self.key = mf.load_private(cfg.signing_key)
-        self.store = open_store(cfg.object_store)
-        self.fleet = fleet or FleetState(cfg.fleet_dir / "fleet.db")
+        super().__init__(cfg, fleet)
         self._manifests: dict[int, bytes] = {}
         self.robots: set[str] = {r["robot_id"] for r in self.fleet.robots()}
         self.sent = 0
