@@ -166,12 +166,9 @@ def run_variant(args: dict) -> list[dict]:
     return log
 
 
-def rolling(x: list[bool], w: int) -> np.ndarray:
-    x = np.asarray(x, float)
-    return np.array([x[max(0, i - w + 1):i + 1].mean() for i in range(len(x))])
-
-
 def episodes_to(x: list[bool], w: int, level: float) -> int:
+    from vlac.infra.train import rolling
+
     r = rolling(x, w)
     hit = np.nonzero((r >= level) & (np.arange(len(r)) >= w - 1))[0]
     return int(hit[0] + 1) if len(hit) else len(x)
@@ -222,6 +219,8 @@ def report(rows: list[dict], tasks: list[str], a, wall: float) -> None:
     from rich.table import Table
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from vlac.infra.train import rolling
 
     w = a.window
     variants = sorted({r["variant"] for r in rows}, key=["critic", "sparse", "hitl"].index)
