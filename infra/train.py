@@ -25,7 +25,6 @@ import json
 import logging
 import multiprocessing as mp
 import signal
-import socket
 import threading
 import time
 import warnings
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from vlac.infra.stack import free_port
 from vlac.shared.config import check, describe, opt
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,6 @@ class TrainConfig:
         self.actor_steps = self.actor_steps or (600 if self.quick else 2000)
         check(self.demos_per_task > self.actor_demos_per_task, "demos_per_task",
               "must exceed actor_demos_per_task (the critic holds some out)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Paths:
@@ -221,9 +215,9 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
     from vlac.edge.sim_agent import SimAgentConfig
     from vlac.edge.updater import UpdaterConfig
 
-    ingest_addr = f"tcp://127.0.0.1:{_free_port()}"
-    critic_addr = f"tcp://127.0.0.1:{_free_port()}"
-    pub_addr = f"tcp://127.0.0.1:{_free_port()}"
+    ingest_addr = f"tcp://127.0.0.1:{free_port()}"
+    critic_addr = f"tcp://127.0.0.1:{free_port()}"
+    pub_addr = f"tcp://127.0.0.1:{free_port()}"
     ctx = mp.get_context("spawn")
     procs: dict[str, mp.Process] = {}
 
