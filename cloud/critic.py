@@ -109,19 +109,33 @@ class SmallVLACCritic(LazyEncoders):
                                       self.image_encoder.encode(b), ref)
 
     def episode_rewards(self, task: str, frames: np.ndarray, stride: int = 1,
-                        reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        reference: np.ndarray | None = None, from_first: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """Dense rewards for an episode of T frames: r_t = delta(o_t, o_min(t+k, T-1)) for
-        t < T - 1, and the done probability at the later frame. Image features are computed
-        once per frame, not once per pair."""
+        t < T - 1, and the done probability at the later frame. ``from_first``: the pairs
+        are (o_0, o_t+1) instead, the progress made since the start (``pair_indices``).
+        Image features are computed once per frame, not once per pair."""
         frames = _check_frames("frames", frames)
         if len(frames) < 2:
             raise ValueError("an episode needs at least 2 frames to score progress")
         feats = self.image_encoder.encode(frames)
-        ia = np.arange(len(frames) - 1)
-        ib = np.minimum(ia + stride, len(frames) - 1)
+        ia, ib = pair_indices(len(frames), stride, from_first)
         text = np.repeat(self.text_encoder.encode([task]), len(ia), 0)
         ref = self.reference_features(reference) if reference is not None else None
         return self.critique_features(text, feats[ia], feats[ib], ref)
+
+
+def pair_indices(n_frames: int, stride: int = 1, from_first: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The (earlier, later) frame indices an episode's T - 1 rewards are scored on:
+    (t, min(t + stride, T - 1)), or (0, t + 1) with ``from_first``."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    later = np.arange(1, n_frames)
+    if from_first:
+        return np.zeros(n_frames - 1, np.int64), later
+    ia = np.arange(n_frames - 1)
+    return ia, np.minimum(ia + stride, n_frames - 1)
 
 
 def accumulated_progress(deltas: np.ndarray) -> np.ndarray:

@@ -74,7 +74,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
-from vlac.cloud.critic import _check_frames
+from vlac.cloud.critic import _check_frames, pair_indices
 from vlac.cloud.vlac_model import (
     PROGRESS_BINS,
     CriticOutput,
@@ -364,14 +364,13 @@ class TransformersCritic:
                 out.done_prob.numpy().astype(np.float32))
 
     def episode_rewards(self, task: str, frames: np.ndarray, stride: int = 1,
-                        reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        reference: np.ndarray | None = None, from_first: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """Dense rewards for an episode of T frames: r_t = delta(o_t, o_min(t+stride, T-1))
-        for t < T - 1, and the done probability at the later frame; each (T - 1,)."""
+        (or delta(o_0, o_t+1) with ``from_first``) for t < T - 1, and the done probability
+        at the later frame; each (T - 1,)."""
         frames = _check_frames("frames", frames)
         if len(frames) < 2:
             raise ValueError("an episode needs at least 2 frames to score progress")
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
-        ia = np.arange(len(frames) - 1)
-        ib = np.minimum(ia + stride, len(frames) - 1)
+        ia, ib = pair_indices(len(frames), stride, from_first)
         return self.critique([task] * len(ia), frames[ia], frames[ib], reference)

@@ -6,13 +6,20 @@ One update, top to bottom:
    (``source != "demo"``); which ones were consumed is part of the checkpoint, so a restart
    never reuses an episode.
 2. Rewards (``shape_rewards``): ``critic`` asks the RewardSource (in-process critic or
-   ``vlac critic serve``) for progress deltas r_t = delta(o_t, o_t+k); the episode ends (no
-   bootstrap) at the first step whose done probability exceeds ``done_threshold``, or at its
-   last step when the robot reported success; otherwise the value of the last observation
-   bootstraps it. ``sparse`` gives 1 at the last step of a successful episode and 0 elsewhere.
+   ``vlac critic serve``) for the progress since the first frame phi_t = delta(o_0, o_t+1)
+   and rewards its differences (``progress_rewards``: an episode's return is its final
+   progress), or with ``pairs=consecutive`` for r_t = delta(o_t, o_t+k); a success the robot
+   reported adds ``success_reward`` at its last step, where the episode ends (no bootstrap);
+   so does the first step whose done probability exceeds ``done_threshold`` (off by
+   default); otherwise the value of the last observation bootstraps it. ``sparse`` gives
+   ``success_reward`` at the last step of a successful episode and 0 elsewhere.
 3. Image features once per frame (the encoders are frozen), then one pass of the learner's own
    weights over every step: the PPO anchor log-probs and the values (``vlac.cloud.ppo``
-   explains why the robot's INT8 log-probs are never the anchor), then GAE per episode.
+   explains why the robot's INT8 log-probs are never the anchor), then GAE per episode (the
+   value targets). The advantages are ``group_advantages`` by default: every step of an
+   episode gets its return minus the mean return of the batch's episodes of the same task,
+   which needs no trained value function (the value head starts untrained, and GAE on it
+   gave no improvement in #7); ``advantage=gae`` uses GAE's.
 4. PPO epochs over shuffled minibatches: ``ppo_loss`` with truncated importance weights from
    the behaviour log-probs (the episode's ``logprob`` column) and the version lag (learner
    version - the step's ``policy_version``), plus ``bc_coef`` x behaviour cloning on operator
@@ -88,8 +95,19 @@ class LearnerConfig:
     reward_service: str = opt("", "Address of `vlac critic serve` (instead of --critic).")
     reward_timeout_s: float = opt(120.0, "Timeout of one reward request to the service.")
     reward_stride: int = opt(1, "k of r_t = delta(o_t, o_t+k).")
-    done_threshold: float = opt(0.9, "The episode ends at the first step whose critic done "
-                                "probability exceeds this (1 disables it).")
+    done_threshold: float = opt(1.0, "The episode ends at the first step whose critic done "
+                                "probability exceeds this (1 disables it: the small critic "
+                                "calls many failed rollouts done, see docs/training.md).")
+    pairs: Literal["from_first", "consecutive"] = opt(
+        "from_first", "Critic rewards from the progress since the episode's first frame "
+        "(potential differences; a return is the final progress) or from consecutive-pair "
+        "deltas delta(o_t, o_t+k).")
+    success_reward: float = opt(1.0, "Reward added at the end of an episode the robot reported "
+                                "as a success (the whole reward with --reward sparse).")
+    advantage: Literal["group", "gae"] = opt(
+        "group", "group: every step of an episode gets the episode's return minus the mean "
+        "return of its task's episodes in the batch (no value function needed); gae: GAE "
+        "with the value head.")
     episodes_per_update: int = opt(8, "Episodes gathered for one PPO update.")
     epochs: int = opt(4, "PPO epochs over each batch.")
     minibatch_size: int = opt(64, "Steps per minibatch (over all processes).")
@@ -149,6 +167,10 @@ class LearnerConfig:
         check(not (self.critic and self.reward_service), "reward_service",
               "give either --critic or --reward-service, not both")
         check(self.reward_stride >= 1, "reward_stride", "must be >= 1")
+        check(self.pairs in ("from_first", "consecutive"), "pairs",
+              "use from_first or consecutive")
+        check(self.advantage in ("group", "gae"), "advantage", "use group or gae")
+        check(math.isfinite(self.success_reward), "success_reward", "must be a number")
         check(0 < self.done_threshold <= 1, "done_threshold", "must lie in (0, 1]")
         check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
         check(self.epochs >= 1, "epochs", "must be >= 1")
@@ -193,28 +215,59 @@ def reward_source(cfg: LearnerConfig) -> RewardSource | None:
 
 # ---------------------------------------------------------------------- rewards and data
 def shape_rewards(mode: str, n_steps: int, success: bool, delta: np.ndarray | None = None,
-                  done_prob: np.ndarray | None = None, done_threshold: float = 0.9
-                  ) -> tuple[np.ndarray, bool]:
+                  done_prob: np.ndarray | None = None, done_threshold: float = 1.0,
+                  success_reward: float = 1.0) -> tuple[np.ndarray, bool]:
     """Rewards of an episode's first n_used steps, and whether it ended there (terminal).
 
     Steps are (o_t, a_t); the observation after the last action is not recorded, so
     ``delta[t]``/``done_prob[t]`` (n_steps - 1 of them) judge o_t -> o_t+1. A non-terminal
     episode stops one step before its end and bootstraps from the value of o_n_used.
+    ``success_reward`` is added at the last step of an episode the robot reported as a
+    success (``sparse`` is that alone).
     """
     if mode == "sparse":
         if success:
             r = np.zeros(n_steps, np.float32)
-            r[-1] = 1.0
+            r[-1] = success_reward
             return r, True
         return np.zeros(max(0, n_steps - 1), np.float32), False
     delta = np.asarray(delta if delta is not None else [], np.float32)
     done_prob = np.asarray(done_prob if done_prob is not None else [], np.float32)
     over = np.flatnonzero(done_prob > done_threshold)
     if len(over):
-        return delta[:over[0] + 1], True
-    if success:  # the last action's progress is unseen: reward 0, then the end
-        return np.concatenate([delta, np.zeros(1, np.float32)]), True
+        r = delta[:over[0] + 1].copy()
+        if success:
+            r[-1] += success_reward
+        return r, True
+    if success:  # the last action's progress is unseen: reward 0 (+ the bonus), then the end
+        return np.concatenate([delta, np.full(1, success_reward, np.float32)]), True
     return delta, False
+
+
+def progress_rewards(phi: np.ndarray) -> np.ndarray:
+    """Rewards from the progress since the start, phi[t] = delta(o_0, o_t+1): the potential
+    differences r_t = phi[t] - phi[t-1] (phi before the first step is 0). An episode's
+    return is then its final progress whatever its length, where summed consecutive-pair
+    deltas grow with every small step a critic scores slightly positive (measured in #7:
+    failed 150-step reach episodes summed to 2.5, successful ones to 0.7)."""
+    phi = np.asarray(phi, np.float32)
+    return np.diff(np.concatenate([np.zeros(1, np.float32), phi]))
+
+
+def group_advantages(scores: np.ndarray, groups: list[str]) -> np.ndarray:
+    """Episode-level advantages: each episode's return minus the mean return of the
+    episodes of its task in the batch (the whole batch's mean when a task has only one),
+    scaled by the standard deviation of the result over the batch."""
+    scores = np.asarray(scores, np.float64)
+    names = np.asarray(groups)
+    base = np.full(len(scores), scores.mean() if len(scores) else 0.0)
+    for g in set(groups):
+        m = names == g
+        if m.sum() >= 2:
+            base[m] = scores[m].mean()
+    adv = scores - base
+    std = adv.std()
+    return (adv / std if std > 1e-8 else adv).astype(np.float32)
 
 
 @dataclass
@@ -232,6 +285,7 @@ class EpisodeData:
     intervention: np.ndarray
     rewards: np.ndarray  # (n_used,)
     terminal: bool
+    task: str = ""  # the group of ``group_advantages``
 
     def __len__(self) -> int:
         return len(self.proprio)
@@ -290,11 +344,16 @@ def anchor_pass(model, episodes: list[EpisodeData], batch: int = 256
 
 def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.ndarray]],
                 version: int, cfg: LearnerConfig) -> dict[str, np.ndarray]:
-    """GAE per episode, then the PPO samples: used, policy-chosen, not-too-stale steps."""
+    """GAE per episode (the value targets, and the advantages with ``advantage=gae``), or
+    ``group_advantages`` over the episodes' returns; then the PPO samples: used,
+    policy-chosen, not-too-stale steps."""
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "text", "feat", "proprio", "tokens", "b_behaviour_logp", "b_anchor_logp",
         "b_values", "b_advantages", "b_returns", "b_version_lag")}
-    for ep, (logp, values) in zip(episodes, anchors, strict=True):
+    used = [i for i, ep in enumerate(episodes) if len(ep.rewards)]
+    group = dict(zip(used, group_advantages([episodes[i].rewards.sum() for i in used],
+                                            [episodes[i].task for i in used]), strict=True))
+    for i, (ep, (logp, values)) in enumerate(zip(episodes, anchors, strict=True)):
         n = len(ep.rewards)
         if n == 0:
             continue
@@ -302,6 +361,8 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
         dones[-1] = float(ep.terminal)
         last_value = 0.0 if ep.terminal else float(values[n])
         adv, ret = gae(ep.rewards, values[:n], dones, last_value, cfg.gamma, cfg.gae_lambda)
+        if cfg.advantage == "group":
+            adv = np.full(n, group[i], np.float32)
         lag = version - ep.policy_version[:n]
         keep = ~ep.intervention[:n] & (lag <= cfg.max_version_lag)
         cols["text"].append(np.repeat(ep.text[None], int(keep.sum()), 0))
@@ -339,7 +400,8 @@ def train_minibatch(engine, mb: dict[str, torch.Tensor] | None,
                                mb["b_advantages"], mb["b_returns"], new_value, entropy,
                                mb["b_version_lag"], clip=cfg.clip, vf_coef=cfg.vf_coef,
                                ent_coef=cfg.ent_coef, rho_max=cfg.rho_max,
-                               max_version_lag=cfg.max_version_lag)
+                               max_version_lag=cfg.max_version_lag,
+                               normalize_advantages=cfg.advantage == "gae")
     if bc_mb is not None and cfg.bc_coef > 0:
         b_loss, b_stats = bc_loss(model, bc_mb)
         loss = cfg.bc_coef * b_loss if loss is None else loss + cfg.bc_coef * b_loss
@@ -549,8 +611,11 @@ class Learner:
     def score(self, task: str, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The critic's (delta, done probability) per step pair (zeros for sparse rewards)."""
         if self.cfg.reward == "critic" and len(frames) >= 2:
-            delta, done = self.rewards.episode_rewards(task, frames, self.cfg.reward_stride)
-            return np.asarray(delta, np.float32), np.asarray(done, np.float32)
+            first = self.cfg.pairs == "from_first"
+            delta, done = self.rewards.episode_rewards(task, frames, self.cfg.reward_stride,
+                                                       from_first=first)
+            delta = progress_rewards(delta) if first else np.asarray(delta, np.float32)
+            return delta, np.asarray(done, np.float32)
         return (np.zeros(max(0, len(frames) - 1), np.float32),
                 np.zeros(max(0, len(frames) - 1), np.float32))
 
@@ -563,9 +628,9 @@ class Learner:
                       scores: tuple[np.ndarray, np.ndarray]) -> EpisodeData:
         s, n, success = ep.steps, len(ep), bool(info["outcome"]["success"])
         rewards, terminal = shape_rewards(self.cfg.reward, n, success, *scores,
-                                          self.cfg.done_threshold)
+                                          self.cfg.done_threshold, self.cfg.success_reward)
         return EpisodeData(
-            key=episode_key(info), success=success,
+            key=episode_key(info), success=success, task=info.get("task_id") or ep.task,
             text=self.actor.text_encoder.encode([ep.task])[0],
             feat=self.actor.image_encoder.encode(frames), proprio=s.proprio,
             tokens=s.action_tokens.astype(np.int64), logprob=s.logprob,

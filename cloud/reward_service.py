@@ -39,7 +39,7 @@ MAX_REQUEST_BYTES = 256 * 1024 * 1024
 
 class RewardSource(Protocol):
     def episode_rewards(self, task: str, frames: np.ndarray, stride: int = 1,
-                        reference: np.ndarray | None = None
+                        reference: np.ndarray | None = None, from_first: bool = False
                         ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -47,8 +47,8 @@ class InProcessRewards:
     def __init__(self, critic: SmallVLACCritic) -> None:
         self.critic = critic
 
-    def episode_rewards(self, task, frames, stride=1, reference=None):
-        return self.critic.episode_rewards(task, frames, stride, reference)
+    def episode_rewards(self, task, frames, stride=1, reference=None, from_first=False):
+        return self.critic.episode_rewards(task, frames, stride, reference, from_first)
 
 
 @dataclass
@@ -93,7 +93,8 @@ class RewardServer:
                 raise ValueError(f"schema version {req.schema_version} not supported (1)")
             frames = req.frames.to_numpy("frames")
             ref = req.reference.to_numpy("reference") if req.reference is not None else None
-            delta, done = self.critic.episode_rewards(req.task, frames, req.stride, ref)
+            delta, done = self.critic.episode_rewards(req.task, frames, req.stride, ref,
+                                                     req.from_first)
         except (WireError, ValueError) as e:
             self.errors += 1
             return ENCODER.encode(RewardError(request_id=req.request_id, message=str(e)))
@@ -149,10 +150,10 @@ class RewardClient:
     def close(self) -> None:
         self._sock.close(0)
 
-    def episode_rewards(self, task, frames, stride=1, reference=None):
+    def episode_rewards(self, task, frames, stride=1, reference=None, from_first=False):
         rid = next(self._ids)
         req = RewardRequest(request_id=rid, task=task, frames=Array.from_numpy(frames),
-                            stride=stride,
+                            stride=stride, from_first=from_first,
                             reference=Array.from_numpy(reference) if reference is not None
                             else None)
         self._sock.send(ENCODER.encode(req))

@@ -17,6 +17,8 @@ class RewardRequest(msgspec.Struct, forbid_unknown_fields=True, tag="reward_requ
     stride: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
     reference: Array | None = None
     schema_version: int = 1
+    from_first: bool = False
+    """Score (o_0, o_t+1) instead of (o_t, o_t+stride): progress made since the start."""
 
 
 class RewardReply(msgspec.Struct, forbid_unknown_fields=True, tag="reward_reply"):

@@ -18,7 +18,14 @@ from tests.helpers import free_port
 from vlac.cloud.actor import TorchActor
 from vlac.cloud.critic import SmallVLACCritic
 from vlac.cloud.encoders import ImageEncoder, TextEncoder
-from vlac.cloud.learner import Learner, LearnerConfig, reward_source, shape_rewards
+from vlac.cloud.learner import (
+    Learner,
+    LearnerConfig,
+    group_advantages,
+    progress_rewards,
+    reward_source,
+    shape_rewards,
+)
 from vlac.cloud.store import EpisodeStore
 from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
 from vlac.infra.cli import main as cli
@@ -69,11 +76,13 @@ def write_episode(store, robot, ep, n, *, success=False, source="policy", **kw):
 
 
 class TokenRewards:
-    """A scripted critic: progress +0.5 when the next frame shows a high token 0."""
+    """A scripted critic: progress +0.5 when the next frame shows a high token 0 (and with
+    ``from_first`` the progress summed since the first frame)."""
 
-    def episode_rewards(self, task, frames, stride=1, reference=None):
+    def episode_rewards(self, task, frames, stride=1, reference=None, from_first=False):
         high = frames[1:, 0, 0, 0] >= 128
-        return np.where(high, 0.5, -0.5).astype(np.float32), np.zeros(len(high), np.float32)
+        delta = np.where(high, 0.5, -0.5).astype(np.float32)
+        return np.cumsum(delta) if from_first else delta, np.zeros(len(high), np.float32)
 
 
 def config(tmp_path, **kw):
@@ -90,7 +99,10 @@ def test_shape_rewards_edge_cases():
     np.testing.assert_allclose(r, [0.1, 0.2])
     assert term
     r, term = shape_rewards("critic", 4, True, d, np.zeros(3), 0.9)  # robot says success
-    np.testing.assert_allclose(r, [0.1, 0.2, 0.3, 0.0])
+    np.testing.assert_allclose(r, [0.1, 0.2, 0.3, 1.0])  # the success reward at the end
+    assert term
+    r, term = shape_rewards("critic", 4, True, d, p, 0.9, success_reward=0.5)
+    np.testing.assert_allclose(r, [0.1, 0.7])
     assert term
     r, term = shape_rewards("critic", 4, False, d, np.zeros(3), 0.9)  # timeout: bootstrap
     assert len(r) == 3 and not term
@@ -104,6 +116,23 @@ def test_shape_rewards_edge_cases():
     assert not term
     assert shape_rewards("critic", 1, False, np.zeros(0), np.zeros(0))[0].size == 0
     assert shape_rewards("critic", 1, True, np.zeros(0), np.zeros(0))[1]
+
+
+def test_progress_rewards_sum_to_the_final_progress():
+    phi = np.array([0.1, 0.05, 0.3, 0.6], np.float32)  # delta(o_0, o_t+1)
+    r = progress_rewards(phi)
+    np.testing.assert_allclose(r, [0.1, -0.05, 0.25, 0.3], atol=1e-6)
+    assert r.sum() == pytest.approx(0.6)
+    assert progress_rewards(np.zeros(0)).size == 0
+
+
+def test_group_advantages_compare_episodes_of_the_same_task():
+    adv = group_advantages([1.0, 0.0, 0.5, 0.5, 3.0], ["a", "a", "b", "b", "c"])
+    # a: +-0.5 around its mean; b: both equal, 0; c alone: against the batch mean (1.0)
+    raw = np.array([0.5, -0.5, 0.0, 0.0, 2.0])
+    np.testing.assert_allclose(adv, raw / raw.std(), atol=1e-6)
+    np.testing.assert_array_equal(group_advantages([0.2, 0.2], ["a", "a"]), [0, 0])
+    assert group_advantages([], []).size == 0
 
 
 def test_run_checkpoints_publishes_and_resumes_without_reconsuming(tmp_path, encoders):
@@ -195,7 +224,8 @@ def test_ppo_raises_the_probability_of_rewarded_tokens(tmp_path, encoders):
     tiny_actor(tmp_path / "init.pt", seed=1)
     store = EpisodeStore(tmp_path / "store", fsync=False)
     cfg = config(tmp_path, episodes_per_update=4, epochs=4, minibatch_size=32, lr=3e-3,
-                 gamma=0.0, bc_coef=0.0, target_kl=0.0, max_updates=1)
+                 gamma=0.0, bc_coef=0.0, target_kl=0.0, max_updates=1, advantage="gae",
+                 pairs="consecutive")
     learner = Learner(cfg, TokenRewards(), image_encoder=img, text_encoder=txt)
     for i in range(4):
         write_episode(store, "robot-0", f"probe-{i}", 24, seed=100 + i)
@@ -219,6 +249,34 @@ def test_ppo_raises_the_probability_of_rewarded_tokens(tmp_path, encoders):
     assert learner.version == 3
     assert after[0] > before[0] + 0.05, (before, after)  # P(token 0 high) went up
     assert after[1] > before[1], (before, after)  # and the rewarded tokens' log-prob
+
+
+def test_group_advantages_favour_the_successful_episodes(tmp_path, encoders):
+    """Sparse success reward, episode-level advantages: the token successful episodes chose
+    (token 0 high) becomes more likely, with no value function involved."""
+    img, txt = encoders
+    tiny_actor(tmp_path / "init.pt", seed=2)
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    cfg = config(tmp_path, reward="sparse", episodes_per_update=4, epochs=4,
+                 minibatch_size=32, lr=3e-3, bc_coef=0.0, target_kl=0.0, vf_coef=0.0)
+    learner = Learner(cfg, image_encoder=img, text_encoder=txt)
+    for i in range(2):
+        write_episode(store, "robot-0", f"probe-{i}", 24, seed=200 + i)
+    probe = [learner.load_episode(e) for e in learner.poll()]
+    learner.consumed.update(e.key for e in probe)
+    before = _prob_high(learner, probe)[0]
+    for u in range(3):
+        for i in range(4):
+            steps = make_steps(24, seed=30 * u + i, version=learner.version)
+            good = i < 2  # the successful episodes chose a high token 0, the others low
+            steps.action_tokens[:, 0] = (steps.action_tokens[:, 0] % 128) + (128 if good
+                                                                              else 0)
+            store.write_episode("robot-0", f"ep-{u}-{i}", TASK, steps, good,
+                                task_id="button-v3")
+        stats = learner.update(learner.poll())
+        assert stats["ppo_samples"] == 2 * 24 + 2 * 23  # success keeps its last step
+    after = _prob_high(learner, probe)[0]
+    assert after > before + 0.1, (before, after)
 
 
 def test_takeover_steps_are_never_ppo_samples(tmp_path, encoders):
