@@ -152,17 +152,20 @@ def run_variant(args: dict) -> list[dict]:
             counts[t] += 1
         if len(pending) >= args["per_update"]:
             infos = [e for e in store.list_episodes() if e["episode_id"] in set(pending)]
-            learner.update(infos, learner.demo_episodes() if variant == "hitl" else None)
+            st = learner.update(infos, learner.demo_episodes() if variant == "hitl" else None)
             pending.clear()
             actor = learner.snapshot()
             done = sum(counts.values())
             recent = [r["success"] for r in log[-4 * len(tasks):]]
             print(f"[{variant} seed {seed}] {done}/{total} episodes, v{learner.version}, "
-                  f"recent success {np.mean(recent):.0%}, {time.monotonic() - t0:.0f}s",
+                  f"recent success {np.mean(recent):.0%}, return {st['return_mean']:.2f}, "
+                  f"kl {st['approx_kl']:.3f}, epochs {st['epochs']}, "
+                  f"{time.monotonic() - t0:.0f}s",
                   flush=True)
     for r in robots.values():
         r.close()
     (work / "log.json").write_text(json.dumps(log))
+    (work / "learner_log.json").write_text(json.dumps(learner.log))
     return log
 
 
@@ -183,7 +186,7 @@ def main() -> None:
     ap.add_argument("--per-update", type=int, default=8, help="episodes per PPO update")
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--max-steps", type=int, default=150)
-    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--bc-coef", type=float, default=0.1)
     ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
