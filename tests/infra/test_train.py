@@ -32,3 +32,14 @@ def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
     assert second["episodes"] == 6
     assert second["versions_published"] > first["versions_published"]
     assert learner_version
+
+
+def test_quick_defaults_to_the_two_half_solved_tasks(tmp_path):
+    from vlac.infra.train import QUICK_TASKS, TASKS
+
+    quick = TrainConfig(workdir=tmp_path, quick=True)
+    assert quick.tasks == QUICK_TASKS and quick.episodes == 80
+    assert TrainConfig(workdir=tmp_path).tasks == TASKS
+    assert TrainConfig(workdir=tmp_path, quick=True, tasks=["push-v3"]).tasks == ["push-v3"]
+    with pytest.raises(Exception, match="not a Meta-World v3 task"):
+        TrainConfig(workdir=tmp_path, tasks=["push"])
