@@ -342,6 +342,15 @@ def anchor_pass(model, episodes: list[EpisodeData], batch: int = 256
     return out
 
 
+def _before_takeover(ep: EpisodeData) -> int:
+    """Steps of an episode before the operator's first takeover. With group advantages only
+    these are PPO samples, judged by the return they earned themselves: an episode an
+    operator rescued must not credit the policy's steps with the operator's success (which
+    would reward stalling, since a stall is what calls the operator)."""
+    taken = np.flatnonzero(ep.intervention[:len(ep.rewards)])
+    return int(taken[0]) if len(taken) else len(ep.rewards)
+
+
 def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.ndarray]],
                 version: int, cfg: LearnerConfig) -> dict[str, np.ndarray]:
     """GAE per episode (the value targets, and the advantages with ``advantage=gae``), or
@@ -351,7 +360,8 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
         "text", "feat", "proprio", "tokens", "b_behaviour_logp", "b_anchor_logp",
         "b_values", "b_advantages", "b_returns", "b_version_lag")}
     used = [i for i, ep in enumerate(episodes) if len(ep.rewards)]
-    group = dict(zip(used, group_advantages([episodes[i].rewards.sum() for i in used],
+    own = {i: _before_takeover(episodes[i]) for i in used}
+    group = dict(zip(used, group_advantages([episodes[i].rewards[:own[i]].sum() for i in used],
                                             [episodes[i].task for i in used]), strict=True))
     for i, (ep, (logp, values)) in enumerate(zip(episodes, anchors, strict=True)):
         n = len(ep.rewards)
@@ -361,10 +371,11 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
         dones[-1] = float(ep.terminal)
         last_value = 0.0 if ep.terminal else float(values[n])
         adv, ret = gae(ep.rewards, values[:n], dones, last_value, cfg.gamma, cfg.gae_lambda)
-        if cfg.advantage == "group":
-            adv = np.full(n, group[i], np.float32)
         lag = version - ep.policy_version[:n]
         keep = ~ep.intervention[:n] & (lag <= cfg.max_version_lag)
+        if cfg.advantage == "group":
+            adv = np.full(n, group[i], np.float32)
+            keep[own[i]:] = False
         cols["text"].append(np.repeat(ep.text[None], int(keep.sum()), 0))
         for name, arr in (("feat", ep.feat), ("proprio", ep.proprio), ("tokens", ep.tokens),
                           ("b_behaviour_logp", ep.logprob), ("b_anchor_logp", logp),

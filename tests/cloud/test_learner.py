@@ -284,7 +284,7 @@ def test_takeover_steps_are_never_ppo_samples(tmp_path, encoders):
     tiny_actor(tmp_path / "init.pt")
     store = EpisodeStore(tmp_path / "store", fsync=False)
     cfg = config(tmp_path, episodes_per_update=1, demo_episodes=0, bc_coef=1.0,
-                 max_version_lag=0)
+                 max_version_lag=0, advantage="gae")
     learner = Learner(cfg, TokenRewards(), image_encoder=img, text_encoder=txt)
     w0 = {k: v.clone() for k, v in learner.engine.module.state_dict().items()}
     write_episode(store, "robot-0", "all-operator", 12, intervention=np.ones(12), seed=3)
@@ -306,6 +306,13 @@ def test_takeover_steps_are_never_ppo_samples(tmp_path, encoders):
     assert stats["ppo_samples"] == 0 and stats["stale_fraction"] == 1.0
     assert stats["version"] == 2  # nothing to learn from: same version, episode consumed
     assert "robot-0/stale" in learner.consumed
+    # group advantages: only the steps before the first takeover are PPO samples (the
+    # operator's rescue must not credit the policy); takeovers still feed BC
+    learner.cfg.advantage = "group"
+    write_episode(store, "robot-0", "rescued", 12, intervention=np.arange(12) >= 6, seed=6,
+                  version=learner.version)
+    stats = learner.update(learner.poll())
+    assert stats["ppo_samples"] == 6 and stats["bc_samples"] == 6
 
 
 def test_bad_config_values_name_the_field(tmp_path, capsys):
