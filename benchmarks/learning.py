@@ -102,6 +102,7 @@ def run_variant(args: dict) -> list[dict]:
                         features=work / "features", object_store=str(work / "objects"),
                         reward="sparse" if variant == "sparse" else "critic",
                         episodes_per_update=args["per_update"], lr=args["lr"],
+                        advantage=args["advantage"],
                         bc_coef=args["bc_coef"] if variant == "hitl" else 0.0,
                         demo_episodes=args["demos"] * len(tasks), seed=seed, threads=1,
                         checkpoint_every=10_000)
@@ -188,6 +189,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--bc-coef", type=float, default=0.1)
+    ap.add_argument("--advantage", default="group", choices=["group", "horizon", "gae"],
+                    help="the learner's advantage estimator (vlac learner run --advantage)")
     ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
                     help="the ~30%% imitation policy (vlac actor pretrain --demos-per-task 2)")
@@ -203,8 +206,8 @@ def main() -> None:
                      "`vlac actor pretrain --demos-per-task 2`) first")
     jobs = [{"variant": v, "seed": s, "tasks": tasks, "work": f"{a.work}/{v}-s{s}",
              "episodes": a.episodes, "per_update": a.per_update, "max_steps": a.max_steps,
-             "lr": a.lr, "bc_coef": a.bc_coef, "demos": a.demos, "init": a.init,
-             "critic": a.critic, "demo_store": a.demo_store}
+             "lr": a.lr, "advantage": a.advantage, "bc_coef": a.bc_coef, "demos": a.demos,
+             "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
             for s in range(a.seeds) for v in a.variants.split(",")]
     t0 = time.monotonic()
     with mp.get_context("spawn").Pool(min(a.processes, len(jobs))) as pool:

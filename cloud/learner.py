@@ -104,10 +104,12 @@ class LearnerConfig:
         "deltas delta(o_t, o_t+k).")
     success_reward: float = opt(1.0, "Reward added at the end of an episode the robot reported "
                                 "as a success (the whole reward with --reward sparse).")
-    advantage: Literal["group", "gae"] = opt(
+    advantage: Literal["group", "horizon", "gae"] = opt(
         "group", "group: every step of an episode gets the episode's return minus the mean "
-        "return of its task's episodes in the batch (no value function needed); gae: GAE "
-        "with the value head.")
+        "return of its task's episodes in the batch (no value function needed); horizon: "
+        "each step gets the reward of its next --horizon steps minus that task's mean over "
+        "the batch; gae: GAE with the value head.")
+    horizon: int = opt(10, "Steps summed per advantage with --advantage horizon.")
     episodes_per_update: int = opt(8, "Episodes gathered for one PPO update.")
     epochs: int = opt(4, "PPO epochs over each batch.")
     minibatch_size: int = opt(64, "Steps per minibatch (over all processes).")
@@ -169,7 +171,9 @@ class LearnerConfig:
         check(self.reward_stride >= 1, "reward_stride", "must be >= 1")
         check(self.pairs in ("from_first", "consecutive"), "pairs",
               "use from_first or consecutive")
-        check(self.advantage in ("group", "gae"), "advantage", "use group or gae")
+        check(self.advantage in ("group", "horizon", "gae"), "advantage",
+              "use group, horizon or gae")
+        check(self.horizon >= 1, "horizon", "must be >= 1")
         check(math.isfinite(self.success_reward), "success_reward", "must be a number")
         check(0 < self.done_threshold <= 1, "done_threshold", "must lie in (0, 1]")
         check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
@@ -252,6 +256,15 @@ def progress_rewards(phi: np.ndarray) -> np.ndarray:
     failed 150-step reach episodes summed to 2.5, successful ones to 0.7)."""
     phi = np.asarray(phi, np.float32)
     return np.diff(np.concatenate([np.zeros(1, np.float32), phi]))
+
+
+def window_sums(rewards: np.ndarray, horizon: int, n: int) -> np.ndarray:
+    """(n,) sum of rewards[t:t+horizon] for each step t (0 past the rewards' end)."""
+    c = np.concatenate([[0.0], np.cumsum(np.asarray(rewards, np.float64))])
+    t = np.arange(n)
+    hi = np.minimum(t + horizon, len(rewards))
+    lo = np.minimum(t, len(rewards))
+    return (c[hi] - c[lo]).astype(np.float32)
 
 
 def group_advantages(scores: np.ndarray, groups: list[str]) -> np.ndarray:
@@ -358,7 +371,7 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
     policy-chosen, not-too-stale steps."""
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "text", "feat", "proprio", "tokens", "b_behaviour_logp", "b_anchor_logp",
-        "b_values", "b_advantages", "b_returns", "b_version_lag")}
+        "b_values", "b_advantages", "b_returns", "b_version_lag", "b_task")}
     used = [i for i, ep in enumerate(episodes) if len(ep.rewards)]
     own = {i: _before_takeover(episodes[i]) for i in used}
     group = dict(zip(used, group_advantages([episodes[i].rewards[:own[i]].sum() for i in used],
@@ -373,8 +386,9 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
         adv, ret = gae(ep.rewards, values[:n], dones, last_value, cfg.gamma, cfg.gae_lambda)
         lag = version - ep.policy_version[:n]
         keep = ~ep.intervention[:n] & (lag <= cfg.max_version_lag)
-        if cfg.advantage == "group":
-            adv = np.full(n, group[i], np.float32)
+        if cfg.advantage in ("group", "horizon"):
+            adv = np.full(n, group[i], np.float32) if cfg.advantage == "group" else \
+                window_sums(ep.rewards[:own[i]], cfg.horizon, n)
             keep[own[i]:] = False
         cols["text"].append(np.repeat(ep.text[None], int(keep.sum()), 0))
         for name, arr in (("feat", ep.feat), ("proprio", ep.proprio), ("tokens", ep.tokens),
@@ -382,11 +396,16 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
                           ("b_values", values)):
             cols[name].append(arr[:n][keep])
         cols["b_advantages"].append(adv[keep])
+        cols["b_task"].append(np.full(int(keep.sum()), ep.task, dtype=object))
         cols["b_returns"].append(ret[keep])
         cols["b_version_lag"].append(lag[keep])
     if not cols["text"]:
         return {}
-    return {k: np.concatenate(v) for k, v in cols.items()}
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    task = out.pop("b_task")
+    if cfg.advantage == "horizon" and len(task):
+        out["b_advantages"] = group_advantages(out["b_advantages"], list(task))
+    return out
 
 
 def _to_torch(b: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, torch.Tensor]:

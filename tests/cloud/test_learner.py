@@ -25,6 +25,7 @@ from vlac.cloud.learner import (
     progress_rewards,
     reward_source,
     shape_rewards,
+    window_sums,
 )
 from vlac.cloud.store import EpisodeStore
 from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
@@ -126,6 +127,13 @@ def test_progress_rewards_sum_to_the_final_progress():
     assert progress_rewards(np.zeros(0)).size == 0
 
 
+def test_window_sums_look_ahead_horizon_steps():
+    r = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(window_sums(r, 2, 4), [3, 5, 7, 4])
+    np.testing.assert_allclose(window_sums(r, 10, 5), [10, 9, 7, 4, 0])  # past the end: 0
+    np.testing.assert_allclose(window_sums(r[:2], 1, 4), [1, 2, 0, 0])
+
+
 def test_group_advantages_compare_episodes_of_the_same_task():
     adv = group_advantages([1.0, 0.0, 0.5, 0.5, 3.0], ["a", "a", "b", "b", "c"])
     # a: +-0.5 around its mean; b: both equal, 0; c alone: against the batch mean (1.0)
@@ -219,13 +227,15 @@ def _prob_high(learner, episodes):
     return float(np.concatenate(probs).mean()), float(np.concatenate(logps).mean())
 
 
-def test_ppo_raises_the_probability_of_rewarded_tokens(tmp_path, encoders):
+@pytest.mark.parametrize("advantage", ["gae", "horizon"])
+def test_ppo_raises_the_probability_of_rewarded_tokens(tmp_path, encoders, advantage):
+    """Per-step credit: GAE with gamma 0, or the next step's reward (horizon 1)."""
     img, txt = encoders
     tiny_actor(tmp_path / "init.pt", seed=1)
     store = EpisodeStore(tmp_path / "store", fsync=False)
     cfg = config(tmp_path, episodes_per_update=4, epochs=4, minibatch_size=32, lr=3e-3,
-                 gamma=0.0, bc_coef=0.0, target_kl=0.0, max_updates=1, advantage="gae",
-                 pairs="consecutive")
+                 gamma=0.0, bc_coef=0.0, target_kl=0.0, max_updates=1, advantage=advantage,
+                 horizon=1, pairs="consecutive")
     learner = Learner(cfg, TokenRewards(), image_encoder=img, text_encoder=txt)
     for i in range(4):
         write_episode(store, "robot-0", f"probe-{i}", 24, seed=100 + i)
