@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--loop-steps", type=int, default=150)
+    ap.add_argument("--fp32-convs", type=int, default=2,
+                    help="leading convolutions kept fp32 when exporting (vlac actor export)")
     args = ap.parse_args(argv)
     import onnxruntime as ort
     import torch
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     export_dir = args.export_dir or args.actor.parent / "export"
     if not (export_dir / "actor_int8.onnx").exists():
         export(ActorExportConfig(actor=args.actor, out=export_dir, store_root=args.store_root,
-                                 tasks=tasks))
+                                 tasks=tasks, fp32_convs=args.fp32_convs))
     fp32, int8 = export_dir / "actor_fp32.onnx", export_dir / "actor_int8.onnx"
     actor = TorchActor.load(args.actor)
     graph = ActorGraph(actor).eval()

@@ -14,8 +14,8 @@ sentence embeddings of the tasks the policy was exported for: robots carry no te
 so they look the sentence up (an unknown sentence is refused with the list of known ones).
 
 INT8: ``quant_pre_process`` then static QDQ quantization (per-channel weights, uint8
-activations) calibrated on demonstration frames, all Conv/MatMul/Gemm except the first two
-convolutions; QDQ is also what TensorRT's explicit
+activations) calibrated on demonstration frames, all Conv/MatMul/Gemm except the first
+``fp32_convs`` (2) convolutions; QDQ is also what TensorRT's explicit
 quantization consumes on a Jetson (``infra/tensorrt/build_engine.py``).
 """
 
@@ -63,6 +63,9 @@ class ActorExportConfig:
                            "Tasks whose sentences the policy is exported with.")
     calibration_frames: int = opt(128, "Demonstration frames used to calibrate INT8.")
     version: int = opt(0, "Policy version written into the metadata.")
+    fp32_convs: int = opt(KEEP_FP32_CONVS, "Leading EfficientNet convolutions kept in fp32 "
+                          "in the INT8 graph: more gives closer tokens to torch and a "
+                          "slower graph (the early convolutions see the largest maps).")
 
     def __post_init__(self) -> None:
         self.actor, self.out, self.store_root = Path(self.actor), Path(self.out), \
@@ -70,6 +73,7 @@ class ActorExportConfig:
         check(self.actor.exists(), "actor", f"{self.actor} does not exist; run `vlac actor "
               "pretrain` first")
         check(self.calibration_frames >= 8, "calibration_frames", "use at least 8")
+        check(self.fp32_convs >= 0, "fp32_convs", "must be >= 0")
 
 
 def example_inputs(actor: TorchActor, image: np.ndarray, proprio: np.ndarray,
@@ -130,7 +134,7 @@ class _Calibration:
 
 
 def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]],
-                  meta: dict) -> Path:
+                  meta: dict, fp32_convs: int = KEEP_FP32_CONVS) -> Path:
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -145,7 +149,7 @@ def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]],
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                        nodes_to_exclude=convs[:KEEP_FP32_CONVS])
+                        nodes_to_exclude=convs[:fp32_convs])
     model = onnx.load(str(out))
     _set_meta(model, meta)
     onnx.save(model, str(out))
@@ -193,7 +197,7 @@ def main(cfg: ActorExportConfig) -> dict:
     meta = metadata(actor, sentences, cfg.version, samples[0]["image"].shape[1:])
     cfg.out.mkdir(parents=True, exist_ok=True)
     fp32 = export_fp32(actor, cfg.out / "actor_fp32.onnx", meta, samples[0])
-    int8 = quantize_int8(fp32, cfg.out / "actor_int8.onnx", samples, meta)
+    int8 = quantize_int8(fp32, cfg.out / "actor_int8.onnx", samples, meta, cfg.fp32_convs)
     (cfg.out / "actor.json").write_text(json.dumps(meta))
     result = {"fp32": str(fp32), "int8": str(int8),
               "fp32_bytes": os.path.getsize(fp32), "int8_bytes": os.path.getsize(int8),

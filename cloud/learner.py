@@ -120,7 +120,9 @@ class LearnerConfig:
     clip: float = opt(0.2, "PPO ratio clip.")
     target_kl: float = opt(0.05, "Stop the update's epochs early once an epoch's mean approx "
                            "KL to the anchor exceeds this (0: off).")
-    vf_coef: float = opt(0.5, "Weight of the value loss.")
+    vf_coef: float = opt(0.5, "Weight of the value loss (--advantage gae only: the value "
+                         "head shares the trunk, and training it where no advantage uses it "
+                         "moved the policy with no policy gradient at all in #7).")
     ent_coef: float = opt(0.0, "Weight of the entropy bonus.")
     rho_max: float = opt(1.0, "Truncation of the importance weight anchor/behaviour.")
     max_version_lag: int = opt(4, "Steps of policies older than this many versions get "
@@ -428,7 +430,8 @@ def train_minibatch(engine, mb: dict[str, torch.Tensor] | None,
                                                              mb["proprio"], mb["tokens"])
         loss, stats = ppo_loss(new_logp, mb["b_anchor_logp"], mb["b_behaviour_logp"],
                                mb["b_advantages"], mb["b_returns"], new_value, entropy,
-                               mb["b_version_lag"], clip=cfg.clip, vf_coef=cfg.vf_coef,
+                               mb["b_version_lag"], clip=cfg.clip,
+                               vf_coef=cfg.vf_coef if cfg.advantage == "gae" else 0.0,
                                ent_coef=cfg.ent_coef, rho_max=cfg.rho_max,
                                max_version_lag=cfg.max_version_lag,
                                normalize_advantages=cfg.advantage == "gae")
@@ -451,6 +454,8 @@ def ppo_update(engine, batch: dict[str, np.ndarray], bc: StepPool, cfg: LearnerC
     n = len(batch.get("tokens", ()))
     if n < world:  # too few to give every process a sample: no PPO term this time
         n = 0
+    if n and cfg.advantage != "gae" and not np.any(batch["b_advantages"]):
+        n = 0  # every episode tied with its group: no signal, and no step may move the policy
     n_mb = max(1, min(math.ceil(n / cfg.minibatch_size), n // world)) if n else 1
     use_bc = cfg.bc_coef > 0 and len(bc) > 0
     if n == 0 and not use_bc:

@@ -92,6 +92,24 @@ def test_int8_export_is_smaller_and_valid(exported):
     assert np.isfinite(logps).all() and (logps <= 0).all()
 
 
+def _quantized_convs(path) -> int:
+    """Convolutions whose weight comes out of a DequantizeLinear (INT8 in the QDQ graph)."""
+    g = onnx.load(str(path)).graph
+    dq = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(1 for n in g.node if n.op_type == "Conv" and n.input[1] in dq)
+
+
+def test_int8_keeps_the_chosen_leading_convolutions_in_fp32(exported, tmp_path):
+    root, _, _, res = exported
+    default = _quantized_convs(res["int8"])
+    more = export_main(ActorExportConfig(actor=root / "actor" / "actor.pt", out=tmp_path,
+                                         store_root=root / "store", tasks=["reach-v3"],
+                                         calibration_frames=8, fp32_convs=6))
+    assert default > 20 and _quantized_convs(more["int8"]) == default - 4
+    with pytest.raises(ConfigError, match="`fp32_convs`"):
+        ActorExportConfig(actor=root / "actor" / "actor.pt", fp32_convs=-1)
+
+
 def test_sampling_uses_temperature_and_gumbel(exported):
     root, actor, _, res = exported
     task, frames, proprio = _frames(root, 2)

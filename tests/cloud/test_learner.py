@@ -194,8 +194,8 @@ def test_consumes_episodes_as_they_arrive_and_stops_when_idle_or_told(tmp_path, 
     thread = threading.Thread(target=lambda: result.update(learner.run()))
     thread.start()
     for i in range(3):  # arrive while the learner waits; the third stays pending (1 < 2)
-        time.sleep(0.2)
-        write_episode(store, "robot-0", f"ep-{i}", 8, seed=i)
+        time.sleep(0.2)  # (one success: episodes that tie carry no signal, see below)
+        write_episode(store, "robot-0", f"ep-{i}", 8, seed=i, success=i == 0)
     thread.join(30)
     assert not thread.is_alive()
     assert result["updates"] == 1 and result["episodes"] == 2
@@ -287,6 +287,14 @@ def test_group_advantages_favour_the_successful_episodes(tmp_path, encoders):
         assert stats["ppo_samples"] == 2 * 24 + 2 * 23  # success keeps its last step
     after = _prob_high(learner, probe)[0]
     assert after > before + 0.1, (before, after)
+    # a batch where every episode ties with its group (all failed) must not move the policy:
+    # no value loss, no optimizer step, no new version
+    w = {k: v.clone() for k, v in learner.engine.module.state_dict().items()}
+    for i in range(4):
+        write_episode(store, "robot-0", f"fail-{i}", 24, seed=90 + i, version=learner.version)
+    stats = learner.update(learner.poll())
+    assert not stats["learned"] and stats["version"] == 3
+    assert all(torch.equal(w[k], v) for k, v in learner.engine.module.state_dict().items())
 
 
 def test_takeover_steps_are_never_ppo_samples(tmp_path, encoders):
@@ -355,7 +363,10 @@ def test_cli_runs_once_with_an_in_process_critic(tmp_path):
             "--epochs", "1", "--threads", "1", "--features", str(tmp_path / "features")]
     assert cli(args) == 0
     summary = json.loads((tmp_path / "out" / "learner_log.json").read_text())
-    assert summary["updates"] == 2 and summary["version"] == 2  # 2 + the remaining 1
+    # 2 episodes, then the remaining 1: alone in its batch it has nothing to be compared
+    # with (group advantages), so it is consumed without a new version
+    assert summary["updates"] == 2 and summary["version"] == 1
+    assert [r["learned"] for r in summary["log"]] == [True, False]
     assert (tmp_path / "out" / "objects" / "learner" / "checkpoints" / "latest").exists()
 
 
