@@ -266,6 +266,7 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
             takeover_prob=cfg.hitl.takeover_prob, takeover_steps=cfg.hitl.takeover_steps,
             on_stall=on_stall, critic_address=critic_addr if on_stall != "none" else "",
             sync_every=max(1, cfg.episodes_per_update * cfg.publish_every // len(cfg.tasks)),
+            sync_timeout_s=180.0,  # an update whose episodes all tie publishes nothing
             quiet=True))
     return procs
 
