@@ -2,9 +2,11 @@
 
 Three variants, measured in the same run from the same starting weights:
 
-- ``critic``: PPO with the critic's dense progress rewards, no human help (no demonstration
-  replay, no takeovers);
-- ``sparse``: the same PPO with a success-only reward (1 at the end of a successful episode);
+- ``critic``: PPO with the critic's dense progress rewards (progress since the first frame,
+  plus 1 where the robot reports success: the learner's defaults), no human help (no
+  demonstration replay, no takeovers);
+- ``sparse``: the same PPO with the success reward alone (1 at the end of a successful
+  episode), so the two differ by the critic's dense part;
 - ``hitl``: critic rewards plus the human-in-the-loop protocols: offline demonstration replay
   (behaviour cloning on stored demos), and human-guided exploration triggered when the
   critic's progress stalls (``vlac.edge.operator.StallWatch``; the scripted expert stands in
