@@ -375,6 +375,7 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
         "text", "feat", "proprio", "tokens", "b_behaviour_logp", "b_anchor_logp",
         "b_values", "b_advantages", "b_returns", "b_version_lag", "b_task")}
     used = [i for i, ep in enumerate(episodes) if len(ep.rewards)]
+    samples: list[int] = []  # PPO samples per episode (group advantages)
     own = {i: _before_takeover(episodes[i]) for i in used}
     group = dict(zip(used, group_advantages([episodes[i].rewards[:own[i]].sum() for i in used],
                                             [episodes[i].task for i in used]), strict=True))
@@ -392,6 +393,9 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
             adv = np.full(n, group[i], np.float32) if cfg.advantage == "group" else \
                 window_sums(ep.rewards[:own[i]], cfg.horizon, n)
             keep[own[i]:] = False
+            if cfg.advantage == "group" and keep.any():
+                adv = adv / keep.sum()  # each episode weighs the same, see below
+                samples.append(int(keep.sum()))
         cols["text"].append(np.repeat(ep.text[None], int(keep.sum()), 0))
         for name, arr in (("feat", ep.feat), ("proprio", ep.proprio), ("tokens", ep.tokens),
                           ("b_behaviour_logp", ep.logprob), ("b_anchor_logp", logp),
@@ -404,6 +408,11 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
     if not cols["text"]:
         return {}
     out = {k: np.concatenate(v) for k, v in cols.items()}
+    if samples:  # per-step advantage A_episode * mean_samples / samples_of_the_episode:
+        # failures run to the step limit and successes stop early, so with A per step the
+        # failures' many steps outweigh the successes' few and PPO mostly pushes sampled
+        # tokens down, flattening the policy (its entropy rose in #7's runs)
+        out["b_advantages"] = (out["b_advantages"] * np.mean(samples)).astype(np.float32)
     task = out.pop("b_task")
     if cfg.advantage == "horizon" and len(task):
         out["b_advantages"] = group_advantages(out["b_advantages"], list(task))

@@ -19,8 +19,10 @@ from vlac.cloud.actor import TorchActor
 from vlac.cloud.critic import SmallVLACCritic
 from vlac.cloud.encoders import ImageEncoder, TextEncoder
 from vlac.cloud.learner import (
+    EpisodeData,
     Learner,
     LearnerConfig,
+    build_batch,
     group_advantages,
     progress_rewards,
     reward_source,
@@ -132,6 +134,27 @@ def test_window_sums_look_ahead_horizon_steps():
     np.testing.assert_allclose(window_sums(r, 2, 4), [3, 5, 7, 4])
     np.testing.assert_allclose(window_sums(r, 10, 5), [10, 9, 7, 4, 0])  # past the end: 0
     np.testing.assert_allclose(window_sums(r[:2], 1, 4), [1, 2, 0, 0])
+
+
+def _episode(n, success, task="t"):
+    rewards, terminal = shape_rewards("sparse", n, success)
+    return EpisodeData(key=f"{task}-{n}", success=success, text=np.zeros(384, np.float32),
+                       feat=np.zeros((n, 1), np.float16), proprio=np.zeros((n, 4), np.float32),
+                       tokens=np.zeros((n, 4), np.int64), logprob=np.zeros(n, np.float32),
+                       policy_version=np.zeros(n, np.int64), intervention=np.zeros(n, bool),
+                       rewards=rewards, terminal=terminal, task=task)
+
+
+def test_group_advantages_weigh_every_episode_the_same(tmp_path):
+    """A 150-step failure and a 50-step success: equal and opposite advantage mass, so the
+    failure's many steps do not turn the update into pushing sampled tokens down."""
+    eps = [_episode(150, False), _episode(50, True)]
+    anchors = [(np.zeros(len(e)), np.zeros(len(e))) for e in eps]
+    b = build_batch(eps, anchors, 0, config(tmp_path, reward="sparse"))
+    fail, win = b["b_advantages"][:149], b["b_advantages"][149:]
+    assert len(fail) == 149 and len(win) == 50  # the failure bootstraps: one step fewer
+    assert fail.sum() == pytest.approx(-win.sum(), rel=1e-5) and win.sum() > 0
+    assert np.ptp(fail) == 0 and np.ptp(win) == 0
 
 
 def test_group_advantages_compare_episodes_of_the_same_task():
