@@ -98,6 +98,11 @@ class RewardServer:
         except (WireError, ValueError) as e:
             self.errors += 1
             return ENCODER.encode(RewardError(request_id=req.request_id, message=str(e)))
+        except Exception as e:  # a critic bug answers this request; the service keeps going
+            self.errors += 1
+            log.exception("critic failed on request %d", req.request_id)
+            return ENCODER.encode(RewardError(request_id=req.request_id,
+                                              message=f"critic failed: {e!r}"))
         self.served += 1
         return ENCODER.encode(RewardReply(request_id=req.request_id,
                                        delta=Array.from_numpy(delta.astype(np.float32)),

@@ -121,3 +121,26 @@ def test_reward_client_times_out_with_advice():
     with pytest.raises(TimeoutError, match="vlac critic serve"):
         client.episode_rewards("t", np.zeros((2, 8, 8, 3), np.uint8))
     client.close()
+
+
+def test_reward_service_answers_a_critic_crash_and_keeps_serving():
+    class Fragile:
+        def episode_rewards(self, task, frames, stride=1, reference=None, from_first=False):
+            if task == "boom":
+                raise RuntimeError("scripted critic bug")
+            return np.zeros(len(frames) - 1, np.float32), np.zeros(len(frames) - 1, np.float32)
+
+    server = RewardServer(Fragile(), "tcp://127.0.0.1:0")
+    t = threading.Thread(target=server.serve, daemon=True)
+    t.start()
+    client = RewardClient(server.wait_ready(), timeout_s=10)
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    try:
+        with pytest.raises(ValueError, match="critic failed: RuntimeError"):
+            client.episode_rewards("boom", frames)
+        assert client.episode_rewards("fine", frames)[0].shape == (2,)
+        assert server.errors == 1 and server.served == 1
+    finally:
+        server.stop()
+        t.join(5)
+        client.close()

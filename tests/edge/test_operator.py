@@ -188,7 +188,7 @@ def test_critic_progress_asks_the_service_without_blocking(robot):
     from vlac.edge.progress import CriticProgress
 
     class Brightness:
-        def episode_rewards(self, task, frames, stride=1, reference=None):
+        def episode_rewards(self, task, frames, stride=1, reference=None, from_first=False):
             d = np.diff(frames.reshape(len(frames), -1).mean(1)) / 255
             return d.astype(np.float32), np.zeros(len(d), np.float32)
 
