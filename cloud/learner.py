@@ -23,8 +23,9 @@ One update, top to bottom:
 4. PPO epochs over shuffled minibatches: ``ppo_loss`` with truncated importance weights from
    the behaviour log-probs (the episode's ``logprob`` column) and the version lag (learner
    version - the step's ``policy_version``), plus ``bc_coef`` x behaviour cloning on operator
-   takeover steps and replayed demonstrations. Takeover steps are never PPO samples. The
-   epochs stop early once an epoch's approx KL to the anchor passes ``target_kl``.
+   takeover steps and replayed demonstrations, plus ``kl_ref_coef`` x KL to the frozen
+   ``--init`` policy. Takeover steps are never PPO samples. The epochs stop early once an
+   epoch's approx KL to the anchor passes ``target_kl``.
 5. version += 1; every ``publish_every`` updates ``on_publish(actor, version)``; every
    ``checkpoint_every`` updates the DeepSpeed checkpoint (weights, optimizer, version, consumed
    episodes, log) and the actor go to the object store under ``learner/checkpoints/``, where
@@ -44,6 +45,7 @@ file system). The PPO runs with dropout off, so the first minibatch's ratio new/
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -75,7 +77,7 @@ from vlac.shared.objstore import open_store
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "learner/checkpoints"
-PPO_STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "mean_weight")
+PPO_STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "mean_weight", "kl_ref")
 
 
 @dataclass
@@ -124,6 +126,9 @@ class LearnerConfig:
                          "head shares the trunk, and training it where no advantage uses it "
                          "moved the policy with no policy gradient at all in #7).")
     ent_coef: float = opt(0.0, "Weight of the entropy bonus.")
+    kl_ref_coef: float = opt(0.0, "Weight of KL(policy || the --init policy) on the PPO "
+                             "samples: keeps noisy updates near the imitation policy "
+                             "(0: off, no reference copy is kept).")
     rho_max: float = opt(1.0, "Truncation of the importance weight anchor/behaviour.")
     max_version_lag: int = opt(4, "Steps of policies older than this many versions get "
                                "weight 0.")
@@ -189,6 +194,7 @@ class LearnerConfig:
         check(self.rho_max > 0, "rho_max", "must be > 0")
         check(self.max_version_lag >= 0, "max_version_lag", "must be >= 0")
         check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        check(self.kl_ref_coef >= 0, "kl_ref_coef", "must be >= 0 (0: off)")
         check(self.bc_coef >= 0, "bc_coef", "must be >= 0 (0 turns behaviour cloning off)")
         check(self.bc_batch_size >= 1, "bc_batch_size", "must be >= 1")
         check(self.demo_episodes >= 0, "demo_episodes", "must be >= 0")
@@ -367,10 +373,12 @@ def _before_takeover(ep: EpisodeData) -> int:
 
 
 def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.ndarray]],
-                version: int, cfg: LearnerConfig) -> dict[str, np.ndarray]:
+                version: int, cfg: LearnerConfig, refs: list[np.ndarray] | None = None
+                ) -> dict[str, np.ndarray]:
     """GAE per episode (the value targets, and the advantages with ``advantage=gae``), or
     ``group_advantages`` over the episodes' returns; then the PPO samples: used,
-    policy-chosen, not-too-stale steps."""
+    policy-chosen, not-too-stale steps. ``refs``: the reference policy's log-probs per
+    episode (the ``b_ref_logp`` column, for ``kl_ref_coef``)."""
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "text", "feat", "proprio", "tokens", "b_behaviour_logp", "b_anchor_logp",
         "b_values", "b_advantages", "b_returns", "b_version_lag", "b_task")}
@@ -405,6 +413,8 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
         cols["b_task"].append(np.full(int(keep.sum()), ep.task, dtype=object))
         cols["b_returns"].append(ret[keep])
         cols["b_version_lag"].append(lag[keep])
+        if refs is not None:
+            cols.setdefault("b_ref_logp", []).append(refs[i][:n][keep])
     if not cols["text"]:
         return {}
     out = {k: np.concatenate(v) for k, v in cols.items()}
@@ -443,7 +453,8 @@ def train_minibatch(engine, mb: dict[str, torch.Tensor] | None,
                                vf_coef=cfg.vf_coef if cfg.advantage == "gae" else 0.0,
                                ent_coef=cfg.ent_coef, rho_max=cfg.rho_max,
                                max_version_lag=cfg.max_version_lag,
-                               normalize_advantages=cfg.advantage == "gae")
+                               normalize_advantages=cfg.advantage == "gae",
+                               mb_ref_logp=mb.get("b_ref_logp"), kl_ref_coef=cfg.kl_ref_coef)
     if bc_mb is not None and cfg.bc_coef > 0:
         b_loss, b_stats = bc_loss(model, bc_mb)
         loss = cfg.bc_coef * b_loss if loss is None else loss + cfg.bc_coef * b_loss
@@ -553,6 +564,9 @@ class Learner:
         self.camera = cfg.camera or self.actor.camera
         self.actor.camera = self.camera
         self.init_version = self.actor.version
+        self.reference = None  # the --init policy, frozen (before a resume moves the weights)
+        if cfg.kl_ref_coef > 0:
+            self.reference = copy.deepcopy(self.actor.model).eval().requires_grad_(False)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.engine = eng.make_engine(self.actor.model, lr=cfg.lr, zero_stage=cfg.zero_stage,
                                       micro_batch=max(1, cfg.minibatch_size // world),
@@ -723,7 +737,9 @@ class Learner:
                     for i, (ep, frames), sc in zip(infos, loaded, scores, strict=True)]
         del loaded
         anchors = anchor_pass(self.engine.module, episodes)
-        batch = build_batch(episodes, anchors, self.version, self.cfg)
+        refs = [logp for logp, _ in anchor_pass(self.reference, episodes)] \
+            if self.reference is not None else None
+        batch = build_batch(episodes, anchors, self.version, self.cfg, refs)
         bc = StepPool([steps_of(ep.text, ep.feat[ep.intervention], ep.proprio[ep.intervention],
                                 ep.tokens[ep.intervention]) for ep in episodes]
                       + self._demo_steps(demos or []))

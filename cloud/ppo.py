@@ -55,8 +55,12 @@ def ppo_loss(mb_new_logp: torch.Tensor, mb_anchor_logp: torch.Tensor,
              mb_returns: torch.Tensor, mb_values: torch.Tensor, mb_entropy: torch.Tensor,
              mb_version_lag: torch.Tensor, *, clip: float = 0.2, vf_coef: float = 0.5,
              ent_coef: float = 0.0, rho_max: float = 1.0, max_version_lag: int = 4,
-             normalize_advantages: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped PPO on token log-probs, weighted by the truncated importance weight.
+             normalize_advantages: bool = True, mb_ref_logp: torch.Tensor | None = None,
+             kl_ref_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped PPO on token log-probs, weighted by the truncated importance weight, plus
+    ``kl_ref_coef`` x KL(new || reference) when ``mb_ref_logp`` (a frozen reference policy's
+    log-probs of the same tokens) is given: the k3 estimator exp(r) - r - 1 with
+    r = ref - new, non-negative, on the batch's samples (as GRPO uses it).
 
     All inputs are (N,). Returns (loss, metrics)."""
     weight = truncated_importance(mb_anchor_logp, mb_behaviour_logp, mb_version_lag,
@@ -73,10 +77,17 @@ def ppo_loss(mb_new_logp: torch.Tensor, mb_anchor_logp: torch.Tensor,
     v_loss = 0.5 * (weight * (mb_values - mb_returns) ** 2).sum() / denom
     entropy = (weight * mb_entropy).sum() / denom
     loss = pg_loss + vf_coef * v_loss - ent_coef * entropy
+    extra = {}
+    if mb_ref_logp is not None:
+        r = mb_ref_logp - mb_new_logp
+        kl_ref = (weight * (r.exp() - r - 1)).sum() / denom
+        loss = loss + kl_ref_coef * kl_ref
+        extra["kl_ref"] = kl_ref.item()
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()  # http://joschu.net/blog/kl-approx.html
         clipfrac = ((ratio - 1).abs() > clip).float().mean()
     return loss, {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(),
                   "entropy": entropy.item(), "approx_kl": approx_kl.item(),
                   "clipfrac": clipfrac.item(), "mean_weight": weight.mean().item(),
-                  "stale_fraction": (mb_version_lag > max_version_lag).float().mean().item()}
+                  "stale_fraction": (mb_version_lag > max_version_lag).float().mean().item(),
+                  **extra}

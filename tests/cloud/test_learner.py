@@ -320,6 +320,43 @@ def test_group_advantages_favour_the_successful_episodes(tmp_path, encoders):
     assert all(torch.equal(w[k], v) for k, v in learner.engine.module.state_dict().items())
 
 
+def test_kl_to_the_init_policy_holds_the_policy_back(tmp_path, encoders):
+    """The same rewarded batches move P(token 0 high) less with the KL term to the --init
+    policy, whose frozen copy the updates never touch."""
+    img, txt = encoders
+    tiny_actor(tmp_path / "init.pt", seed=2)
+    gains = {}
+    for coef in (0.0, 5.0):
+        root = tmp_path / f"kl{coef}"
+        store = EpisodeStore(root / "store", fsync=False)
+        cfg = config(root, reward="sparse", episodes_per_update=4, epochs=4, init=tmp_path /
+                     "init.pt", minibatch_size=32, lr=3e-3, bc_coef=0.0, target_kl=0.0,
+                     kl_ref_coef=coef)
+        learner = Learner(cfg, image_encoder=img, text_encoder=txt)
+        ref0 = None if learner.reference is None else \
+            {k: v.clone() for k, v in learner.reference.state_dict().items()}
+        for i in range(2):
+            write_episode(store, "robot-0", f"probe-{i}", 24, seed=200 + i)
+        probe = [learner.load_episode(e) for e in learner.poll()]
+        learner.consumed.update(e.key for e in probe)
+        before = _prob_high(learner, probe)[0]
+        for u in range(2):
+            for i in range(4):
+                steps = make_steps(24, seed=30 * u + i, version=learner.version)
+                good = i < 2
+                steps.action_tokens[:, 0] = (steps.action_tokens[:, 0] % 128) + (
+                    128 if good else 0)
+                store.write_episode("robot-0", f"ep-{u}-{i}", TASK, steps, good,
+                                    task_id="button-v3")
+            stats = learner.update(learner.poll())
+            assert np.isnan(stats["kl_ref"]) == (coef == 0)
+        gains[coef] = _prob_high(learner, probe)[0] - before
+        if ref0 is not None:
+            assert stats["kl_ref"] > 0
+            assert all(torch.equal(ref0[k], v) for k, v in learner.reference.state_dict().items())
+    assert gains[0.0] > 0.05 and abs(gains[5.0]) < 0.5 * gains[0.0], gains
+
+
 def test_takeover_steps_are_never_ppo_samples(tmp_path, encoders):
     img, txt = encoders
     tiny_actor(tmp_path / "init.pt")

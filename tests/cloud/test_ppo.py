@@ -86,3 +86,22 @@ def test_weights_scale_samples_and_stale_ones_drop_out():
     # only the fresh sample (advantage +1) pushes its log-prob up
     torch.testing.assert_close(new.grad, t(-1.0, 0.0))
     assert m["stale_fraction"] == 0.5
+
+
+def test_kl_to_the_reference_by_hand():
+    # new log-prob 0, reference log(0.5): r = log .5, k3 = exp(r) - r - 1 = 0.5 + ln 2 - 1
+    new = torch.zeros(1, requires_grad=True)
+    args = dict(mb_anchor_logp=t(0.0), mb_behaviour_logp=t(0.0), mb_advantages=t(0.0),
+                mb_returns=t(0.0), mb_values=t(0.0), mb_entropy=t(0.0), mb_version_lag=t(0),
+                normalize_advantages=False, vf_coef=0.0)
+    loss, m = ppo_loss(new, mb_ref_logp=t(math.log(0.5)), kl_ref_coef=2.0, **args)
+    assert math.isclose(m["kl_ref"], 0.5 + math.log(2) - 1, rel_tol=1e-6)
+    assert math.isclose(loss.item(), 2.0 * m["kl_ref"], rel_tol=1e-6)
+    loss.backward()  # d/dnew = coef * (1 - exp(ref - new)) = 2 * 0.5: descent lowers new
+    torch.testing.assert_close(new.grad, t(1.0))
+    # at the reference the term and its gradient vanish; without a reference it is absent
+    new = torch.full((1,), math.log(0.5), requires_grad=True)
+    loss, m = ppo_loss(new, mb_ref_logp=t(math.log(0.5)), kl_ref_coef=2.0, **args)
+    loss.backward()
+    assert m["kl_ref"] == 0.0 and new.grad.abs().item() < 1e-6
+    assert "kl_ref" not in ppo_loss(new, **args)[1]
