@@ -104,7 +104,8 @@ def run_variant(args: dict) -> list[dict]:
                         features=work / "features", object_store=str(work / "objects"),
                         reward="sparse" if variant == "sparse" else "critic",
                         episodes_per_update=args["per_update"], lr=args["lr"],
-                        advantage=args["advantage"],
+                        advantage=args["advantage"], kl_ref_coef=args["kl_ref_coef"],
+                        negative_scale=args["negative_scale"],
                         bc_coef=args["bc_coef"] if variant == "hitl" else 0.0,
                         demo_episodes=args["demos"] * len(tasks), seed=seed, threads=1,
                         checkpoint_every=10_000)
@@ -193,6 +194,10 @@ def main() -> None:
     ap.add_argument("--bc-coef", type=float, default=0.1)
     ap.add_argument("--advantage", default="group", choices=["group", "horizon", "gae"],
                     help="the learner's advantage estimator (vlac learner run --advantage)")
+    ap.add_argument("--kl-ref-coef", type=float, default=0.0,
+                    help="weight of the KL to the starting policy (learner kl_ref_coef)")
+    ap.add_argument("--negative-scale", type=float, default=1.0,
+                    help="factor on negative advantages (learner negative_scale)")
     ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
                     help="the ~30%% imitation policy (vlac actor pretrain --demos-per-task 2)")
@@ -209,6 +214,7 @@ def main() -> None:
     jobs = [{"variant": v, "seed": s, "tasks": tasks, "work": f"{a.work}/{v}-s{s}",
              "episodes": a.episodes, "per_update": a.per_update, "max_steps": a.max_steps,
              "lr": a.lr, "advantage": a.advantage, "bc_coef": a.bc_coef, "demos": a.demos,
+             "kl_ref_coef": a.kl_ref_coef, "negative_scale": a.negative_scale,
              "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
             for s in range(a.seeds) for v in a.variants.split(",")]
     t0 = time.monotonic()

@@ -112,6 +112,10 @@ class LearnerConfig:
         "each step gets the reward of its next --horizon steps minus that task's mean over "
         "the batch; gae: GAE with the value head.")
     horizon: int = opt(10, "Steps summed per advantage with --advantage horizon.")
+    negative_scale: float = opt(1.0, "Factor on negative advantages (group and horizon): "
+                                "pushing a sampled token down spreads its mass over all "
+                                "others and raises the entropy; below 1 the update leans "
+                                "on imitating what went better (0: only that).")
     episodes_per_update: int = opt(8, "Episodes gathered for one PPO update.")
     epochs: int = opt(4, "PPO epochs over each batch.")
     minibatch_size: int = opt(64, "Steps per minibatch (over all processes).")
@@ -181,6 +185,7 @@ class LearnerConfig:
         check(self.advantage in ("group", "horizon", "gae"), "advantage",
               "use group, horizon or gae")
         check(self.horizon >= 1, "horizon", "must be >= 1")
+        check(0 <= self.negative_scale <= 1, "negative_scale", "must lie in [0, 1]")
         check(math.isfinite(self.success_reward), "success_reward", "must be a number")
         check(0 < self.done_threshold <= 1, "done_threshold", "must lie in (0, 1]")
         check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
@@ -426,6 +431,9 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
     task = out.pop("b_task")
     if cfg.advantage == "horizon" and len(task):
         out["b_advantages"] = group_advantages(out["b_advantages"], list(task))
+    if cfg.advantage != "gae" and cfg.negative_scale != 1:
+        adv = out["b_advantages"]
+        out["b_advantages"] = np.where(adv < 0, adv * cfg.negative_scale, adv).astype(np.float32)
     return out
 
 

@@ -155,6 +155,10 @@ def test_group_advantages_weigh_every_episode_the_same(tmp_path):
     assert len(fail) == 149 and len(win) == 50  # the failure bootstraps: one step fewer
     assert fail.sum() == pytest.approx(-win.sum(), rel=1e-5) and win.sum() > 0
     assert np.ptp(fail) == 0 and np.ptp(win) == 0
+    # negative_scale shrinks only the failure's side
+    half = build_batch(eps, anchors, 0, config(tmp_path, reward="sparse", negative_scale=0.5))
+    np.testing.assert_allclose(half["b_advantages"][:149], fail * 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(half["b_advantages"][149:], win)
 
 
 def test_group_advantages_compare_episodes_of_the_same_task():
