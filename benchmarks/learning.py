@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--critic", default=".cache/critic-data/critic/critic.pt")
     ap.add_argument("--demo-store", default=".cache/critic-data/store")
     ap.add_argument("--work", default=".cache/bench/learning")
+    ap.add_argument("--out", default=str(OUT), help="folder of learning.json and the plot")
     ap.add_argument("--processes", type=int, default=2)
     a = ap.parse_args()
     tasks = a.tasks.split(",")
@@ -222,8 +223,9 @@ def main() -> None:
         logs = pool.map(run_variant, jobs, chunksize=1)
     wall = time.monotonic() - t0
     rows = [r for log in logs for r in log]
-    OUT.mkdir(exist_ok=True)
-    (OUT / "learning.json").write_text(json.dumps(rows))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learning.json").write_text(json.dumps(rows))
     report(rows, tasks, a, wall)
 
 
@@ -278,8 +280,9 @@ def report(rows: list[dict], tasks: list[str], a, wall: float) -> None:
     axes[0][0].set_ylabel(f"success (rolling {w})")
     axes[0][-1].legend()
     fig.tight_layout()
-    fig.savefig(OUT / "learning.png", dpi=110)
-    print(f"plot: {OUT / 'learning.png'}")
+    out = Path(a.out)
+    fig.savefig(out / "learning.png", dpi=110)
+    print(f"plot: {out / 'learning.png'}")
     base = summary.get("critic", next(iter(summary.values())))
     ratio = summary["hitl"]["to90"] / base["to90"] if "hitl" in summary and base["to90"] \
         else float("nan")
