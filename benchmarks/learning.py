@@ -106,7 +106,8 @@ def run_variant(args: dict) -> list[dict]:
                         episodes_per_update=args["per_update"], lr=args["lr"],
                         advantage=args["advantage"], kl_ref_coef=args["kl_ref_coef"],
                         negative_scale=args["negative_scale"],
-                        bc_coef=args["bc_coef"] if variant == "hitl" else 0.0,
+                        bc_coef=args["bc_coef"] if variant == "hitl" or args["success_replay"]
+                        else 0.0, success_replay=args["success_replay"],
                         demo_episodes=args["demos"] * len(tasks), seed=seed, threads=1,
                         checkpoint_every=10_000)
     learner = Learner(cfg, None if variant == "sparse" else InProcessRewards(critic),
@@ -198,6 +199,9 @@ def main() -> None:
                     help="weight of the KL to the starting policy (learner kl_ref_coef)")
     ap.add_argument("--negative-scale", type=float, default=1.0,
                     help="factor on negative advantages (learner negative_scale)")
+    ap.add_argument("--success-replay", type=int, default=0,
+                    help="successful episodes behaviour-cloned (learner success_replay; "
+                    "turns the BC term on in every variant)")
     ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
                     help="the ~30%% imitation policy (vlac actor pretrain --demos-per-task 2)")
@@ -216,6 +220,7 @@ def main() -> None:
              "episodes": a.episodes, "per_update": a.per_update, "max_steps": a.max_steps,
              "lr": a.lr, "advantage": a.advantage, "bc_coef": a.bc_coef, "demos": a.demos,
              "kl_ref_coef": a.kl_ref_coef, "negative_scale": a.negative_scale,
+             "success_replay": a.success_replay,
              "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
             for s in range(a.seeds) for v in a.variants.split(",")]
     t0 = time.monotonic()

@@ -53,6 +53,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,10 @@ class LearnerConfig:
     max_grad_norm: float = opt(1.0, "Gradient clipping (DeepSpeed).")
     bc_coef: float = opt(0.1, "Weight of behaviour cloning on takeovers and demonstrations "
                          "(0: off).")
+    success_replay: int = opt(0, "The fleet's last N successful episodes join the "
+                              "behaviour-cloning term (self-imitation: the policy's own "
+                              "successes on layouts no demonstration covered; needs "
+                              "--bc-coef > 0; 0: off).")
     bc_batch_size: int = opt(32, "Behaviour-cloning steps per minibatch.")
     demo_episodes: int = opt(20, "Stored demonstrations replayed in the BC term (offline "
                              "demonstration replay; 0: only operator takeovers).")
@@ -202,6 +207,9 @@ class LearnerConfig:
         check(self.kl_ref_coef >= 0, "kl_ref_coef", "must be >= 0 (0: off)")
         check(self.bc_coef >= 0, "bc_coef", "must be >= 0 (0 turns behaviour cloning off)")
         check(self.bc_batch_size >= 1, "bc_batch_size", "must be >= 1")
+        check(self.success_replay >= 0, "success_replay", "must be >= 0 (0: off)")
+        check(not (self.success_replay and self.bc_coef == 0), "success_replay",
+              "replayed successes are behaviour-cloned: set --bc-coef > 0 too")
         check(self.demo_episodes >= 0, "demo_episodes", "must be >= 0")
         check(self.zero_stage in (0, 1, 2), "zero_stage", "use 0, 1 or 2 (ZeRO-3 partitions "
               "the weights the learner saves and publishes whole)")
@@ -591,6 +599,7 @@ class Learner:
         self._dirty = False  # consumed episodes or weights not yet checkpointed
         self._stop = threading.Event()
         self._demos: dict[str, dict[str, np.ndarray]] = {}
+        self._wins: deque[dict[str, np.ndarray]] = deque(maxlen=cfg.success_replay or None)
         self._features: FeatureCache | None = None
         self._writer = None
         self._resume()
@@ -748,9 +757,13 @@ class Learner:
         refs = [logp for logp, _ in anchor_pass(self.reference, episodes)] \
             if self.reference is not None else None
         batch = build_batch(episodes, anchors, self.version, self.cfg, refs)
+        if self.cfg.success_replay:  # the policy's own steps of its successful episodes
+            self._wins.extend(steps_of(ep.text, ep.feat[~ep.intervention],
+                                       ep.proprio[~ep.intervention], ep.tokens[~ep.intervention])
+                              for ep in episodes if ep.success and not ep.intervention.all())
         bc = StepPool([steps_of(ep.text, ep.feat[ep.intervention], ep.proprio[ep.intervention],
                                 ep.tokens[ep.intervention]) for ep in episodes]
-                      + self._demo_steps(demos or []))
+                      + self._demo_steps(demos or []) + list(self._wins))
         train = ppo_update(self.engine, batch, bc, self.cfg, seed=self.cfg.seed + self.version,
                            rank=self.rank, world=self.world)
         self.consumed.update(ep.key for ep in episodes)

@@ -361,6 +361,24 @@ def test_kl_to_the_init_policy_holds_the_policy_back(tmp_path, encoders):
     assert gains[0.0] > 0.05 and abs(gains[5.0]) < 0.5 * gains[0.0], gains
 
 
+def test_success_replay_clones_the_last_successes(tmp_path, encoders):
+    img, txt = encoders
+    tiny_actor(tmp_path / "init.pt")
+    with pytest.raises(ConfigError, match="bc-coef"):
+        config(tmp_path, success_replay=2, bc_coef=0.0)
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    cfg = config(tmp_path, reward="sparse", success_replay=1, bc_coef=0.5, demo_episodes=0)
+    learner = Learner(cfg, image_encoder=img, text_encoder=txt)
+    write_episode(store, "robot-0", "win", 10, success=True, seed=1,
+                  intervention=[j < 3 for j in range(10)])
+    write_episode(store, "robot-0", "fail", 10, seed=2)
+    stats = learner.update(learner.poll())
+    assert stats["bc_samples"] == 3 + 7  # its 3 takeover steps, and its 7 policy steps
+    write_episode(store, "robot-0", "win-2", 12, success=True, seed=3, version=1)
+    write_episode(store, "robot-0", "fail-2", 12, seed=4, version=1)
+    assert learner.update(learner.poll())["bc_samples"] == 12  # only the latest success
+
+
 def test_takeover_steps_are_never_ppo_samples(tmp_path, encoders):
     img, txt = encoders
     tiny_actor(tmp_path / "init.pt")
