@@ -1,6 +1,6 @@
 """Learning benchmark: PPO from the ~30% imitation policy on four Meta-World tasks.
 
-Three variants, measured in the same run from the same starting weights:
+Four variants, measured in the same run from the same starting weights:
 
 - ``critic``: PPO with the critic's dense progress rewards (progress since the first frame,
   plus 1 where the robot reports success: the learner's defaults), no human help (no
@@ -12,7 +12,10 @@ Three variants, measured in the same run from the same starting weights:
   critic's progress stalls (``vlac.edge.operator.StallWatch``; the scripted expert stands in
   for the person, its steps are marked interventions and only ever used for behaviour
   cloning), plus return-and-explore: a failed episode's next attempt starts from its most
-  promising saved state (the critic's best progress) once per failure.
+  promising saved state (the critic's best progress) once per failure;
+- ``frozen``: the starting policy, never updated: the control. Every variant meets the same
+  layouts in the same order (the robots' seeds), and the layouts differ in difficulty, so a
+  variant's change from first to last window means something only against this one's.
 
 Each variant runs in its own process (one torch thread): episodes are rolled out in
 Meta-World with the learner's current weights (sampling, temperature 1), stored in an episode
@@ -20,7 +23,7 @@ store, and handed to ``vlac.cloud.learner.Learner.update`` every ``--episodes-pe
 episodes (round-robin over tasks). The success rate is that of the rollouts themselves (a
 rolling window of ``--window`` episodes per task).
 
-    python benchmarks/learning.py                      # 4 tasks, 1 seed, 3 variants
+    python benchmarks/learning.py                      # 4 tasks, 1 seed, 4 variants
     python benchmarks/learning.py --seeds 3            # the full table
     python benchmarks/learning.py --tasks reach-v3 --episodes 40 --variants critic  # smoke
 
@@ -49,6 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
 TASKS = ["reach-v3", "button-press-v3", "drawer-open-v3", "push-v3"]
+VARIANTS = ["critic", "sparse", "hitl", "frozen"]
 
 
 class Collect:
@@ -102,7 +106,7 @@ def run_variant(args: dict) -> list[dict]:
     critic = SmallVLACCritic.load(args["critic"], image_encoder=img, text_encoder=txt)
     cfg = LearnerConfig(store_root=store_root, init=Path(args["init"]), out=work / "learner",
                         features=work / "features", object_store=str(work / "objects"),
-                        reward="sparse" if variant == "sparse" else "critic",
+                        reward="critic" if variant in ("critic", "hitl") else "sparse",
                         episodes_per_update=args["per_update"], lr=args["lr"],
                         advantage=args["advantage"], kl_ref_coef=args["kl_ref_coef"],
                         negative_scale=args["negative_scale"],
@@ -110,7 +114,7 @@ def run_variant(args: dict) -> list[dict]:
                         else 0.0, success_replay=args["success_replay"],
                         demo_episodes=args["demos"] * len(tasks), seed=seed, threads=1,
                         checkpoint_every=10_000)
-    learner = Learner(cfg, None if variant == "sparse" else InProcessRewards(critic),
+    learner = Learner(cfg, InProcessRewards(critic) if cfg.reward == "critic" else None,
                       image_encoder=img, text_encoder=txt)
 
     def progress(a, b) -> float:
@@ -155,7 +159,9 @@ def run_variant(args: dict) -> list[dict]:
                         "interventions": res.interventions, "returned": start is not None,
                         "version": learner.version})
             counts[t] += 1
-        if len(pending) >= args["per_update"]:
+        if len(pending) >= args["per_update"] and variant == "frozen":
+            pending.clear()  # the control: the starting policy, never updated
+        elif len(pending) >= args["per_update"]:
             infos = [e for e in store.list_episodes() if e["episode_id"] in set(pending)]
             st = learner.update(infos, learner.demo_episodes() if variant == "hitl" else None)
             pending.clear()
@@ -186,7 +192,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--variants", default="critic,sparse,hitl")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--episodes", type=int, default=200, help="episodes per task")
     ap.add_argument("--per-update", type=int, default=8, help="episodes per PPO update")
     ap.add_argument("--window", type=int, default=20)
@@ -244,7 +250,7 @@ def report(rows: list[dict], tasks: list[str], a, wall: float) -> None:
     from vlac.infra.train import rolling
 
     w = a.window
-    variants = sorted({r["variant"] for r in rows}, key=["critic", "sparse", "hitl"].index)
+    variants = sorted({r["variant"] for r in rows}, key=VARIANTS.index)
     seeds = sorted({r["seed"] for r in rows})
     series = {(v, s, t): [r["success"] for r in rows if (r["variant"], r["seed"], r["task"])
                           == (v, s, t)] for v in variants for s in seeds for t in tasks}
@@ -288,6 +294,10 @@ def report(rows: list[dict], tasks: list[str], a, wall: float) -> None:
     out = Path(a.out)
     fig.savefig(out / "learning.png", dpi=110)
     print(f"plot: {out / 'learning.png'}")
+    if "frozen" in summary:  # every variant meets the same layouts in the same order
+        print("last window against the frozen starting policy on the same layouts: " +
+              ", ".join(f"{v} {summary[v]['last'] - summary['frozen']['last']:+.0%}"
+                        for v in variants if v != "frozen"))
     base = summary.get("critic", next(iter(summary.values())))
     ratio = summary["hitl"]["to90"] / base["to90"] if "hitl" in summary and base["to90"] \
         else float("nan")
