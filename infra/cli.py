@@ -92,7 +92,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
     for f in dataclasses.fields(cls):
         tp, optional = _base_type(hints[f.name])
         name = prefix + f.name
-        helptext = f.metadata.get("help", "")
+        helptext = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help
         if dataclasses.is_dataclass(tp):
             _add_fields(parser, tp, name + ".")
             continue

@@ -5,7 +5,7 @@ import pytest
 
 from tests.helpers import make_keyring
 from vlac.cloud.store import EpisodeStore
-from vlac.infra.cli import main
+from vlac.infra.cli import COMMANDS, main
 from vlac.shared.episode import synthetic_steps
 from vlac.shared.wire import DEFAULT_SPEC, Outcome
 
@@ -38,6 +38,16 @@ def test_bad_flag_values_name_the_field(tmp_path, capsys):
     cfg.write_text("robot: ufo\n")
     assert main(["stack", "--config", str(cfg)]) == 2
     assert "`robot`: 'ufo' is not one of ['metaworld', 'synthetic']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)
+def test_every_command_prints_its_help(path, capsys):
+    # help strings are argparse %-format strings: a bare "%" in one ("the ~30% knob") made
+    # `vlac train --help` crash
+    with pytest.raises(SystemExit) as exc:
+        main([*path, "--help"])
+    assert exc.value.code == 0
+    assert f"usage: vlac {' '.join(path)}" in capsys.readouterr().out
 
 
 def test_store_ls_and_show(tmp_path, capsys):
