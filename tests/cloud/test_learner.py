@@ -288,6 +288,24 @@ def test_ppo_raises_the_probability_of_rewarded_tokens(tmp_path, encoders, advan
     assert after[1] > before[1], (before, after)  # and the rewarded tokens' log-prob
 
 
+def _probe_episodes(learner, store):
+    """Two episodes written and consumed up front, to measure the policy on."""
+    for i in range(2):
+        write_episode(store, "robot-0", f"probe-{i}", 24, seed=200 + i)
+    probe = [learner.load_episode(e) for e in learner.poll()]
+    learner.consumed.update(e.key for e in probe)
+    return probe
+
+
+def _write_rewarded_batch(learner, store, u):
+    """Four episodes: the two successful ones chose a high token 0, the others a low one."""
+    for i in range(4):
+        steps = make_steps(24, seed=30 * u + i, version=learner.version)
+        good = i < 2
+        steps.action_tokens[:, 0] = (steps.action_tokens[:, 0] % 128) + (128 if good else 0)
+        store.write_episode("robot-0", f"ep-{u}-{i}", TASK, steps, good, task_id="button-v3")
+
+
 def test_group_advantages_favour_the_successful_episodes(tmp_path, encoders):
     """Sparse success reward, episode-level advantages: the token successful episodes chose
     (token 0 high) becomes more likely, with no value function involved."""
@@ -297,19 +315,10 @@ def test_group_advantages_favour_the_successful_episodes(tmp_path, encoders):
     cfg = config(tmp_path, reward="sparse", episodes_per_update=4, epochs=4,
                  minibatch_size=32, lr=3e-3, bc_coef=0.0, target_kl=0.0, vf_coef=0.0)
     learner = Learner(cfg, image_encoder=img, text_encoder=txt)
-    for i in range(2):
-        write_episode(store, "robot-0", f"probe-{i}", 24, seed=200 + i)
-    probe = [learner.load_episode(e) for e in learner.poll()]
-    learner.consumed.update(e.key for e in probe)
+    probe = _probe_episodes(learner, store)
     before = _prob_high(learner, probe)[0]
     for u in range(3):
-        for i in range(4):
-            steps = make_steps(24, seed=30 * u + i, version=learner.version)
-            good = i < 2  # the successful episodes chose a high token 0, the others low
-            steps.action_tokens[:, 0] = (steps.action_tokens[:, 0] % 128) + (128 if good
-                                                                              else 0)
-            store.write_episode("robot-0", f"ep-{u}-{i}", TASK, steps, good,
-                                task_id="button-v3")
+        _write_rewarded_batch(learner, store, u)
         stats = learner.update(learner.poll())
         assert stats["ppo_samples"] == 2 * 24 + 2 * 23  # success keeps its last step
     after = _prob_high(learner, probe)[0]
@@ -339,19 +348,10 @@ def test_kl_to_the_init_policy_holds_the_policy_back(tmp_path, encoders):
         learner = Learner(cfg, image_encoder=img, text_encoder=txt)
         ref0 = None if learner.reference is None else \
             {k: v.clone() for k, v in learner.reference.state_dict().items()}
-        for i in range(2):
-            write_episode(store, "robot-0", f"probe-{i}", 24, seed=200 + i)
-        probe = [learner.load_episode(e) for e in learner.poll()]
-        learner.consumed.update(e.key for e in probe)
+        probe = _probe_episodes(learner, store)
         before = _prob_high(learner, probe)[0]
         for u in range(2):
-            for i in range(4):
-                steps = make_steps(24, seed=30 * u + i, version=learner.version)
-                good = i < 2
-                steps.action_tokens[:, 0] = (steps.action_tokens[:, 0] % 128) + (
-                    128 if good else 0)
-                store.write_episode("robot-0", f"ep-{u}-{i}", TASK, steps, good,
-                                    task_id="button-v3")
+            _write_rewarded_batch(learner, store, u)
             stats = learner.update(learner.poll())
             assert np.isnan(stats["kl_ref"]) == (coef == 0)
         gains[coef] = _prob_high(learner, probe)[0] - before
