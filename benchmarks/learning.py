@@ -159,7 +159,7 @@ def run_variant(args: dict) -> list[dict]:
                         "interventions": res.interventions, "returned": start is not None,
                         "version": learner.version})
             counts[t] += 1
-        if len(pending) >= args["per_update"] and variant == "frozen":
+        if variant == "frozen":
             pending.clear()  # the control: the starting policy, never updated
         elif len(pending) >= args["per_update"]:
             infos = [e for e in store.list_episodes() if e["episode_id"] in set(pending)]
