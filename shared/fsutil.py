@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -19,10 +20,16 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader (or a crash) sees the old or the new bytes,
     never a mix: temp file, fsync, rename, fsync the directory."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # a temp name of its own per call: two threads writing one path (an updater's state from
+    # its thread and from a swap) must not truncate or rename each other's temp file
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     fsync_path(path.parent)
