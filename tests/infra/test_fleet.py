@@ -316,9 +316,9 @@ def test_s3_down_mid_download_is_retried_until_it_applies(tmp_path, s3_endpoint,
         proxy.cut_after = None  # S3 is back
         f.wait_versions({"robot-0": 1}, timeout=60)
         assert r.error == ""
-        shutil.rmtree(tmp_path / "robots", ignore_errors=True)
     finally:
-        f.close()
+        f.close()  # stops the updaters before their folders go (they write state into them)
+    shutil.rmtree(tmp_path / "robots", ignore_errors=True)
 
 
 def test_a_streaming_robot_swaps_versions_between_episodes_and_reports_them(tmp_path,

@@ -5,8 +5,7 @@ from vlac.shared.fsutil import write_atomic
 
 def test_concurrent_writers_of_one_path_never_collide(tmp_path):
     # two threads saving one state file (an updater's thread and a swap) used to share one
-    # temp name: one renamed it away and the other's rename failed (seen in CI as an
-    # unhandled exception in an updater thread)
+    # temp name: one renamed it away and the other's rename failed
     path = tmp_path / "state.json"
     payloads = [f'{{"writer": {i}}}'.encode() * 200 for i in range(4)]
     errors = []
