@@ -18,10 +18,10 @@ Four variants, measured in the same run from the same starting weights:
   variant's change from first to last window means something only against this one's.
 
 Each variant runs in its own process (one torch thread): episodes are rolled out in
-Meta-World with the learner's current weights (sampling, temperature 1), stored in an episode
-store, and handed to ``vlac.cloud.learner.Learner.update`` every ``--episodes-per-update``
-episodes (round-robin over tasks). The success rate is that of the rollouts themselves (a
-rolling window of ``--window`` episodes per task).
+Meta-World with the learner's current weights (sampling at ``--temperature``, 1 by default),
+stored in an episode store, and handed to ``vlac.cloud.learner.Learner.update`` every
+``--episodes-per-update`` episodes (round-robin over tasks). The success rate is that of the
+rollouts themselves (a rolling window of ``--window`` episodes per task).
 
     python benchmarks/learning.py                      # 4 tasks, 1 seed, 4 variants
     python benchmarks/learning.py --seeds 3            # the full table
@@ -110,6 +110,7 @@ def run_variant(args: dict) -> list[dict]:
                         episodes_per_update=args["per_update"], lr=args["lr"],
                         advantage=args["advantage"], kl_ref_coef=args["kl_ref_coef"],
                         negative_scale=args["negative_scale"],
+                        temperature=args["temperature"],
                         bc_coef=args["bc_coef"] if variant == "hitl" or args["success_replay"]
                         else 0.0, success_replay=args["success_replay"],
                         demo_episodes=args["demos"] * len(tasks), seed=seed, threads=1,
@@ -143,7 +144,8 @@ def run_variant(args: dict) -> list[dict]:
                 continue
             sink = Collect()
             start = retry.pop(t, None)
-            res = run_episode(robots[t], ActorPolicy(actor, greedy=False), lambda _, s=sink: s,
+            res = run_episode(robots[t], ActorPolicy(actor, args["temperature"], greedy=False),
+                              lambda _, s=sink: s,
                               operator=watch.get(t), start_from=start,
                               snapshot_every=0)
             if variant == "hitl" and not res.success and start is None and \
@@ -208,6 +210,9 @@ def main() -> None:
     ap.add_argument("--success-replay", type=int, default=0,
                     help="successful episodes behaviour-cloned (learner success_replay; "
                     "turns the BC term on in every variant)")
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="sampling temperature of the rollouts (the learner scores tokens at "
+                    "the same one: learner temperature)")
     ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
                     help="the ~30%% imitation policy (vlac actor pretrain --demos-per-task 2)")
@@ -226,7 +231,7 @@ def main() -> None:
              "episodes": a.episodes, "per_update": a.per_update, "max_steps": a.max_steps,
              "lr": a.lr, "advantage": a.advantage, "bc_coef": a.bc_coef, "demos": a.demos,
              "kl_ref_coef": a.kl_ref_coef, "negative_scale": a.negative_scale,
-             "success_replay": a.success_replay,
+             "success_replay": a.success_replay, "temperature": a.temperature,
              "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
             for s in range(a.seeds) for v in a.variants.split(",")]
     t0 = time.monotonic()

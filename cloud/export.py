@@ -114,7 +114,7 @@ def export_fp32(actor: TorchActor, path: Path, meta: dict, sample: dict[str, np.
                           output_names=list(OUTPUTS), dynamo=True, external_data=False,
                           verbose=False)
     model = onnx.load(str(path))
-    _set_meta(model, meta)
+    _set_meta(model, dict(meta, precision="fp32"))
     onnx.save(model, str(path))
     return path
 
@@ -151,7 +151,7 @@ def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]],
                         op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                         nodes_to_exclude=convs[:fp32_convs])
     model = onnx.load(str(out))
-    _set_meta(model, meta)
+    _set_meta(model, dict(meta, precision="int8"))
     onnx.save(model, str(out))
     return out
 

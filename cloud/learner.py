@@ -134,6 +134,9 @@ class LearnerConfig:
     kl_ref_coef: float = opt(0.0, "Weight of KL(policy || the --init policy) on the PPO "
                              "samples: keeps noisy updates near the imitation policy "
                              "(0: off, no reference copy is kept).")
+    temperature: float = opt(1.0, "Sampling temperature of the robots (their behaviour "
+                             "log-probs are under softmax(logits / T)); the policy PPO "
+                             "improves is that tempered one, so give the robots' value.")
     rho_max: float = opt(1.0, "Truncation of the importance weight anchor/behaviour.")
     max_version_lag: int = opt(4, "Steps of policies older than this many versions get "
                                "weight 0.")
@@ -205,6 +208,8 @@ class LearnerConfig:
         check(self.max_version_lag >= 0, "max_version_lag", "must be >= 0")
         check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
         check(self.kl_ref_coef >= 0, "kl_ref_coef", "must be >= 0 (0: off)")
+        check(self.temperature > 0, "temperature", "must be > 0 (the robots' sampling "
+              "temperature)")
         check(self.bc_coef >= 0, "bc_coef", "must be >= 0 (0 turns behaviour cloning off)")
         check(self.bc_batch_size >= 1, "bc_batch_size", "must be >= 1")
         check(self.success_replay >= 0, "success_replay", "must be >= 0 (0: off)")
@@ -356,8 +361,8 @@ def steps_of(text: np.ndarray, feat: np.ndarray, proprio: np.ndarray,
 
 # ---------------------------------------------------------------------- the PPO update
 @torch.no_grad()
-def anchor_pass(model, episodes: list[EpisodeData], batch: int = 256
-                ) -> list[tuple[np.ndarray, np.ndarray]]:
+def anchor_pass(model, episodes: list[EpisodeData], batch: int = 256,
+                temperature: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
     """The learner's own weights at the start of the update: (log-prob, value) per step."""
     out = []
     for ep in episodes:
@@ -369,7 +374,7 @@ def anchor_pass(model, episodes: list[EpisodeData], batch: int = 256
                 torch.from_numpy(np.repeat(ep.text[None], n, 0)),
                 torch.from_numpy(ep.feat[sl].astype(np.float32)),
                 torch.from_numpy(ep.proprio[sl].astype(np.float32)),
-                torch.from_numpy(ep.tokens[sl]))
+                torch.from_numpy(ep.tokens[sl]), temperature)
             logps.append(logp.numpy())
             values.append(value.numpy())
         out.append((np.concatenate(logps), np.concatenate(values)))
@@ -461,8 +466,8 @@ def train_minibatch(engine, mb: dict[str, torch.Tensor] | None,
     model = engine.module
     loss, stats = None, {}
     if mb is not None:
-        new_logp, entropy, new_value = model.action_logprobs(mb["text"], mb["feat"],
-                                                             mb["proprio"], mb["tokens"])
+        new_logp, entropy, new_value = model.action_logprobs(
+            mb["text"], mb["feat"], mb["proprio"], mb["tokens"], cfg.temperature)
         loss, stats = ppo_loss(new_logp, mb["b_anchor_logp"], mb["b_behaviour_logp"],
                                mb["b_advantages"], mb["b_returns"], new_value, entropy,
                                mb["b_version_lag"], clip=cfg.clip,
@@ -753,8 +758,9 @@ class Learner:
         episodes = [self._episode_data(i, ep, frames, sc)
                     for i, (ep, frames), sc in zip(infos, loaded, scores, strict=True)]
         del loaded
-        anchors = anchor_pass(self.engine.module, episodes)
-        refs = [logp for logp, _ in anchor_pass(self.reference, episodes)] \
+        anchors = anchor_pass(self.engine.module, episodes, temperature=self.cfg.temperature)
+        refs = [logp for logp, _ in anchor_pass(self.reference, episodes,
+                                                temperature=self.cfg.temperature)] \
             if self.reference is not None else None
         batch = build_batch(episodes, anchors, self.version, self.cfg, refs)
         if self.cfg.success_replay:  # the policy's own steps of its successful episodes

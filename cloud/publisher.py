@@ -4,7 +4,8 @@ Two halves, both holding the publisher's ed25519 key:
 
 - ``Publisher.publish(actor, version)`` (called by the learner every N updates, or
   ``vlac publisher publish`` for an artifact exported by hand): exports the actor to ONNX,
-  quantizes it to INT8 QDQ (calibrated on demonstration frames), uploads the artifact and its
+  quantizes it to INT8 QDQ (calibrated on demonstration frames; ``precision: fp32`` skips
+  this and ships the exact fp32 graph, ``actor_fp32.onnx``), uploads the artifact and its
   signed manifest to the object store under ``weights/vNNNNNN/``, records the version in the
   fleet state and, by default, promotes it (``promote: production | canary | none``).
 - ``Announcer`` (``vlac publisher serve``): a ZeroMQ XPUB socket. Each robot subscribes to
@@ -49,9 +50,9 @@ def topic(robot_id: str) -> bytes:
     return robot_id.encode() + b"\0"
 
 
-def artifact_keys(version: int) -> tuple[str, str]:
+def artifact_keys(version: int, precision: str = "int8") -> tuple[str, str]:
     base = f"weights/v{version:06d}"
-    return f"{base}/actor_int8.onnx", f"{base}/manifest.msgpack"
+    return f"{base}/actor_{precision}.onnx", f"{base}/manifest.msgpack"
 
 
 @dataclass
@@ -67,8 +68,12 @@ class PublisherConfig:
     promote: Literal["production", "canary", "none"] = opt(
         "production", "What a newly published version becomes.")
     canary_fraction: float = opt(0.25, "Fraction of robots for promote=canary.")
+    precision: Literal["int8", "fp32"] = opt(
+        "int8", "What the learner's versions go out as: int8 (static QDQ, the edge default: "
+        "about a third of the size and faster) or fp32 (the learner's exact weights: for "
+        "simulated robots, or while INT8 token agreement is short: docs/training.md).")
     # for `vlac publisher publish`
-    artifact: Path | None = opt(None, "An exported INT8 .onnx to publish "
+    artifact: Path | None = opt(None, "An exported .onnx (INT8 or fp32) to publish "
                                 "(`vlac publisher publish`).")
     version: int | None = opt(None, "Version to publish it as (default: its metadata's).")
 
@@ -77,6 +82,7 @@ class PublisherConfig:
         check(self.resend_s > 0, "resend_s", "must be > 0")
         check(self.poll_s > 0, "poll_s", "must be > 0")
         check(0 < self.canary_fraction <= 1, "canary_fraction", "must be in (0, 1]")
+        check(self.precision in ("int8", "fp32"), "precision", "use int8 or fp32")
 
 
 def ensure_signing_key(path: Path) -> None:
@@ -123,7 +129,7 @@ class Publisher(_PublisherSide):
         if parent is None:
             parent = self.fleet.latest_version()
             parent = -1 if parent is None else parent
-        art_key, man_key = artifact_keys(version)
+        art_key, man_key = artifact_keys(version, meta.get("precision", "int8"))
         m = mf.make_manifest(artifact, version, parent, meta["action_tokenizer"],
                              meta["observation"])
         m = msgspec.structs.replace(m, artifact=art_key)
@@ -139,7 +145,8 @@ class Publisher(_PublisherSide):
 
     def publish(self, actor, version: int, store_root: Path, tasks: list[str],
                 calibration_frames: int = 64) -> mf.Manifest:
-        """Export ``actor`` (a TorchActor) to INT8 ONNX and upload it as ``version``."""
+        """Export ``actor`` (a TorchActor) to ONNX (INT8 unless ``precision`` is fp32) and
+        upload it as ``version``."""
         from vlac.cloud import export
         from vlac.shared import tasks as task_text
 
@@ -152,8 +159,10 @@ class Publisher(_PublisherSide):
         meta = export.metadata(actor, sentences, version, samples[0]["image"].shape[1:])
         with tempfile.TemporaryDirectory(prefix="vlac-publish-") as tmp:
             fp32 = export.export_fp32(actor, Path(tmp) / "actor_fp32.onnx", meta, samples[0])
+            if self.cfg.precision == "fp32":
+                return self.upload(fp32, version, meta=dict(meta, precision="fp32"))
             int8 = export.quantize_int8(fp32, Path(tmp) / "actor_int8.onnx", samples, meta)
-            return self.upload(int8, version, meta=meta)
+            return self.upload(int8, version, meta=dict(meta, precision="int8"))
 
 
 class Announcer(_PublisherSide):

@@ -262,11 +262,13 @@ class SmallVLAC(nn.Module):
         return tokens, torch.stack(logps, 1), value
 
     def action_logprobs(self, text: torch.Tensor, feat: torch.Tensor, proprio: torch.Tensor,
-                        tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probability of given tokens (B, A) (summed over dimensions), the per-token
-        entropy (B,) and the value (B,): what PPO recomputes with the learner's weights."""
+                        tokens: torch.Tensor, temperature: float = 1.0
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probability of given tokens (B, A) under softmax(logits / temperature) (summed
+        over dimensions), the per-token entropy (B,) and the value (B,): what PPO recomputes
+        with the learner's weights (at the temperature the robots sampled with)."""
         logits, value = self.actor_forward(text, feat, proprio, tokens)
-        logp_all = torch.log_softmax(logits, -1)
+        logp_all = torch.log_softmax(logits / temperature, -1)
         logp = torch.gather(logp_all, 2, tokens.long()[..., None])[..., 0].sum(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean(-1)
         return logp, entropy, value

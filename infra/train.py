@@ -30,6 +30,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from rich.console import Console
@@ -85,6 +86,11 @@ class TrainConfig:
     timeout_s: float = opt(0.0, "Stop after this long (0: when the episodes are done).")
     object_store: str = opt("", "Weights and checkpoints: a folder or s3://bucket/prefix?"
                             "endpoint=URL (empty: WORKDIR/objects).")
+    temperature: float = opt(1.0, "Robots' sampling temperature (the learner scores their "
+                             "tokens at the same one).")
+    precision: Literal["int8", "fp32"] = opt(
+        "int8", "What the robots run: int8 (the edge artifact) or fp32 (the learner's exact "
+        "weights; the INT8 graph agrees with them on only ~31% of greedy tokens so far).")
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -94,6 +100,8 @@ class TrainConfig:
         check(self.episodes >= 0, "episodes", "must be >= 0")
         check(self.actor_demos_per_task >= 1, "actor_demos_per_task", "must be >= 1")
         check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
+        check(self.precision in ("int8", "fp32"), "precision", "use int8 or fp32")
+        check(self.temperature > 0, "temperature", "must be > 0")
         for name in ("critic", "actor"):
             path = getattr(self, name)
             if path is not None:
@@ -155,28 +163,28 @@ def prepare(cfg: TrainConfig, p: Paths, console: Console) -> tuple[Path, Path, P
         train(ActorPretrainConfig(store_root=p.store, out=p.actor_dir, features=p.features,
                                   tasks=cfg.tasks, demos_per_task=cfg.actor_demos_per_task,
                                   steps=cfg.actor_steps))
-    v0 = p.export / "actor_int8.onnx"
+    v0 = p.export / f"actor_{cfg.precision}.onnx"
     if not v0.exists():
         from vlac.cloud.export import ActorExportConfig
         from vlac.cloud.export import main as export
 
-        console.rule("INT8 export of version 0")
+        console.rule("export of version 0 (fp32 and INT8)")
         export(ActorExportConfig(actor=actor, out=p.export, store_root=p.store,
                                  tasks=cfg.tasks, calibration_frames=64, version=0))
     from vlac.cloud.publisher import Publisher
 
-    pub = Publisher(publisher_config(p))
+    pub = Publisher(publisher_config(p, precision=cfg.precision))
     if pub.fleet.latest_version() is None:
         pub.upload(v0, 0)
     pub.fleet.close()
     return critic, actor, v0
 
 
-def publisher_config(p: Paths, bind: str = "tcp://127.0.0.1:0"):
+def publisher_config(p: Paths, bind: str = "tcp://127.0.0.1:0", precision: str = "int8"):
     from vlac.cloud.publisher import PublisherConfig
 
-    return PublisherConfig(fleet_dir=p.fleet, object_store=p.objects,
-                           signing_key=p.signing, bind=bind, resend_s=2.0)
+    return PublisherConfig(fleet_dir=p.fleet, object_store=p.objects, signing_key=p.signing,
+                           bind=bind, resend_s=2.0, precision=precision)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -241,11 +249,11 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
     lcfg = LearnerConfig(
         store_root=p.store, init=actor, out=p.root / "learner", object_store=p.objects,
         features=p.features, reward="critic", reward_service=critic_addr,
-        episodes_per_update=cfg.episodes_per_update, lr=cfg.lr,
+        episodes_per_update=cfg.episodes_per_update, lr=cfg.lr, temperature=cfg.temperature,
         bc_coef=0.1 if cfg.hitl.demo_replay else 0.0, publish=True,
         publish_every=cfg.publish_every, publish_tasks=cfg.tasks, max_updates=updates,
         idle_timeout_s=60.0, poll_s=1.0, checkpoint_every=5, threads=1,
-        publisher=publisher_config(p, pub_addr))
+        publisher=publisher_config(p, pub_addr, cfg.precision))
     start("learner", "learner", lcfg)
     per_robot = -(-left // len(cfg.tasks))
     on_stall = "guide" if cfg.hitl.guide_on_stall else \
@@ -262,7 +270,8 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
             updater=UpdaterConfig(publisher_address=pub_addr, object_store=p.objects,
                                   publisher_key=p.signing.with_name("publisher.ed25519.pub"),
                                   state_dir=p.root / "weights" / name),
-            policy="onnx", policy_path=v0, episodes=per_robot, chunk_steps=16,
+            policy="onnx", policy_path=v0, temperature=cfg.temperature, episodes=per_robot,
+            chunk_steps=16,
             takeover_prob=cfg.hitl.takeover_prob, takeover_steps=cfg.hitl.takeover_steps,
             on_stall=on_stall, critic_address=critic_addr if on_stall != "none" else "",
             sync_every=max(1, cfg.episodes_per_update * cfg.publish_every // len(cfg.tasks)),

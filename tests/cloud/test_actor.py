@@ -110,6 +110,36 @@ def test_int8_keeps_the_chosen_leading_convolutions_in_fp32(exported, tmp_path):
         ActorExportConfig(actor=root / "actor" / "actor.pt", fp32_convs=-1)
 
 
+def test_publisher_ships_int8_or_the_exact_fp32_graph(exported, tmp_path):
+    from vlac.cloud.publisher import Publisher, PublisherConfig
+    from vlac.shared import manifest as mf
+
+    root = exported[0]
+    task, frames, proprio = _frames(root, n=3)
+    for precision in ("int8", "fp32"):
+        actor = TorchActor.load(root / "actor" / "actor.pt")
+        pub = Publisher(PublisherConfig(
+            fleet_dir=tmp_path / precision, object_store=str(tmp_path / "objects"),
+            signing_key=tmp_path / "keys" / "publisher.ed25519", precision=precision))
+        version = 7 if precision == "int8" else 8
+        m = pub.publish(actor, version, root / "store", ["reach-v3"], calibration_frames=8)
+        assert m.artifact == f"weights/v00000{version}/actor_{precision}.onnx"
+        assert pub.fleet.version(version)["artifact_key"] == m.artifact
+        path = tmp_path / "objects" / m.artifact
+        assert mf.file_digest(path) == (m.sha256, m.size)
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert ("QuantizeLinear" in ops) == (precision == "int8")
+        policy = OnnxPolicy(path, greedy=True)
+        assert policy.meta["precision"] == precision and policy.version == version
+        if precision == "fp32":  # the robots act exactly as the learner's weights
+            for img, p in zip(frames, proprio, strict=True):
+                np.testing.assert_array_equal(policy.run(img, p, task)[0],
+                                              actor.act(img, p, task, greedy=True)[1])
+        pub.fleet.close()
+    with pytest.raises(ConfigError, match="`precision`"):
+        PublisherConfig(precision="fp16")
+
+
 def test_sampling_uses_temperature_and_gumbel(exported):
     root, actor, _, res = exported
     task, frames, proprio = _frames(root, 2)
@@ -128,6 +158,24 @@ def test_sampling_uses_temperature_and_gumbel(exported):
         logits, _ = actor.model.actor_forward(t(inputs["text"]), feat, t(inputs["proprio"]),
                                               torch.zeros(1, 4, dtype=torch.long))
     assert logits.shape == (1, 4, 256)
+
+
+def test_learner_scores_tokens_at_the_robots_temperature(exported):
+    """Behaviour log-probs from a robot sampling at T are what the learner recomputes at T
+    (LearnerConfig.temperature), and not what it computes at 1."""
+    root, actor, _, res = exported
+    task, frames, proprio = _frames(root, 2)
+    policy = OnnxPolicy(res["fp32"], temperature=2.0, seed=3)
+    tokens, logps, _ = policy.run(frames[1], proprio[1], task)
+    t = torch.from_numpy
+    args = (t(actor.text_encoder.encode([task])),
+            t(actor.image_encoder.encode(frames[1:2]).astype(np.float32)),
+            t(proprio[1:2].astype(np.float32)), t(tokens[None].astype(np.int64)))
+    with torch.no_grad():
+        at_2, ent_2, _ = actor.model.action_logprobs(*args, temperature=2.0)
+        at_1, ent_1, _ = actor.model.action_logprobs(*args)
+    assert abs(float(at_2[0]) - float(logps.sum())) < 1e-3
+    assert abs(float(at_1[0]) - float(logps.sum())) > 0.1 and float(ent_2[0]) > float(ent_1[0])
 
 
 def test_runtime_refuses_bad_input(exported, tmp_path):

@@ -5,15 +5,17 @@ import json
 
 import pytest
 
+from vlac.cloud.fleet import FleetState
 from vlac.infra.train import TrainConfig, main
 
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(900)]
 
 
-def tiny(workdir, episodes):
+def tiny(workdir, episodes, precision="int8"):
     return TrainConfig(workdir=workdir, tasks=["reach-v3"], episodes=episodes,
                        demos_per_task=3, actor_demos_per_task=2, critic_steps=30,
-                       actor_steps=30, episodes_per_update=2, max_steps=60)
+                       actor_steps=30, episodes_per_update=2, max_steps=60,
+                       precision=precision)
 
 
 def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
@@ -27,11 +29,16 @@ def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
     # robots wait for the learner between batches, so later episodes run newer versions
     assert data["episode_versions"][:2] == [0, 0] and max(data["episode_versions"]) >= 1
     learner_version = json.loads((tmp_path / "learner" / "learner_log.json").read_text())
-    # A rerun with a larger budget keeps everything and only adds the missing episodes.
-    second = main(tiny(tmp_path, 6))
+    # A rerun with a larger budget keeps everything and only adds the missing episodes; this
+    # one ships the learner's exact fp32 weights to the robot instead of INT8.
+    second = main(tiny(tmp_path, 6, precision="fp32"))
     assert second["episodes"] == 6
     assert second["versions_published"] > first["versions_published"]
     assert learner_version
+    fleet = FleetState(tmp_path / "fleet" / "fleet.db")
+    keys = [v["artifact_key"] for v in fleet.versions()]
+    fleet.close()
+    assert keys[0].endswith("/actor_int8.onnx") and keys[-1].endswith("/actor_fp32.onnx")
 
 
 def test_quick_defaults_to_the_two_half_solved_tasks(tmp_path):
