@@ -26,6 +26,7 @@ def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
     data = json.loads((report / "report.json").read_text())
     assert data["tasks"]["reach-v3"]["episodes"] == 4 and data["steps_per_s"] > 0
     assert "versions published" in (report / "report.md").read_text()
+    assert data["precision"] == "int8" and 0 < data["mean_importance_weight"] <= 1
     # robots wait for the learner between batches, so later episodes run newer versions
     assert data["episode_versions"][:2] == [0, 0] and max(data["episode_versions"]) >= 1
     learner_version = json.loads((tmp_path / "learner" / "learner_log.json").read_text())
