@@ -21,7 +21,11 @@ Each variant runs in its own process (one torch thread): episodes are rolled out
 Meta-World with the learner's current weights (sampling at ``--temperature``, 1 by default),
 stored in an episode store, and handed to ``vlac.cloud.learner.Learner.update`` every
 ``--episodes-per-update`` episodes (round-robin over tasks). The success rate is that of the
-rollouts themselves (a rolling window of ``--window`` episodes per task).
+rollouts themselves (a rolling window of ``--window`` episodes per task). After training,
+each variant's final policy also acts greedily on ``--final-eval`` fixed evaluation layouts
+per task, the same for every variant and never trained on; the second table gives those
+rates and each variant's paired difference from the frozen control, which removes both the
+layout drift and the sampling noise of the rollout windows.
 
     python benchmarks/learning.py                      # 4 tasks, 1 seed, 4 variants
     python benchmarks/learning.py --seeds 3            # the full table
@@ -177,6 +181,16 @@ def run_variant(args: dict) -> list[dict]:
                   flush=True)
     for r in robots.values():
         r.close()
+    if args["final_eval"]:  # the final policy, greedy, on layouts no variant trained on
+        from rich.console import Console
+
+        from vlac.infra.evaluate import evaluate
+
+        res = evaluate(lambda: ActorPolicy(actor, greedy=True), tasks, args["final_eval"],
+                       max_steps=args["max_steps"], console=Console(quiet=True))
+        log += [{"variant": variant, "seed": seed, "task": t, "eval": True, "layout": i,
+                 "success": ok, "version": learner.version}
+                for t in tasks for i, ok in enumerate(res[t]["outcomes"])]
     (work / "log.json").write_text(json.dumps(log))
     (work / "learner_log.json").write_text(json.dumps(learner.log))
     return log
@@ -213,6 +227,10 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="sampling temperature of the rollouts (the learner scores tokens at "
                     "the same one: learner temperature)")
+    ap.add_argument("--final-eval", type=int, default=20,
+                    help="after training, each variant's final policy acts greedily on this "
+                    "many fixed evaluation layouts per task (the same for every variant, "
+                    "none trained on); 0: skip")
     ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
                     help="the ~30%% imitation policy (vlac actor pretrain --demos-per-task 2)")
@@ -232,6 +250,7 @@ def main() -> None:
              "lr": a.lr, "advantage": a.advantage, "bc_coef": a.bc_coef, "demos": a.demos,
              "kl_ref_coef": a.kl_ref_coef, "negative_scale": a.negative_scale,
              "success_replay": a.success_replay, "temperature": a.temperature,
+             "final_eval": a.final_eval,
              "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
             for s in range(a.seeds) for v in a.variants.split(",")]
     t0 = time.monotonic()
@@ -257,6 +276,8 @@ def report(rows: list[dict], tasks: list[str], a, wall: float) -> None:
     w = a.window
     variants = sorted({r["variant"] for r in rows}, key=VARIANTS.index)
     seeds = sorted({r["seed"] for r in rows})
+    evals = [r for r in rows if r.get("eval")]
+    rows = [r for r in rows if not r.get("eval")]
     series = {(v, s, t): [r["success"] for r in rows if (r["variant"], r["seed"], r["task"])
                           == (v, s, t)] for v in variants for s in seeds for t in tasks}
     table = Table(title=f"learning: success of rollouts (window {w}), {len(seeds)} seed(s), "
@@ -303,11 +324,34 @@ def report(rows: list[dict], tasks: list[str], a, wall: float) -> None:
         print("last window against the frozen starting policy on the same layouts: " +
               ", ".join(f"{v} {summary[v]['last'] - summary['frozen']['last']:+.0%}"
                         for v in variants if v != "frozen"))
+    if evals:
+        final_eval_table(evals, variants, tasks)
     base = summary.get("critic", next(iter(summary.values())))
     ratio = summary["hitl"]["to90"] / base["to90"] if "hitl" in summary and base["to90"] \
         else float("nan")
     print(f"success_start={base['first']:.3f} success_at_200={base['last']:.3f} "
           f"hitl_episodes_ratio={ratio:.3f}")
+
+
+def final_eval_table(evals: list[dict], variants: list[str], tasks: list[str]) -> None:
+    """Greedy success of each variant's final policy on the shared evaluation layouts, and
+    the paired difference (layout by layout, seed by seed) against the frozen control."""
+    from rich.console import Console
+    from rich.table import Table
+
+    won = {(r["variant"], r["seed"], r["task"], r["layout"]): r["success"] for r in evals}
+    table = Table(title="final policies, greedy, on the same fixed evaluation layouts")
+    for col in ("variant", *tasks, "mean", "vs frozen (paired)"):
+        table.add_column(col)
+    for v in variants:
+        keys = [k for k in won if k[0] == v]
+        cells = [f"{np.mean([won[k] for k in keys if k[2] == t]):.0%}" for t in tasks]
+        diff = ""
+        if v != "frozen" and any(k[0] == "frozen" for k in won):
+            d = [won[k] - won[("frozen", *k[1:])] for k in keys if ("frozen", *k[1:]) in won]
+            diff = f"{np.mean(d):+.0%} ± {np.std(d) / np.sqrt(len(d)):.0%} (n={len(d)})"
+        table.add_row(v, *cells, f"{np.mean([won[k] for k in keys]):.0%}", diff)
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def evaluate(make_policy: Callable[[], Policy], tasks: list[str], episodes: int,
                 wins.append(res.success)
                 lengths.append(res.steps)
         out[task] = {"success_rate": float(np.mean(wins)), "episodes": episodes,
-                     "mean_len": float(np.mean(lengths))}
+                     "mean_len": float(np.mean(lengths)),
+                     "outcomes": [bool(w) for w in wins]}  # layout i: same seed, same layout
     table = Table(title="policy evaluation (fresh layouts)")
     for col in ("task", "episodes", "success", "mean length"):
         table.add_column(col)
