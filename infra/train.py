@@ -11,8 +11,10 @@
    Runtime, weight updater, optional human-in-the-loop triggers). A live line shows
    episodes, success rate, policy versions and rewards.
 3. **Report** in ``WORKDIR/report/``: success vs episodes per task (``success.png``), versions
-   pushed and when, throughput, interventions, the critic's VOC, as ``report.md`` +
-   ``report.json``.
+   pushed and when, throughput, interventions, the critic's VOC, PPO's mean importance
+   weight and (``--final-eval N``, 20 outside ``--quick``) the starting and the final policy,
+   greedy, on the same N fixed evaluation layouts per task with their paired difference, as
+   ``report.md`` + ``report.json``.
 
 Ctrl-C (or SIGTERM) stops every process cleanly (robots finish their step and flush their
 spools; the learner checkpoints). Running it again resumes: the store, spools, learner
@@ -88,6 +90,10 @@ class TrainConfig:
                             "endpoint=URL (empty: WORKDIR/objects).")
     temperature: float = opt(1.0, "Robots' sampling temperature (the learner scores their "
                              "tokens at the same one).")
+    final_eval: int | None = opt(None, "After the RL loop the starting and the final policy "
+                                 "each act greedily on this many fixed evaluation layouts per "
+                                 "task (the same ones, never trained on), in the report "
+                                 "(default: 20; quick: 0, to stay under 15 minutes; 0: skip).")
     precision: Literal["int8", "fp32"] = opt(
         "fp32", "What the simulated robots run: fp32 (the learner's exact weights) or int8 "
         "(the edge artifact; its greedy tokens agree with fp32 on only ~31% of frames so "
@@ -112,6 +118,9 @@ class TrainConfig:
         self.demos_per_task = self.demos_per_task or (6 if self.quick else 12)
         self.critic_steps = self.critic_steps or (600 if self.quick else 3000)
         self.actor_steps = self.actor_steps or (600 if self.quick else 2000)
+        if self.final_eval is None:
+            self.final_eval = 0 if self.quick else 20
+        check(self.final_eval >= 0, "final_eval", "must be >= 0 (0: skip)")
         check(self.demos_per_task > self.actor_demos_per_task, "demos_per_task",
               "must exceed actor_demos_per_task (the critic holds some out)")
 
@@ -326,7 +335,7 @@ def main(cfg: TrainConfig) -> dict:
         watch(cfg, p, procs, stop, console, t_rl)
     finally:
         stop_all(procs)
-    return report(cfg, p, critic, console, t_start, t_rl)
+    return report(cfg, p, critic, actor, console, t_start, t_rl)
 
 
 def watch(cfg: TrainConfig, p: Paths, procs: dict[str, mp.Process], stop: threading.Event,
@@ -380,8 +389,44 @@ def rolling(x: list[bool], w: int) -> np.ndarray:
     return np.array([x_[max(0, i - w + 1):i + 1].mean() for i in range(len(x_))])
 
 
-def report(cfg: TrainConfig, p: Paths, critic: Path, console: Console, t_start: float,
-           t_rl: float) -> dict:
+def _evaluate(job: tuple[str, str, list[str], int, int]) -> dict:
+    """One policy, greedy, on the fixed evaluation layouts (a child process: one thread)."""
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(1)
+    from vlac.cloud.actor import TorchActor
+    from vlac.infra.evaluate import ActorPolicy, evaluate
+
+    _, path, tasks, episodes, max_steps = job
+    actor = TorchActor.load(path)
+    return evaluate(lambda: ActorPolicy(actor, greedy=True), tasks, episodes,
+                    max_steps=max_steps, console=Console(quiet=True))
+
+
+def final_eval(cfg: TrainConfig, p: Paths, actor: Path) -> dict | None:
+    """The starting and the final policy on the same fixed layouts, in two processes."""
+    final = p.root / "learner" / "actor.pt"
+    if not cfg.final_eval or not final.exists():
+        return None
+    jobs = [(name, str(path), cfg.tasks, cfg.final_eval, cfg.max_steps)
+            for name, path in (("start", actor), ("final", final))]
+    with mp.get_context("spawn").Pool(2) as pool:
+        start, end = pool.map(_evaluate, jobs)
+    diff = [int(b) - int(a) for t in cfg.tasks
+            for a, b in zip(start[t]["outcomes"], end[t]["outcomes"], strict=True)]
+    from vlac.cloud.actor import TorchActor
+
+    return {"episodes_per_task": cfg.final_eval,
+            "final_version": TorchActor.load(final).version,
+            "start": {t: start[t]["success_rate"] for t in cfg.tasks},
+            "final": {t: end[t]["success_rate"] for t in cfg.tasks},
+            "paired_diff": float(np.mean(diff)),
+            "paired_se": float(np.std(diff) / np.sqrt(len(diff)))}
+
+
+def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Console,
+           t_start: float, t_rl: float) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -442,6 +487,7 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, console: Console, t_start: 
     except Exception as e:  # the report must still be written
         console.print(f"critic VOC not measured: {e}")
     rl_s = time.time() - t_rl
+    evaluation = final_eval(cfg, p, actor)
     steps = sum(e["n_steps"] for e in eps)
     learner_log = p.root / "learner" / "learner_log.json"
     updates = json.loads(learner_log.read_text())["log"] if learner_log.exists() else []
@@ -455,7 +501,8 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, console: Console, t_start: 
                "steps_per_s": steps / rl_s if rl_s > 0 else None,
                "total_seconds": time.time() - t_start, "hitl": vars(cfg.hitl),
                "precision": cfg.precision, "temperature": cfg.temperature,
-               "mean_importance_weight": float(np.mean(weights)) if weights else None}
+               "mean_importance_weight": float(np.mean(weights)) if weights else None,
+               "final_eval": evaluation}
     (p.report / "report.json").write_text(json.dumps(summary, indent=1, default=str))
     md = ["# vlac train report\n", "![success](success.png)\n",
           "| task | episodes | first window | last window |", "|---|---|---|---|"]
@@ -470,6 +517,15 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, console: Console, t_start: 
            f"{cfg.temperature}; PPO's mean importance weight (1: the robots sampled what the "
            f"learner scores): {summary['mean_importance_weight'] or float('nan'):.2f}",
            f"- human-in-the-loop: {vars(cfg.hitl)}"]
+    if evaluation:
+        md += ["", f"Starting policy against the final one (v{evaluation['final_version']}), "
+               f"greedy, on the same {cfg.final_eval} fixed evaluation layouts per task:", "",
+               "| task | start | final |", "|---|---|---|"]
+        md += [f"| {t} | {evaluation['start'][t]:.0%} | {evaluation['final'][t]:.0%} |"
+               for t in cfg.tasks]
+        md += ["", f"Paired difference (final - start, layout by layout): "
+               f"{evaluation['paired_diff']:+.0%} ± {evaluation['paired_se']:.0%} (one "
+               "standard error)."]
     (p.report / "report.md").write_text("\n".join(md) + "\n")
     console.print(table)
     console.print(f"report: {p.report / 'report.md'} and {p.report / 'success.png'}")

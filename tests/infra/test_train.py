@@ -15,7 +15,7 @@ def tiny(workdir, episodes, precision="int8"):
     return TrainConfig(workdir=workdir, tasks=["reach-v3"], episodes=episodes,
                        demos_per_task=3, actor_demos_per_task=2, critic_steps=30,
                        actor_steps=30, episodes_per_update=2, max_steps=60,
-                       precision=precision)
+                       precision=precision, final_eval=2)
 
 
 def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
@@ -27,6 +27,11 @@ def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
     assert data["tasks"]["reach-v3"]["episodes"] == 4 and data["steps_per_s"] > 0
     assert "versions published" in (report / "report.md").read_text()
     assert data["precision"] == "int8" and 0 < data["mean_importance_weight"] <= 1
+    ev = data["final_eval"]  # the starting and the final policy on the same fixed layouts
+    assert ev["episodes_per_task"] == 2 and ev["final_version"] >= 1
+    assert set(ev["start"]) == set(ev["final"]) == {"reach-v3"}
+    assert -1 <= ev["paired_diff"] <= 1 and "fixed evaluation layouts" in \
+        (report / "report.md").read_text()
     # robots wait for the learner between batches, so later episodes run newer versions
     assert data["episode_versions"][:2] == [0, 0] and max(data["episode_versions"]) >= 1
     learner_version = json.loads((tmp_path / "learner" / "learner_log.json").read_text())
@@ -46,7 +51,8 @@ def test_quick_defaults_to_the_two_half_solved_tasks(tmp_path):
     from vlac.infra.train import QUICK_TASKS, TASKS
 
     quick = TrainConfig(workdir=tmp_path, quick=True)
-    assert quick.tasks == QUICK_TASKS and quick.episodes == 80
+    assert quick.tasks == QUICK_TASKS and quick.episodes == 80 and quick.final_eval == 0
+    assert TrainConfig(workdir=tmp_path).final_eval == 20
     assert TrainConfig(workdir=tmp_path).tasks == TASKS
     assert TrainConfig(workdir=tmp_path, quick=True, tasks=["push-v3"]).tasks == ["push-v3"]
     with pytest.raises(Exception, match="not a Meta-World v3 task"):
