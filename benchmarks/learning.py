@@ -139,7 +139,9 @@ def run_variant(args: dict) -> list[dict]:
     retry: dict[str, object] = {}
     log, pending = [], []
     counts = dict.fromkeys(tasks, 0)
+    noise = np.random.default_rng([seed, 7])  # one sampling stream across versions
     actor = learner.snapshot()
+    actor.rng = noise
     t0 = time.monotonic()
     total = args["episodes"] * len(tasks)
     while min(counts.values()) < args["episodes"]:
@@ -172,6 +174,7 @@ def run_variant(args: dict) -> list[dict]:
             st = learner.update(infos, learner.demo_episodes() if variant == "hitl" else None)
             pending.clear()
             actor = learner.snapshot()
+            actor.rng = noise
             done = sum(counts.values())
             recent = [r["success"] for r in log[-4 * len(tasks):]]
             print(f"[{variant} seed {seed}] {done}/{total} episodes, v{learner.version}, "

@@ -28,7 +28,7 @@ class TorchActor(LazyEncoders):
         self.version = version
         self._img = image_encoder
         self._txt = text_encoder
-        self._rng = np.random.default_rng(0)
+        self.rng = np.random.default_rng(0)  # sampling noise; replace to continue a stream
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -71,7 +71,7 @@ class TorchActor(LazyEncoders):
         text = torch.from_numpy(self.text_encoder.encode([task]))
         a, bins = self.model.cfg.action_dim, self.model.cfg.action_bins
         gumbel = np.zeros((1, a, bins), np.float32) if greedy else \
-            self._rng.gumbel(size=(1, a, bins)).astype(np.float32)
+            self.rng.gumbel(size=(1, a, bins)).astype(np.float32)
         tokens, logp, value = self.model.act(text, feat, torch.from_numpy(proprio[None]),
                                              torch.from_numpy(gumbel),
                                              torch.tensor([temperature]))

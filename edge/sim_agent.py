@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from vlac.edge.agent import run_episode
 from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
 from vlac.edge.operator import ScriptedExpert
@@ -87,16 +89,24 @@ class SimAgentConfig:
                   "`vlac actor export` and pass its .onnx file")
 
 
-def load_onnx(cfg: SimAgentConfig, path: Path) -> Policy:
+def load_onnx(cfg: SimAgentConfig, path: Path, noise: np.random.Generator | None = None
+              ) -> Policy:
+    """``noise``: the robot's one sampling stream, handed from version to version, so a
+    weight swap does not replay the same Gumbel noise from the start (each new version's
+    rollouts would otherwise all begin with the same exploration)."""
     from vlac.edge.runtime import OnnxPolicy
 
-    return OnnxPolicy(path, temperature=cfg.temperature, greedy=cfg.greedy,
-                      seed=cfg.robot.seed)
+    policy = OnnxPolicy(path, temperature=cfg.temperature, greedy=cfg.greedy,
+                        seed=cfg.robot.seed)
+    if noise is not None:
+        policy.rng = noise
+    return policy
 
 
-def make_policy(cfg: SimAgentConfig, spec) -> Policy:
+def make_policy(cfg: SimAgentConfig, spec, noise: np.random.Generator | None = None
+                ) -> Policy:
     if cfg.policy == "onnx":
-        return load_onnx(cfg, cfg.policy_path)
+        return load_onnx(cfg, cfg.policy_path, noise)
     if cfg.policy == "random":
         return RandomPolicy(spec, seed=cfg.robot.seed)
     return ScriptedPolicy(cfg.robot.task, spec, noise=cfg.policy_noise, seed=cfg.robot.seed)
@@ -133,10 +143,11 @@ def main(cfg: SimAgentConfig) -> dict:
             Sender(cfg.sender, spool, robot.spec,
                    policy_version=lambda: current[0].version if current else -1,
                    update_error=lambda: updater.error if updater else "") as sender:
-        current.append(make_policy(cfg, robot.spec))
+        noise = np.random.default_rng(cfg.robot.seed)
+        current.append(make_policy(cfg, robot.spec, noise))
         if cfg.updater.publisher_address:
             updater = WeightUpdater(cfg.updater, cfg.sender.robot_id,
-                                    lambda p: load_onnx(cfg, p),
+                                    lambda p: load_onnx(cfg, p, noise),
                                     running_version=current[0].version
                                     if cfg.policy == "onnx" else -1)
             restored = updater.restore()

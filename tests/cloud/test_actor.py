@@ -218,6 +218,26 @@ def test_edge_agent_drives_a_robot_with_the_int8_actor(exported, tmp_path, keyri
         assert (ep.steps.logprob < 0).all() and not ep.steps.intervention.any()
 
 
+def test_a_new_version_continues_the_robots_sampling_noise(exported):
+    """Each weight swap loads a new policy; with the robot's one noise stream handed over it
+    does not replay the previous version's Gumbel draws from the start."""
+    from vlac.edge.sim_agent import load_onnx
+
+    root, _, _, res = exported
+    task, frames, proprio = _frames(root, 2)
+    cfg = SimAgentConfig(robot=MetaWorldRobotConfig(task="reach-v3", seed=4),
+                         policy="onnx", policy_path=res["fp32"], temperature=5.0)
+
+    def first_draws(policy):
+        return [tuple(policy.run(frames[0], proprio[0], task)[0]) for _ in range(4)]
+
+    fresh = [first_draws(load_onnx(cfg, res["fp32"])) for _ in range(2)]
+    assert fresh[0] == fresh[1]  # same seed, new policy: the same noise again
+    noise = np.random.default_rng(cfg.robot.seed)
+    old, new = (first_draws(load_onnx(cfg, res["fp32"], noise)) for _ in range(2))
+    assert old == fresh[0] and new != old
+
+
 def test_torch_actor_round_trip(exported, tmp_path):
     _, actor, _, _ = exported
     actor.save(tmp_path / "a.pt")
