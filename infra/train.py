@@ -389,8 +389,9 @@ def rolling(x: list[bool], w: int) -> np.ndarray:
     return np.array([x_[max(0, i - w + 1):i + 1].mean() for i in range(len(x_))])
 
 
-def _evaluate(job: tuple[str, str, list[str], int, int]) -> dict:
-    """One policy, greedy, on the fixed evaluation layouts (a child process: one thread)."""
+def _evaluate(job: tuple[str, list[str], int, int]) -> tuple[int, dict]:
+    """One policy, greedy, on the fixed evaluation layouts (a child process: one thread).
+    Returns the policy's version and the results per task."""
     warnings.filterwarnings("ignore")
     import torch
 
@@ -398,10 +399,10 @@ def _evaluate(job: tuple[str, str, list[str], int, int]) -> dict:
     from vlac.cloud.actor import TorchActor
     from vlac.infra.evaluate import ActorPolicy, evaluate
 
-    _, path, tasks, episodes, max_steps = job
+    path, tasks, episodes, max_steps = job
     actor = TorchActor.load(path)
-    return evaluate(lambda: ActorPolicy(actor, greedy=True), tasks, episodes,
-                    max_steps=max_steps, console=Console(quiet=True))
+    return actor.version, evaluate(lambda: ActorPolicy(actor, greedy=True), tasks, episodes,
+                                   max_steps=max_steps, console=Console(quiet=True))
 
 
 def final_eval(cfg: TrainConfig, p: Paths, actor: Path) -> dict | None:
@@ -409,16 +410,12 @@ def final_eval(cfg: TrainConfig, p: Paths, actor: Path) -> dict | None:
     final = p.root / "learner" / "actor.pt"
     if not cfg.final_eval or not final.exists():
         return None
-    jobs = [(name, str(path), cfg.tasks, cfg.final_eval, cfg.max_steps)
-            for name, path in (("start", actor), ("final", final))]
+    jobs = [(str(path), cfg.tasks, cfg.final_eval, cfg.max_steps) for path in (actor, final)]
     with mp.get_context("spawn").Pool(2) as pool:
-        start, end = pool.map(_evaluate, jobs)
+        (_, start), (final_version, end) = pool.map(_evaluate, jobs)
     diff = [int(b) - int(a) for t in cfg.tasks
             for a, b in zip(start[t]["outcomes"], end[t]["outcomes"], strict=True)]
-    from vlac.cloud.actor import TorchActor
-
-    return {"episodes_per_task": cfg.final_eval,
-            "final_version": TorchActor.load(final).version,
+    return {"episodes_per_task": cfg.final_eval, "final_version": final_version,
             "start": {t: start[t]["success_rate"] for t in cfg.tasks},
             "final": {t: end[t]["success_rate"] for t in cfg.tasks},
             "paired_diff": float(np.mean(diff)),
