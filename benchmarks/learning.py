@@ -114,6 +114,7 @@ def run_variant(args: dict) -> list[dict]:
                         episodes_per_update=args["per_update"], lr=args["lr"],
                         advantage=args["advantage"], kl_ref_coef=args["kl_ref_coef"],
                         negative_scale=args["negative_scale"],
+                        takeover_replay=args["takeover_replay"] if variant == "hitl" else 0,
                         temperature=args["temperature"],
                         bc_coef=args["bc_coef"] if variant == "hitl" or args["success_replay"]
                         else 0.0, success_replay=args["success_replay"],
@@ -134,7 +135,7 @@ def run_variant(args: dict) -> list[dict]:
         r.connect()
     watch = {t: StallWatch(progress, on_stall="guide",
                            guide=ScriptedExpert(t, noise=0.1, seed=seed), check_every=10,
-                           patience=3, guide_steps=15, max_triggers=1)
+                           patience=3, guide_steps=args["guide_steps"], max_triggers=1)
              for t in tasks} if variant == "hitl" else {}
     retry: dict[str, object] = {}
     log, pending = [], []
@@ -234,6 +235,12 @@ def main() -> None:
                     help="after training, each variant's final policy acts greedily on this "
                     "many fixed evaluation layouts per task (the same for every variant, "
                     "none trained on); 0: skip")
+    ap.add_argument("--guide-steps", type=int, default=15,
+                    help="steps the expert keeps control once the critic's progress stalls "
+                    "(hitl; at least --max-steps: to the end of the episode, HG-DAgger style)")
+    ap.add_argument("--takeover-replay", type=int, default=0,
+                    help="hitl: takeovers of the last N episodes that had one stay in the BC "
+                    "pool (learner takeover_replay; 0: only the current update's)")
     ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
                     help="the ~30%% imitation policy (vlac actor pretrain --demos-per-task 2)")
@@ -253,7 +260,8 @@ def main() -> None:
              "lr": a.lr, "advantage": a.advantage, "bc_coef": a.bc_coef, "demos": a.demos,
              "kl_ref_coef": a.kl_ref_coef, "negative_scale": a.negative_scale,
              "success_replay": a.success_replay, "temperature": a.temperature,
-             "final_eval": a.final_eval,
+             "final_eval": a.final_eval, "guide_steps": a.guide_steps,
+             "takeover_replay": a.takeover_replay,
              "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
             for s in range(a.seeds) for v in a.variants.split(",")]
     t0 = time.monotonic()

@@ -147,6 +147,10 @@ class LearnerConfig:
                               "behaviour-cloning term (self-imitation: the policy's own "
                               "successes on layouts no demonstration covered; needs "
                               "--bc-coef > 0; 0: off).")
+    takeover_replay: int = opt(0, "Operator takeovers of the fleet's last N episodes "
+                               "that had one stay in the behaviour-cloning pool (HG-DAgger's "
+                               "aggregated data: expert actions in states the policy itself "
+                               "reached); 0: only the current update's takeovers.")
     bc_batch_size: int = opt(32, "Behaviour-cloning steps per minibatch.")
     demo_episodes: int = opt(20, "Stored demonstrations replayed in the BC term (offline "
                              "demonstration replay; 0: only operator takeovers).")
@@ -213,6 +217,7 @@ class LearnerConfig:
         check(self.bc_coef >= 0, "bc_coef", "must be >= 0 (0 turns behaviour cloning off)")
         check(self.bc_batch_size >= 1, "bc_batch_size", "must be >= 1")
         check(self.success_replay >= 0, "success_replay", "must be >= 0 (0: off)")
+        check(self.takeover_replay >= 0, "takeover_replay", "must be >= 0 (0: off)")
         check(not (self.success_replay and self.bc_coef == 0), "success_replay",
               "replayed successes are behaviour-cloned: set --bc-coef > 0 too")
         check(self.demo_episodes >= 0, "demo_episodes", "must be >= 0")
@@ -605,6 +610,8 @@ class Learner:
         self._stop = threading.Event()
         self._demos: dict[str, dict[str, np.ndarray]] = {}
         self._wins: deque[dict[str, np.ndarray]] = deque(maxlen=cfg.success_replay or None)
+        self._takeovers: deque[dict[str, np.ndarray]] = deque(
+            maxlen=cfg.takeover_replay or None)
         self._features: FeatureCache | None = None
         self._writer = None
         self._resume()
@@ -767,9 +774,12 @@ class Learner:
             self._wins.extend(steps_of(ep.text, ep.feat[~ep.intervention],
                                        ep.proprio[~ep.intervention], ep.tokens[~ep.intervention])
                               for ep in episodes if ep.success and not ep.intervention.all())
-        bc = StepPool([steps_of(ep.text, ep.feat[ep.intervention], ep.proprio[ep.intervention],
-                                ep.tokens[ep.intervention]) for ep in episodes]
-                      + self._demo_steps(demos or []) + list(self._wins))
+        taken = [steps_of(ep.text, ep.feat[ep.intervention], ep.proprio[ep.intervention],
+                          ep.tokens[ep.intervention]) for ep in episodes if ep.intervention.any()]
+        if self.cfg.takeover_replay:  # aggregate: this update's and earlier ones' takeovers
+            self._takeovers.extend(taken)
+            taken = list(self._takeovers)
+        bc = StepPool(taken + self._demo_steps(demos or []) + list(self._wins))
         train = ppo_update(self.engine, batch, bc, self.cfg, seed=self.cfg.seed + self.version,
                            rank=self.rank, world=self.world)
         self.consumed.update(ep.key for ep in episodes)

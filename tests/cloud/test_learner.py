@@ -379,6 +379,32 @@ def test_success_replay_clones_the_last_successes(tmp_path, encoders):
     assert learner.update(learner.poll())["bc_samples"] == 12  # only the latest success
 
 
+def test_takeover_replay_keeps_the_last_episodes_takeovers(tmp_path, encoders):
+    """HG-DAgger's aggregation: takeovers of earlier updates stay in the BC pool, up to the
+    last ``takeover_replay`` episodes that had one; without it only this update's count."""
+    img, txt = encoders
+    tiny_actor(tmp_path / "init.pt")
+    with pytest.raises(ConfigError, match="takeover_replay"):
+        config(tmp_path, takeover_replay=-1)
+    counts = {}
+    for keep in (0, 2):
+        root = tmp_path / f"keep{keep}"
+        store = EpisodeStore(root / "store", fsync=False)
+        learner = Learner(config(root, reward="sparse", takeover_replay=keep, bc_coef=0.5,
+                                 demo_episodes=0, init=tmp_path / "init.pt"),
+                          image_encoder=img, text_encoder=txt)
+        got = []
+        for u, taken in enumerate((3, 0, 5, 4)):  # takeover steps of each update's episode
+            write_episode(store, "robot-0", f"ep-{u}", 10, seed=u, version=learner.version,
+                          intervention=np.arange(10) < taken)
+            write_episode(store, "robot-0", f"plain-{u}", 10, seed=50 + u,
+                          version=learner.version)
+            got.append(learner.update(learner.poll())["bc_samples"])
+        counts[keep] = got
+    assert counts[0] == [3, 0, 5, 4]
+    assert counts[2] == [3, 3, 3 + 5, 5 + 4]  # an episode without takeovers takes no slot
+
+
 def test_takeover_steps_are_never_ppo_samples(tmp_path, encoders):
     img, txt = encoders
     tiny_actor(tmp_path / "init.pt")
