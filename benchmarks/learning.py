@@ -10,9 +10,11 @@ Four variants, measured in the same run from the same starting weights:
 - ``hitl``: critic rewards plus the human-in-the-loop protocols: offline demonstration replay
   (behaviour cloning on stored demos), and human-guided exploration triggered when the
   critic's progress stalls (``vlac.edge.operator.StallWatch``; the scripted expert stands in
-  for the person, its steps are marked interventions and only ever used for behaviour
-  cloning), plus return-and-explore: a failed episode's next attempt starts from its most
-  promising saved state (the critic's best progress) once per failure;
+  for the person and keeps control for ``--guide-steps``, to the end of the episode if that
+  is at least ``--max-steps``; its steps are marked interventions and only ever used for
+  behaviour cloning, aggregated over the last ``--takeover-replay`` such episodes), plus
+  return-and-explore: a failed episode's next attempt starts from its most promising saved
+  state (the critic's best progress) once per failure;
 - ``frozen``: the starting policy, never updated: the control. Every variant meets the same
   layouts in the same order (the robots' seeds), and the layouts differ in difficulty, so a
   variant's change from first to last window means something only against this one's.
@@ -21,11 +23,13 @@ Each variant runs in its own process (one torch thread): episodes are rolled out
 Meta-World with the learner's current weights (sampling at ``--temperature``, 1 by default),
 stored in an episode store, and handed to ``vlac.cloud.learner.Learner.update`` every
 ``--episodes-per-update`` episodes (round-robin over tasks). The success rate is that of the
-rollouts themselves (a rolling window of ``--window`` episodes per task). After training,
-each variant's final policy also acts greedily on ``--final-eval`` fixed evaluation layouts
-per task, the same for every variant and never trained on; the second table gives those
-rates and each variant's paired difference from the frozen control, which removes both the
-layout drift and the sampling noise of the rollout windows.
+rollouts themselves (a rolling window of ``--window`` episodes per task), counting only what
+the policy did alone: an episode the expert took over, or one restarted from a saved state,
+counts as a failure. After training, each variant's final policy also acts greedily on
+``--final-eval`` fixed evaluation layouts per task, the same for every variant and never
+trained on; the second table gives those rates and each variant's paired difference from
+the frozen control, which removes both the layout drift and the sampling noise of the
+rollout windows.
 
     python benchmarks/learning.py                      # 4 tasks, 1 seed, 4 variants
     python benchmarks/learning.py --seeds 3            # the full table
@@ -177,7 +181,7 @@ def run_variant(args: dict) -> list[dict]:
             actor = learner.snapshot()
             actor.rng = noise
             done = sum(counts.values())
-            recent = [r["success"] for r in log[-4 * len(tasks):]]
+            recent = [unassisted(r) for r in log[-4 * len(tasks):]]
             print(f"[{variant} seed {seed}] {done}/{total} episodes, v{learner.version}, "
                   f"recent success {np.mean(recent):.0%}, return {st['return_mean']:.2f}, "
                   f"kl {st['approx_kl']:.3f}, epochs {st['epochs']}, "
@@ -206,6 +210,12 @@ def episodes_to(x: list[bool], w: int, level: float) -> int:
     r = rolling(x, w)
     hit = np.nonzero((r >= level) & (np.arange(len(r)) >= w - 1))[0]
     return int(hit[0] + 1) if len(hit) else len(x)
+
+
+def unassisted(r: dict) -> bool:
+    """A rollout counts as a success only if the policy did it alone: an episode the expert
+    took over, or one that started from a saved state (return and explore), does not."""
+    return bool(r["success"]) and not r.get("interventions") and not r.get("returned")
 
 
 def main() -> None:
@@ -289,7 +299,7 @@ def report(rows: list[dict], tasks: list[str], a, wall: float) -> None:
     seeds = sorted({r["seed"] for r in rows})
     evals = [r for r in rows if r.get("eval")]
     rows = [r for r in rows if not r.get("eval")]
-    series = {(v, s, t): [r["success"] for r in rows if (r["variant"], r["seed"], r["task"])
+    series = {(v, s, t): [unassisted(r) for r in rows if (r["variant"], r["seed"], r["task"])
                           == (v, s, t)] for v in variants for s in seeds for t in tasks}
     table = Table(title=f"learning: success of rollouts (window {w}), {len(seeds)} seed(s), "
                   f"{a.episodes} episodes per task, wall {wall / 60:.0f} min")

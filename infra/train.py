@@ -422,6 +422,21 @@ def final_eval(cfg: TrainConfig, p: Paths, actor: Path) -> dict | None:
             "paired_se": float(np.std(diff) / np.sqrt(len(diff)))}
 
 
+def solo_outcomes(eps: list[dict], taken: list[int]) -> dict[str, list[bool]]:
+    """Per task, in completion order: did the policy succeed on its own? An episode with
+    ``taken`` > 0 operator takeover steps does not count, nor does one that its robot
+    restarted from a saved state (return and explore: its previous episode ended
+    ``returned``)."""
+    out: dict[str, list[bool]] = {}
+    last_reason: dict[str, str] = {}
+    for e, n in zip(eps, taken, strict=True):
+        restarted = last_reason.get(e["robot_id"]) == "returned"
+        last_reason[e["robot_id"]] = e["outcome"].get("reason", "")
+        out.setdefault(e.get("task_id") or e["task"], []).append(
+            bool(e["outcome"]["success"]) and not n and not restarted)
+    return out
+
+
 def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Console,
            t_start: float, t_rl: float) -> dict:
     import matplotlib
@@ -435,31 +450,29 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Conso
     p.report.mkdir(parents=True, exist_ok=True)
     eps = policy_episodes(p.store)
     store = EpisodeStore(p.store, read_only=True)
-    by_task: dict[str, list[dict]] = {}
-    interventions = returns = 0
-    versions_seen = []
+    taken, versions_seen = [], []
     for e in eps:
-        by_task.setdefault(e.get("task_id") or e["task"], []).append(e)
-        returns += e["outcome"].get("reason") == "returned"
         cols = store.load_columns(e["robot_id"], e["episode_id"],
                                   ["intervention", "policy_version"])
-        interventions += int(np.asarray(cols["intervention"]).sum())
+        taken.append(int(np.asarray(cols["intervention"]).sum()))
         versions_seen.append(int(np.asarray(cols["policy_version"])[0]))
+    by_task = solo_outcomes(eps, taken)
+    interventions = sum(taken)
+    returns = sum(e["outcome"].get("reason") == "returned" for e in eps)
     w = max(4, min(20, len(eps) // max(1, 4 * len(by_task))))
     fig, ax = plt.subplots(1, 2, figsize=(12, 4))
     table = Table(title=f"vlac train: success per task (rolling {w})")
     for col in ("task", "episodes", "first window", "last window"):
         table.add_column(col)
     rows = {}
-    for task, items in sorted(by_task.items()):
-        wins = [bool(e["outcome"]["success"]) for e in items]
+    for task, wins in sorted(by_task.items()):
         r = rolling(wins, w)
         ax[0].plot(np.arange(1, len(r) + 1), r, label=task)
         first, last = float(np.mean(wins[:w])), float(np.mean(wins[-w:]))
         rows[task] = {"episodes": len(wins), "first": first, "last": last}
         table.add_row(task, str(len(wins)), f"{first:.0%}", f"{last:.0%}")
-    ax[0].set(xlabel="episode of the task", ylabel="success", ylim=(-0.02, 1.02),
-              title="success vs episodes")
+    ax[0].set(xlabel="episode of the task", ylabel="success without help",
+              ylim=(-0.02, 1.02), title="success vs episodes")
     if by_task:
         ax[0].legend(fontsize=8)
     ax[1].plot(np.arange(1, len(versions_seen) + 1), versions_seen)
@@ -505,7 +518,9 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Conso
           "| task | episodes | first window | last window |", "|---|---|---|---|"]
     md += [f"| {t} | {r['episodes']} | {r['first']:.0%} | {r['last']:.0%} |"
            for t, r in rows.items()]
-    md += ["", f"- versions published: {len(versions)}",
+    md += ["", "An episode counts as a success only if the policy did it alone: one with an "
+           "operator takeover, or one restarted from a saved state, counts as a failure.", "",
+           f"- versions published: {len(versions)}",
            f"- episodes: {len(eps)}, {steps} steps, {summary['steps_per_s'] or 0:.1f} steps/s "
            f"during RL ({rl_s / 60:.1f} min)",
            f"- interventions: {interventions} takeover steps, {returns} return-and-explore "

@@ -57,3 +57,18 @@ def test_quick_defaults_to_the_two_half_solved_tasks(tmp_path):
     assert TrainConfig(workdir=tmp_path, quick=True, tasks=["push-v3"]).tasks == ["push-v3"]
     with pytest.raises(Exception, match="not a Meta-World v3 task"):
         TrainConfig(workdir=tmp_path, tasks=["push"])
+
+
+def test_the_report_counts_only_what_the_policy_did_alone():
+    from vlac.infra.train import solo_outcomes
+
+    def ep(robot, task, success, reason=""):
+        return {"robot_id": robot, "task_id": task,
+                "outcome": {"success": success, "reason": reason}}
+
+    eps = [ep("r0", "reach-v3", True), ep("r1", "push-v3", True),  # r1's had a takeover
+           ep("r0", "reach-v3", False, "returned"), ep("r1", "push-v3", True),
+           ep("r0", "reach-v3", True),  # restarted from r0's saved state: not on its own
+           ep("r0", "reach-v3", True)]
+    assert solo_outcomes(eps, [0, 5, 0, 0, 0, 0]) == {
+        "reach-v3": [True, False, False, True], "push-v3": [False, True]}
