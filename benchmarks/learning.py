@@ -12,9 +12,11 @@ Four variants, measured in the same run from the same starting weights:
   critic's progress stalls (``vlac.edge.operator.StallWatch``; the scripted expert stands in
   for the person and keeps control for ``--guide-steps``, to the end of the episode if that
   is at least ``--max-steps``; its steps are marked interventions and only ever used for
-  behaviour cloning, aggregated over the last ``--takeover-replay`` such episodes), plus
-  return-and-explore: a failed episode's next attempt starts from its most promising saved
-  state (the critic's best progress) once per failure;
+  behaviour cloning, aggregated over the last ``--takeover-replay`` such episodes); with
+  ``--hitl-return`` also return-and-explore: a failed episode's next attempt starts from its
+  most promising saved state (the critic's best progress) once per failure (off by default:
+  the restarted attempt inherits the simulator's step budget, and in #7's runs most of them
+  ran out of steps);
 - ``frozen``: the starting policy, never updated: the control. Every variant meets the same
   layouts in the same order (the robots' seeds), and the layouts differ in difficulty, so a
   variant's change from first to last window means something only against this one's.
@@ -139,7 +141,8 @@ def run_variant(args: dict) -> list[dict]:
         r.connect()
     watch = {t: StallWatch(progress, on_stall="guide",
                            guide=ScriptedExpert(t, noise=0.1, seed=seed), check_every=10,
-                           patience=3, guide_steps=args["guide_steps"], max_triggers=1)
+                           patience=args["stall_patience"], min_gain=args["stall_min_gain"],
+                           guide_steps=args["guide_steps"], max_triggers=1)
              for t in tasks} if variant == "hitl" else {}
     retry: dict[str, object] = {}
     log, pending = [], []
@@ -159,8 +162,8 @@ def run_variant(args: dict) -> list[dict]:
                               lambda _, s=sink: s,
                               operator=watch.get(t), start_from=start,
                               snapshot_every=0)
-            if variant == "hitl" and not res.success and start is None and \
-                    res.snapshot is not None:
+            if variant == "hitl" and args["hitl_return"] and not res.success and \
+                    start is None and res.snapshot is not None:
                 retry[t] = res.snapshot  # return and explore from the most promising state
             steps = concat_steps(sink.parts)
             eid = f"{variant}-s{seed}-{t}-{counts[t]:04d}"
@@ -248,6 +251,14 @@ def main() -> None:
     ap.add_argument("--guide-steps", type=int, default=15,
                     help="steps the expert keeps control once the critic's progress stalls "
                     "(hitl; at least --max-steps: to the end of the episode, HG-DAgger style)")
+    ap.add_argument("--stall-patience", type=int, default=2,
+                    help="hitl: checks (every 10 steps) without a new best progress before "
+                    "the expert takes over")
+    ap.add_argument("--stall-min-gain", type=float, default=0.05,
+                    help="hitl: progress gain per check that counts as a new best")
+    ap.add_argument("--hitl-return", action="store_true",
+                    help="hitl: also return and explore (a failed episode's next attempt "
+                    "starts from its most promising saved state)")
     ap.add_argument("--takeover-replay", type=int, default=0,
                     help="hitl: takeovers of the last N episodes that had one stay in the BC "
                     "pool (learner takeover_replay; 0: only the current update's)")
@@ -271,7 +282,8 @@ def main() -> None:
              "kl_ref_coef": a.kl_ref_coef, "negative_scale": a.negative_scale,
              "success_replay": a.success_replay, "temperature": a.temperature,
              "final_eval": a.final_eval, "guide_steps": a.guide_steps,
-             "takeover_replay": a.takeover_replay,
+             "takeover_replay": a.takeover_replay, "stall_patience": a.stall_patience,
+             "stall_min_gain": a.stall_min_gain, "hitl_return": a.hitl_return,
              "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
             for s in range(a.seeds) for v in a.variants.split(",")]
     t0 = time.monotonic()
