@@ -59,12 +59,16 @@ class SimAgentConfig:
     takeover_steps: int = opt(20, "Steps an operator takeover lasts.")
     on_stall: Literal["none", "guide", "return"] = opt(
         "none", "When the critic's progress stalls or regresses: guide = the (simulated) "
-        "operator takes over for takeover_steps (human-guided exploration); return = go back "
+        "operator takes over for guide_steps (human-guided exploration); return = go back "
         "to the episode's most promising state and explore again (return and explore).")
+    guide_steps: int = opt(0, "Steps the operator keeps control after a stall (0: to the "
+                           "end of the episode, as in HG-DAgger).")
     critic_address: str = opt("", "Critic service (`vlac critic serve`) for the stall "
                               "trigger; asked without ever blocking the robot.")
     stall_check_every: int = opt(10, "Steps between progress checks.")
-    stall_patience: int = opt(3, "Checks without progress that count as a stall.")
+    stall_patience: int = opt(2, "Checks without progress that count as a stall.")
+    stall_min_gain: float = opt(0.05, "Progress gain over the episode's best that counts as "
+                                "progress at a check.")
     sync_every: int = opt(0, "After this many episodes on one policy version, wait for a "
                           "newer one before going on (on-policy batches for a learner that is "
                           "slower than the fleet; 0: never wait).")
@@ -79,6 +83,8 @@ class SimAgentConfig:
         check(self.episodes >= 0, "episodes", "must be >= 0")
         check(self.chunk_steps >= 1, "chunk_steps", "must be >= 1")
         check(0 <= self.takeover_prob <= 1, "takeover_prob", "must be in [0, 1]")
+        check(self.guide_steps >= 0, "guide_steps", "must be >= 0 (0: to the episode's end)")
+        check(self.stall_patience >= 1, "stall_patience", "must be >= 1")
         check(self.policy_noise >= 0, "policy_noise", "must be >= 0")
         check(self.temperature > 0, "temperature", "must be > 0")
         check(self.on_stall == "none" or bool(self.critic_address), "critic_address",
@@ -169,7 +175,9 @@ def main(cfg: SimAgentConfig) -> dict:
             operator = StallWatch(progress, on_stall=cfg.on_stall, guide=guide,
                                   check_every=cfg.stall_check_every,
                                   patience=cfg.stall_patience,
-                                  guide_steps=cfg.takeover_steps, max_triggers=1)
+                                  min_gain=cfg.stall_min_gain,
+                                  guide_steps=cfg.guide_steps or cfg.robot.max_steps,
+                                  max_triggers=1)
         start_from = None
         returns = 0
         on_version = 0

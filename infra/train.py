@@ -57,11 +57,31 @@ class HitlConfig:
     return_on_stall: bool = opt(False, "Return and explore: a stalled episode restarts from "
                                 "its most promising saved state.")
     takeover_prob: float = opt(0.0, "Also take over at random with this per-step chance.")
-    takeover_steps: int = opt(15, "Steps a takeover lasts.")
+    takeover_steps: int = opt(15, "Steps a random takeover lasts.")
+    guide_steps: int = opt(0, "Steps the operator keeps control after a stall (0: to the "
+                           "end of the episode, as in HG-DAgger).")
+    stall_patience: int = opt(2, "Progress checks (every 10 steps) without a new best that "
+                              "count as a stall.")
+    stall_min_gain: float = opt(0.05, "Progress gain over the episode's best that counts as "
+                                "a new best.")
+    takeover_replay: int = opt(200, "Takeovers of the last N episodes that had one stay in "
+                               "the behaviour-cloning term (HG-DAgger's aggregated data; 0: "
+                               "only each update's own).")
+    bc_coef: float = opt(0.1, "Weight of behaviour cloning (demonstrations, takeovers) in "
+                         "each PPO update.")
 
     def __post_init__(self) -> None:
         check(not (self.guide_on_stall and self.return_on_stall), "return_on_stall",
               "choose one stall response: guide_on_stall or return_on_stall")
+        check(self.bc_coef > 0 or not (self.demo_replay or self.guide_on_stall or
+                                       self.takeover_prob), "bc_coef",
+              "demonstration replay and takeovers are only used by behaviour cloning: give "
+              "it a weight > 0, or switch them off")
+
+    @property
+    def cloned(self) -> bool:
+        """Whether any protocol feeds the behaviour-cloning term."""
+        return self.demo_replay or self.guide_on_stall or self.takeover_prob > 0
 
 
 @dataclass
@@ -260,7 +280,9 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
         store_root=p.store, init=actor, out=p.root / "learner", object_store=p.objects,
         features=p.features, reward="critic", reward_service=critic_addr,
         episodes_per_update=cfg.episodes_per_update, lr=cfg.lr, temperature=cfg.temperature,
-        bc_coef=0.1 if cfg.hitl.demo_replay else 0.0, publish=True,
+        bc_coef=cfg.hitl.bc_coef if cfg.hitl.cloned else 0.0,
+        demo_episodes=20 if cfg.hitl.demo_replay else 0,
+        takeover_replay=cfg.hitl.takeover_replay, publish=True,
         publish_every=cfg.publish_every, publish_tasks=cfg.tasks, max_updates=updates,
         idle_timeout_s=60.0, poll_s=1.0, checkpoint_every=5, threads=1,
         publisher=publisher_config(p, pub_addr, cfg.precision))
@@ -284,6 +306,8 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
             chunk_steps=16,
             takeover_prob=cfg.hitl.takeover_prob, takeover_steps=cfg.hitl.takeover_steps,
             on_stall=on_stall, critic_address=critic_addr if on_stall != "none" else "",
+            guide_steps=cfg.hitl.guide_steps, stall_patience=cfg.hitl.stall_patience,
+            stall_min_gain=cfg.hitl.stall_min_gain,
             sync_every=max(1, cfg.episodes_per_update * cfg.publish_every // len(cfg.tasks)),
             sync_timeout_s=180.0,  # an update whose episodes all tie publishes nothing
             quiet=True))

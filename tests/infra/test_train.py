@@ -72,3 +72,15 @@ def test_the_report_counts_only_what_the_policy_did_alone():
            ep("r0", "reach-v3", True)]
     assert solo_outcomes(eps, [0, 5, 0, 0, 0, 0]) == {
         "reach-v3": [True, False, False, True], "push-v3": [False, True]}
+
+
+def test_hitl_config_wires_behaviour_cloning_to_the_protocols(tmp_path):
+    from vlac.infra.train import HitlConfig
+
+    assert HitlConfig().cloned  # demonstration replay is on by default
+    assert not HitlConfig(demo_replay=False).cloned
+    assert HitlConfig(demo_replay=False, guide_on_stall=True).cloned
+    with pytest.raises(Exception, match="only used by behaviour cloning"):
+        HitlConfig(demo_replay=False, guide_on_stall=True, bc_coef=0.0)
+    with pytest.raises(Exception, match="choose one stall response"):
+        HitlConfig(guide_on_stall=True, return_on_stall=True)
