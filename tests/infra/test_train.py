@@ -6,16 +6,16 @@ import json
 import pytest
 
 from vlac.cloud.fleet import FleetState
-from vlac.infra.train import TrainConfig, main
+from vlac.infra.train import HitlConfig, TrainConfig, main
 
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(900)]
 
 
-def tiny(workdir, episodes, precision="int8"):
+def tiny(workdir, episodes, precision="int8", **kw):
     return TrainConfig(workdir=workdir, tasks=["reach-v3"], episodes=episodes,
                        demos_per_task=3, actor_demos_per_task=2, critic_steps=30,
                        actor_steps=30, episodes_per_update=2, max_steps=60,
-                       precision=precision, final_eval=2)
+                       precision=precision, final_eval=2, **kw)
 
 
 def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
@@ -36,9 +36,13 @@ def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
     assert data["episode_versions"][:2] == [0, 0] and max(data["episode_versions"]) >= 1
     learner_version = json.loads((tmp_path / "learner" / "learner_log.json").read_text())
     # A rerun with a larger budget keeps everything and only adds the missing episodes; this
-    # one ships the learner's exact fp32 weights to the robot instead of INT8.
-    second = main(tiny(tmp_path, 6, precision="fp32"))
-    assert second["episodes"] == 6
+    # one ships the learner's exact fp32 weights to the robot instead of INT8, and the
+    # operator guides once the critic's progress stalls (a gain of 10 never comes, so the
+    # third answered check hands over), to the end of the episode.
+    second = main(tiny(tmp_path, 6, precision="fp32",
+                       hitl=HitlConfig(guide_on_stall=True, stall_min_gain=10.0)))
+    assert second["episodes"] == 6 and second["intervention_steps"] > 0
+    assert second["hitl"]["guide_on_stall"] and first["intervention_steps"] == 0
     assert second["versions_published"] > first["versions_published"]
     assert learner_version
     fleet = FleetState(tmp_path / "fleet" / "fleet.db")
