@@ -121,6 +121,8 @@ def run_variant(args: dict) -> list[dict]:
                         advantage=args["advantage"], kl_ref_coef=args["kl_ref_coef"],
                         negative_scale=args["negative_scale"],
                         takeover_replay=args["takeover_replay"] if variant == "hitl" else 0,
+                        bc_steps=args["bc_steps"] if variant == "hitl" or args["success_replay"]
+                        else 0, bc_lr=args["bc_lr"],
                         temperature=args["temperature"],
                         bc_coef=args["bc_coef"] if variant == "hitl" or args["success_replay"]
                         else 0.0, success_replay=args["success_replay"],
@@ -262,6 +264,10 @@ def main() -> None:
     ap.add_argument("--takeover-replay", type=int, default=0,
                     help="hitl: takeovers of the last N episodes that had one stay in the BC "
                     "pool (learner takeover_replay; 0: only the current update's)")
+    ap.add_argument("--bc-steps", type=int, default=0,
+                    help="hitl: extra behaviour-cloning-only steps per update at --bc-lr "
+                    "(learner bc_steps)")
+    ap.add_argument("--bc-lr", type=float, default=3e-4)
     ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
                     help="the ~30%% imitation policy (vlac actor pretrain --demos-per-task 2)")
@@ -284,6 +290,7 @@ def main() -> None:
              "final_eval": a.final_eval, "guide_steps": a.guide_steps,
              "takeover_replay": a.takeover_replay, "stall_patience": a.stall_patience,
              "stall_min_gain": a.stall_min_gain, "hitl_return": a.hitl_return,
+             "bc_steps": a.bc_steps, "bc_lr": a.bc_lr,
              "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
             for s in range(a.seeds) for v in a.variants.split(",")]
     t0 = time.monotonic()

@@ -152,6 +152,10 @@ class LearnerConfig:
                                "aggregated data: expert actions in states the policy itself "
                                "reached); 0: only the current update's takeovers.")
     bc_batch_size: int = opt(32, "Behaviour-cloning steps per minibatch.")
+    bc_steps: int = opt(0, "Extra behaviour-cloning-only optimizer steps after each update's "
+                        "PPO epochs, at bc_lr (0: BC only rides along PPO's minibatches, at "
+                        "lr x bc_coef).")
+    bc_lr: float = opt(3e-4, "Learning rate of the extra behaviour-cloning steps.")
     demo_episodes: int = opt(20, "Stored demonstrations replayed in the BC term (offline "
                              "demonstration replay; 0: only operator takeovers).")
     zero_stage: int = opt(0, "DeepSpeed ZeRO stage (0, 1 or 2).")
@@ -218,6 +222,10 @@ class LearnerConfig:
         check(self.bc_batch_size >= 1, "bc_batch_size", "must be >= 1")
         check(self.success_replay >= 0, "success_replay", "must be >= 0 (0: off)")
         check(self.takeover_replay >= 0, "takeover_replay", "must be >= 0 (0: off)")
+        check(self.bc_steps >= 0, "bc_steps", "must be >= 0 (0: off)")
+        check(not (self.bc_steps and self.bc_coef == 0), "bc_steps",
+              "needs --bc-coef > 0 (it only adds behaviour-cloning steps)")
+        check(self.bc_lr > 0, "bc_lr", "must be > 0")
         check(not (self.success_replay and self.bc_coef == 0), "success_replay",
               "replayed successes are behaviour-cloned: set --bc-coef > 0 too")
         check(self.demo_episodes >= 0, "demo_episodes", "must be >= 0")
@@ -524,6 +532,14 @@ def ppo_update(engine, batch: dict[str, np.ndarray], bc: StepPool, cfg: LearnerC
                 sums.setdefault(k, []).append(v)
         if n and cfg.target_kl and _mean_over_ranks(float(np.mean(kls))) > cfg.target_kl:
             break
+    if use_bc and cfg.bc_steps:  # behaviour cloning alone, at its own learning rate
+        eng.set_lr(engine, cfg.bc_lr)
+        try:
+            for _ in range(cfg.bc_steps):
+                stats = train_minibatch(engine, None, bc.sample(bc_rng, bc_k), cfg)
+                sums.setdefault("bc_only_loss", []).append(stats["bc_loss"])
+        finally:
+            eng.set_lr(engine, cfg.lr)
     return {**{k: float(np.mean(v)) for k, v in sums.items()}, "epochs": epochs}
 
 
@@ -799,8 +815,8 @@ class Learner:
             "stale_fraction": float((lags > self.cfg.max_version_lag).mean()) if len(lags)
             else 0.0,
             "used_steps": used,
-            **{k: float("nan") for k in (*PPO_STATS, "bc_loss")},
-            **{k: v for k, v in train.items() if k in (*PPO_STATS, "bc_loss")},
+            **{k: float("nan") for k in (*PPO_STATS, "bc_loss", "bc_only_loss")},
+            **{k: v for k, v in train.items() if k in (*PPO_STATS, "bc_loss", "bc_only_loss")},
             "epochs": train.get("epochs", 0),
         }
         if batch:

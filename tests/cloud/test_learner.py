@@ -405,6 +405,34 @@ def test_takeover_replay_keeps_the_last_episodes_takeovers(tmp_path, encoders):
     assert counts[2] == [3, 3, 3 + 5, 5 + 4]  # an episode without takeovers takes no slot
 
 
+def test_bc_steps_clone_takeovers_at_their_own_learning_rate(tmp_path, encoders):
+    """With PPO's small learning rate the BC term barely moves the policy; ``bc_steps``
+    extra BC-only steps at ``bc_lr`` make it take the operator's tokens, then the engine is
+    back at PPO's rate."""
+    img, txt = encoders
+    tiny_actor(tmp_path / "init.pt", seed=2)
+    with pytest.raises(ConfigError, match="bc-coef"):
+        config(tmp_path, bc_steps=5, bc_coef=0.0)
+    gains = {}
+    for steps in (0, 30):
+        root = tmp_path / f"bc{steps}"
+        store = EpisodeStore(root / "store", fsync=False)
+        learner = Learner(config(root, reward="sparse", lr=1e-5, bc_coef=1.0, bc_steps=steps,
+                                 bc_lr=3e-3, demo_episodes=0, init=tmp_path / "init.pt"),
+                          image_encoder=img, text_encoder=txt)
+        for i in range(2):  # the operator always chose a high token 0
+            s = make_steps(16, seed=70 + i, intervention=np.ones(16))
+            s.action_tokens[:, 0] = s.action_tokens[:, 0] % 128 + 128
+            store.write_episode("robot-0", f"taken-{i}", TASK, s, True, task_id="button-v3")
+        episodes = [learner.load_episode(e) for e in learner.poll()]
+        before = _prob_high(learner, episodes)[0]
+        stats = learner.update(learner.poll())
+        gains[steps] = _prob_high(learner, episodes)[0] - before
+        assert np.isnan(stats["bc_only_loss"]) == (steps == 0)
+        assert all(g["lr"] == 1e-5 for g in learner.engine.optimizer.param_groups)
+    assert gains[30] > 0.2 and gains[30] > 5 * max(gains[0], 0.01), gains
+
+
 def test_takeover_steps_are_never_ppo_samples(tmp_path, encoders):
     img, txt = encoders
     tiny_actor(tmp_path / "init.pt")
