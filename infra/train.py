@@ -69,6 +69,9 @@ class HitlConfig:
                                "only each update's own).")
     bc_coef: float = opt(0.1, "Weight of behaviour cloning (demonstrations, takeovers) in "
                          "each PPO update.")
+    bc_steps: int = opt(0, "Extra behaviour-cloning-only steps per update at bc_lr (0: BC "
+                        "only rides along PPO's minibatches).")
+    bc_lr: float = opt(3e-4, "Learning rate of those steps.")
 
     def __post_init__(self) -> None:
         check(not (self.guide_on_stall and self.return_on_stall), "return_on_stall",
@@ -282,7 +285,9 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
         episodes_per_update=cfg.episodes_per_update, lr=cfg.lr, temperature=cfg.temperature,
         bc_coef=cfg.hitl.bc_coef if cfg.hitl.cloned else 0.0,
         demo_episodes=20 if cfg.hitl.demo_replay else 0,
-        takeover_replay=cfg.hitl.takeover_replay, publish=True,
+        takeover_replay=cfg.hitl.takeover_replay,
+        bc_steps=cfg.hitl.bc_steps if cfg.hitl.cloned else 0, bc_lr=cfg.hitl.bc_lr,
+        publish=True,
         publish_every=cfg.publish_every, publish_tasks=cfg.tasks, max_updates=updates,
         idle_timeout_s=60.0, poll_s=1.0, checkpoint_every=5, threads=1,
         publisher=publisher_config(p, pub_addr, cfg.precision))
