@@ -60,8 +60,9 @@ class HitlConfig:
     takeover_steps: int = opt(15, "Steps a random takeover lasts.")
     guide_steps: int = opt(0, "Steps the operator keeps control after a stall (0: to the "
                            "end of the episode, as in HG-DAgger).")
-    stall_patience: int = opt(2, "Progress checks (every 10 steps) without a new best that "
-                              "count as a stall.")
+    stall_check_every: int = opt(10, "Steps between the robot's progress checks (each asks "
+                                 "the critic service without waiting for it).")
+    stall_patience: int = opt(2, "Progress checks without a new best that count as a stall.")
     stall_min_gain: float = opt(0.05, "Progress gain over the episode's best that counts as "
                                 "a new best.")
     takeover_replay: int = opt(200, "Takeovers of the last N episodes that had one stay in "
@@ -311,7 +312,8 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
             chunk_steps=16,
             takeover_prob=cfg.hitl.takeover_prob, takeover_steps=cfg.hitl.takeover_steps,
             on_stall=on_stall, critic_address=critic_addr if on_stall != "none" else "",
-            guide_steps=cfg.hitl.guide_steps, stall_patience=cfg.hitl.stall_patience,
+            guide_steps=cfg.hitl.guide_steps, stall_check_every=cfg.hitl.stall_check_every,
+            stall_patience=cfg.hitl.stall_patience,
             stall_min_gain=cfg.hitl.stall_min_gain,
             sync_every=max(1, cfg.episodes_per_update * cfg.publish_every // len(cfg.tasks)),
             sync_timeout_s=180.0,  # an update whose episodes all tie publishes nothing

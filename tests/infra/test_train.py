@@ -38,9 +38,10 @@ def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
     # A rerun with a larger budget keeps everything and only adds the missing episodes; this
     # one ships the learner's exact fp32 weights to the robot instead of INT8, and the
     # operator guides once the critic's progress stalls (a gain of 10 never comes, so the
-    # third answered check hands over), to the end of the episode.
+    # second answered check hands over), to the end of the episode.
     second = main(tiny(tmp_path, 6, precision="fp32",
-                       hitl=HitlConfig(guide_on_stall=True, stall_min_gain=10.0)))
+                       hitl=HitlConfig(guide_on_stall=True, stall_min_gain=10.0,
+                                       stall_check_every=5, stall_patience=1)))
     assert second["episodes"] == 6 and second["intervention_steps"] > 0
     assert second["hitl"]["guide_on_stall"] and first["intervention_steps"] == 0
     assert second["versions_published"] > first["versions_published"]
