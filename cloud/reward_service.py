@@ -108,9 +108,19 @@ class RewardServer:
                                        delta=Array.from_numpy(delta.astype(np.float32)),
                                        done_prob=Array.from_numpy(done.astype(np.float32))))
 
+    def warm_up(self) -> None:
+        """One request through the critic before binding: its first call loads the image
+        and text encoders (seconds on a CPU), which would otherwise delay the first robot's
+        progress checks past their episode."""
+        try:
+            self.critic.episode_rewards("warm up", np.zeros((2, 64, 64, 3), np.uint8))
+        except Exception:  # a critic that fails here answers (with an error) when asked
+            log.warning("critic warm-up failed; serving anyway", exc_info=True)
+
     def serve(self, duration_s: float = 0.0) -> None:
         import time
 
+        self.warm_up()
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)

@@ -252,6 +252,17 @@ def _child(kind: str, cfg) -> None:
     main(cfg)
 
 
+def wait_for_critic(address: str, timeout_s: float = 300.0) -> None:
+    """Block until the critic service answers (it binds once its encoders are loaded)."""
+    from vlac.cloud.reward_service import RewardClient
+
+    client = RewardClient(address, timeout_s=timeout_s)
+    try:
+        client.episode_rewards("ready?", np.zeros((2, 64, 64, 3), np.uint8))
+    finally:
+        client.close()
+
+
 def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
               done_before: int) -> dict[str, mp.Process]:
     from vlac.cloud.ingest import IngestConfig
@@ -277,6 +288,10 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
         bind=ingest_addr, store_root=p.store, server_secret_key=p.keys / "server/ingest.key_secret",
         allowed_keys_dir=p.keys / "robots", status_every_s=0.0, fleet_dir=p.fleet))
     start("critic", "critic", RewardServiceConfig(critic=critic, bind=critic_addr))
+    on_stall = "guide" if cfg.hitl.guide_on_stall else \
+        "return" if cfg.hitl.return_on_stall else "none"
+    if on_stall != "none":  # robots check progress from their first episode on
+        wait_for_critic(critic_addr)
     start("publisher", "publisher", publisher_config(p, pub_addr, cfg.precision))
     left = max(0, cfg.episodes - done_before)
     updates = max(1, -(-cfg.episodes // cfg.episodes_per_update))
@@ -294,8 +309,6 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
         publisher=publisher_config(p, pub_addr, cfg.precision))
     start("learner", "learner", lcfg)
     per_robot = -(-left // len(cfg.tasks))
-    on_stall = "guide" if cfg.hitl.guide_on_stall else \
-        "return" if cfg.hitl.return_on_stall else "none"
     for i, task in enumerate(cfg.tasks):
         name = f"robot-{i}"
         sender = SenderConfig(robot_id=name, ingest_address=ingest_addr,
