@@ -194,6 +194,7 @@ def run_variant(args: dict) -> list[dict]:
                   flush=True)
     for r in robots.values():
         r.close()
+    actor.save(work / "actor.pt")  # the final policy, for evaluations after the fact
     if args["final_eval"]:  # the final policy, greedy, on layouts no variant trained on
         from rich.console import Console
 
