@@ -228,6 +228,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="run seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--episodes", type=int, default=200, help="episodes per task")
     ap.add_argument("--per-update", type=int, default=8, help="episodes per PPO update")
@@ -293,7 +295,8 @@ def main() -> None:
              "stall_min_gain": a.stall_min_gain, "hitl_return": a.hitl_return,
              "bc_steps": a.bc_steps, "bc_lr": a.bc_lr,
              "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
-            for s in range(a.seeds) for v in a.variants.split(",")]
+            for s in range(a.first_seed, a.first_seed + a.seeds)
+            for v in a.variants.split(",")]
     t0 = time.monotonic()
     with mp.get_context("spawn").Pool(min(a.processes, len(jobs))) as pool:
         logs = pool.map(run_variant, jobs, chunksize=1)
