@@ -10,13 +10,14 @@ Four variants, measured in the same run from the same starting weights:
 - ``hitl``: critic rewards plus the human-in-the-loop protocols: offline demonstration replay
   (behaviour cloning on stored demos), and human-guided exploration triggered when the
   critic's progress stalls (``vlac.edge.operator.StallWatch``; the scripted expert stands in
-  for the person and keeps control for ``--guide-steps``, to the end of the episode if that
-  is at least ``--max-steps``; its steps are marked interventions and only ever used for
-  behaviour cloning, aggregated over the last ``--takeover-replay`` such episodes); with
+  for the person and keeps control to the end of the episode (``--guide-steps``: fewer);
+  its steps are marked interventions and only ever used for behaviour cloning, aggregated
+  over the last ``--takeover-replay`` such episodes and trained with ``--bc-steps`` extra
+  BC steps per update at ``--bc-lr``: HG-DAgger's protocol); with
   ``--hitl-return`` also return-and-explore: a failed episode's next attempt starts from its
   most promising saved state (the critic's best progress) once per failure (off by default:
-  the restarted attempt inherits the simulator's step budget, and in #7's runs most of them
-  ran out of steps);
+  the restarted attempt inherits what is left of the simulator's step budget, and in #7's
+  run G every restarted reach attempt hit that limit and failed);
 - ``frozen``: the starting policy, never updated: the control. Every variant meets the same
   layouts in the same order (the robots' seeds), and the layouts differ in difficulty, so a
   variant's change from first to last window means something only against this one's.
@@ -144,7 +145,8 @@ def run_variant(args: dict) -> list[dict]:
     watch = {t: StallWatch(progress, on_stall="guide",
                            guide=ScriptedExpert(t, noise=0.1, seed=seed), check_every=10,
                            patience=args["stall_patience"], min_gain=args["stall_min_gain"],
-                           guide_steps=args["guide_steps"], max_triggers=1)
+                           guide_steps=args["guide_steps"] or args["max_steps"],
+                           max_triggers=1)
              for t in tasks} if variant == "hitl" else {}
     retry: dict[str, object] = {}
     log, pending = [], []
@@ -236,7 +238,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=3e-5)
-    ap.add_argument("--bc-coef", type=float, default=0.1)
+    ap.add_argument("--bc-coef", type=float, default=1.0,
+                    help="weight of the BC term (hitl, or with --success-replay)")
     ap.add_argument("--advantage", default="group", choices=["group", "horizon", "gae"],
                     help="the learner's advantage estimator (vlac learner run --advantage)")
     ap.add_argument("--kl-ref-coef", type=float, default=0.0,
@@ -253,9 +256,9 @@ def main() -> None:
                     help="after training, each variant's final policy acts greedily on this "
                     "many fixed evaluation layouts per task (the same for every variant, "
                     "none trained on); 0: skip")
-    ap.add_argument("--guide-steps", type=int, default=15,
+    ap.add_argument("--guide-steps", type=int, default=0,
                     help="steps the expert keeps control once the critic's progress stalls "
-                    "(hitl; at least --max-steps: to the end of the episode, HG-DAgger style)")
+                    "(hitl; 0: to the end of the episode, HG-DAgger style)")
     ap.add_argument("--stall-patience", type=int, default=2,
                     help="hitl: checks (every 10 steps) without a new best progress before "
                     "the expert takes over")
@@ -264,10 +267,10 @@ def main() -> None:
     ap.add_argument("--hitl-return", action="store_true",
                     help="hitl: also return and explore (a failed episode's next attempt "
                     "starts from its most promising saved state)")
-    ap.add_argument("--takeover-replay", type=int, default=0,
+    ap.add_argument("--takeover-replay", type=int, default=1000,
                     help="hitl: takeovers of the last N episodes that had one stay in the BC "
                     "pool (learner takeover_replay; 0: only the current update's)")
-    ap.add_argument("--bc-steps", type=int, default=0,
+    ap.add_argument("--bc-steps", type=int, default=100,
                     help="hitl: extra behaviour-cloning-only steps per update at --bc-lr "
                     "(learner bc_steps)")
     ap.add_argument("--bc-lr", type=float, default=3e-4)
