@@ -503,25 +503,43 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Conso
     by_task = solo_outcomes(eps, taken)
     interventions = sum(taken)
     returns = sum(e["outcome"].get("reason") == "returned" for e in eps)
+    helped = any(taken) or returns > 0
+    rl_s = time.time() - t_rl
+    evaluation = final_eval(cfg, p, actor)
     w = max(4, min(20, len(eps) // max(1, 4 * len(by_task))))
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    fig, ax = plt.subplots(1, 3 if evaluation else 2, figsize=(17 if evaluation else 12, 4))
     table = Table(title=f"vlac train: success per task (rolling {w})")
     for col in ("task", "episodes", "first window", "last window"):
         table.add_column(col)
     rows = {}
     for task, wins in sorted(by_task.items()):
         r = rolling(wins, w)
-        ax[0].plot(np.arange(1, len(r) + 1), r, label=task)
+        line, = ax[0].plot(np.arange(1, len(r) + 1), r, label=task)
+        if helped:  # the same episodes, counting the ones the operator finished
+            raw = rolling([bool(e["outcome"]["success"]) for e in eps
+                           if (e.get("task_id") or e["task"]) == task], w)
+            ax[0].plot(np.arange(1, len(raw) + 1), raw, ls="--", color=line.get_color(),
+                       label=f"{task}, with help")
         first, last = float(np.mean(wins[:w])), float(np.mean(wins[-w:]))
         rows[task] = {"episodes": len(wins), "first": first, "last": last}
         table.add_row(task, str(len(wins)), f"{first:.0%}", f"{last:.0%}")
-    ax[0].set(xlabel="episode of the task", ylabel="success without help",
-              ylim=(-0.02, 1.02), title="success vs episodes")
+    ax[0].set(xlabel="episode of the task", ylabel=f"success (rolling {w})",
+              ylim=(-0.02, 1.02), title="rollouts: success vs episodes")
     if by_task:
         ax[0].legend(fontsize=8)
     ax[1].plot(np.arange(1, len(versions_seen) + 1), versions_seen)
     ax[1].set(xlabel="episode (all robots)", ylabel="policy version",
               title="version each episode ran")
+    if evaluation:
+        x = np.arange(len(cfg.tasks))
+        for k, (key, label) in enumerate((("start", "starting policy"),
+                                          ("final", f"final (v{evaluation['final_version']})"))):
+            ax[2].bar(x + (k - 0.5) * 0.4, [evaluation[key][t] for t in cfg.tasks], 0.4,
+                      label=label)
+        ax[2].set_xticks(x, [t.removesuffix("-v3") for t in cfg.tasks], fontsize=8)
+        ax[2].set(ylim=(0, 1.02), ylabel="success, greedy, no help",
+                  title=f"the same {cfg.final_eval} fixed layouts per task")
+        ax[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(p.report / "success.png", dpi=110)
     plt.close(fig)
@@ -540,8 +558,6 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Conso
         voc = res.get("summary", {}).get("voc_seen")
     except Exception as e:  # the report must still be written
         console.print(f"critic VOC not measured: {e}")
-    rl_s = time.time() - t_rl
-    evaluation = final_eval(cfg, p, actor)
     steps = sum(e["n_steps"] for e in eps)
     learner_log = p.root / "learner" / "learner_log.json"
     updates = json.loads(learner_log.read_text())["log"] if learner_log.exists() else []
