@@ -8,11 +8,13 @@
    into the store, heartbeats into the fleet state), the critic service, the publisher's
    announcer, the PPO learner (critic rewards, demonstration replay, publishes every
    ``--publish-every`` versions) and one simulated robot per task (the actor under ONNX
-   Runtime, weight updater, optional human-in-the-loop triggers). A live line shows
-   episodes, success rate, policy versions and rewards.
+   Runtime, weight updater). Human-guided exploration is on by default: the simulated
+   operator takes over when the critic's progress stalls, to the end of the episode, and
+   the learner behaviour-clones its takeovers (``--no-hitl.guide-on-stall`` turns it off).
+   A live line shows episodes, success rate, policy versions and rewards.
 3. **Report** in ``WORKDIR/report/``: success vs episodes per task (``success.png``), versions
    pushed and when, throughput, interventions, the critic's VOC, PPO's mean importance
-   weight and (``--final-eval N``, 20 outside ``--quick``) the starting and the final policy,
+   weight and (``--final-eval N``: 20, or 10 with ``--quick``) the starting and the final policy,
    greedy, on the same N fixed evaluation layouts per task with their paired difference, as
    ``report.md`` + ``report.json``.
 
@@ -51,7 +53,7 @@ episodes, enough for 5 PPO updates to show; reach and push start near 0% (#7's b
 class HitlConfig:
     demo_replay: bool = opt(True, "Offline demonstration replay: behaviour cloning on stored "
                             "demos inside every PPO update.")
-    guide_on_stall: bool = opt(False, "Human-guided exploration: the (simulated) operator "
+    guide_on_stall: bool = opt(True, "Human-guided exploration: the (simulated) operator "
                                "takes over when the critic's progress stalls; its steps are "
                                "demonstration data, never PPO samples.")
     return_on_stall: bool = opt(False, "Return and explore: a stalled episode restarts from "
@@ -68,15 +70,16 @@ class HitlConfig:
     takeover_replay: int = opt(200, "Takeovers of the last N episodes that had one stay in "
                                "the behaviour-cloning term (HG-DAgger's aggregated data; 0: "
                                "only each update's own).")
-    bc_coef: float = opt(0.1, "Weight of behaviour cloning (demonstrations, takeovers) in "
+    bc_coef: float = opt(1.0, "Weight of behaviour cloning (demonstrations, takeovers) in "
                          "each PPO update.")
-    bc_steps: int = opt(0, "Extra behaviour-cloning-only steps per update at bc_lr (0: BC "
+    bc_steps: int = opt(100, "Extra behaviour-cloning-only steps per update at bc_lr (0: BC "
                         "only rides along PPO's minibatches).")
     bc_lr: float = opt(3e-4, "Learning rate of those steps.")
 
     def __post_init__(self) -> None:
         check(not (self.guide_on_stall and self.return_on_stall), "return_on_stall",
-              "choose one stall response: guide_on_stall or return_on_stall")
+              "choose one stall response: guided exploration is on by default, so add "
+              "--no-hitl.guide-on-stall to --hitl.return-on-stall")
         check(self.bc_coef > 0 or not (self.demo_replay or self.guide_on_stall or
                                        self.takeover_prob), "bc_coef",
               "demonstration replay and takeovers are only used by behaviour cloning: give "
@@ -117,7 +120,7 @@ class TrainConfig:
     final_eval: int | None = opt(None, "After the RL loop the starting and the final policy "
                                  "each act greedily on this many fixed evaluation layouts per "
                                  "task (the same ones, never trained on), in the report "
-                                 "(default: 20; quick: 0, to stay under 15 minutes; 0: skip).")
+                                 "(default: 20; quick: 10; 0: skip).")
     precision: Literal["int8", "fp32"] = opt(
         "fp32", "What the simulated robots run: fp32 (the learner's exact weights) or int8 "
         "(the edge artifact; its greedy tokens agree with fp32 on only ~31% of frames so "
@@ -143,7 +146,7 @@ class TrainConfig:
         self.critic_steps = self.critic_steps or (600 if self.quick else 3000)
         self.actor_steps = self.actor_steps or (600 if self.quick else 2000)
         if self.final_eval is None:
-            self.final_eval = 0 if self.quick else 20
+            self.final_eval = 10 if self.quick else 20
         check(self.final_eval >= 0, "final_eval", "must be >= 0 (0: skip)")
         check(self.demos_per_task > self.actor_demos_per_task, "demos_per_task",
               "must exceed actor_demos_per_task (the critic holds some out)")

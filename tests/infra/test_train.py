@@ -19,7 +19,7 @@ def tiny(workdir, episodes, precision="int8", **kw):
 
 
 def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path):
-    first = main(tiny(tmp_path, 4))
+    first = main(tiny(tmp_path, 4, hitl=HitlConfig(guide_on_stall=False)))
     assert first["episodes"] == 4 and first["versions_published"] >= 2  # v0 + learner's
     report = tmp_path / "report"
     assert (report / "success.png").stat().st_size > 10_000
@@ -56,7 +56,7 @@ def test_quick_defaults_to_the_two_half_solved_tasks(tmp_path):
     from vlac.infra.train import QUICK_TASKS, TASKS
 
     quick = TrainConfig(workdir=tmp_path, quick=True)
-    assert quick.tasks == QUICK_TASKS and quick.episodes == 80 and quick.final_eval == 0
+    assert quick.tasks == QUICK_TASKS and quick.episodes == 80 and quick.final_eval == 10
     assert TrainConfig(workdir=tmp_path).final_eval == 20
     assert TrainConfig(workdir=tmp_path).tasks == TASKS
     assert TrainConfig(workdir=tmp_path, quick=True, tasks=["push-v3"]).tasks == ["push-v3"]
@@ -82,10 +82,10 @@ def test_the_report_counts_only_what_the_policy_did_alone():
 def test_hitl_config_wires_behaviour_cloning_to_the_protocols(tmp_path):
     from vlac.infra.train import HitlConfig
 
-    assert HitlConfig().cloned  # demonstration replay is on by default
-    assert not HitlConfig(demo_replay=False).cloned
+    assert HitlConfig().cloned and HitlConfig().guide_on_stall  # both on by default
+    assert not HitlConfig(demo_replay=False, guide_on_stall=False).cloned
     assert HitlConfig(demo_replay=False, guide_on_stall=True).cloned
     with pytest.raises(Exception, match="only used by behaviour cloning"):
         HitlConfig(demo_replay=False, guide_on_stall=True, bc_coef=0.0)
     with pytest.raises(Exception, match="choose one stall response"):
-        HitlConfig(guide_on_stall=True, return_on_stall=True)
+        HitlConfig(return_on_stall=True)  # guided exploration is on by default
