@@ -145,7 +145,7 @@ def run_variant(args: dict) -> list[dict]:
     watch = {t: StallWatch(progress, on_stall="guide",
                            guide=ScriptedExpert(t, noise=0.1, seed=seed), check_every=10,
                            patience=args["stall_patience"], min_gain=args["stall_min_gain"],
-                           guide_steps=args["guide_steps"] or args["max_steps"],
+                           guide_steps=args["guide_steps"],
                            max_triggers=1)
              for t in tasks} if variant == "hitl" else {}
     retry: dict[str, object] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import random
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -127,7 +128,8 @@ class StallWatch(Operator):
     - ``on_stall="return"`` (return and explore): ``ReturnTo("best")`` ends the episode and
       the caller starts the next one from the promising snapshot;
     - ``on_stall="guide"`` (human-guided exploration): the ``guide`` operator (a person, or
-      the scripted expert standing in for one) takes over for ``guide_steps`` steps; those
+      the scripted expert standing in for one) takes over for ``guide_steps`` steps (0: for
+      the rest of the episode, as in HG-DAgger); those
       steps are marked as interventions (demonstration data, never PPO samples).
 
     At most ``max_triggers`` per episode. ``triggers`` counts them.
@@ -182,7 +184,7 @@ class StallWatch(Operator):
         self.triggers += 1
         if self.on_stall == "return":
             return ReturnTo("best")
-        self.guide.engage(self.guide_steps)  # type: ignore[union-attr]
+        self.guide.engage(self.guide_steps or sys.maxsize)  # type: ignore[union-attr]
         return self.guide.poll(obs)  # type: ignore[union-attr]
 
 

@@ -176,7 +176,7 @@ def main(cfg: SimAgentConfig) -> dict:
                                   check_every=cfg.stall_check_every,
                                   patience=cfg.stall_patience,
                                   min_gain=cfg.stall_min_gain,
-                                  guide_steps=cfg.guide_steps or cfg.robot.max_steps,
+                                  guide_steps=cfg.guide_steps,
                                   max_triggers=1)
         start_from = None
         returns = 0

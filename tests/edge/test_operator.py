@@ -158,6 +158,19 @@ def test_stall_watch_hands_over_to_the_guide_when_progress_stalls(robot):
     assert (sink.steps.logprob[marked] == 0).all()
 
 
+def test_stall_watch_guide_steps_0_keeps_control_to_the_episode_end(robot):
+    watch = StallWatch(ScriptedProgress(2), on_stall="guide",
+                       guide=ScriptedExpert("push-v3", seed=0), check_every=5, patience=2,
+                       guide_steps=0, max_triggers=1)
+    sink = Sink()
+    res = run_episode(robot, RandomPolicy(robot.spec), lambda _t: sink, operator=watch)
+    # the guide takes over at step 20 and keeps control until the 40-step limit
+    assert res.steps == 40 and res.interventions == 21
+    assert sink.steps.intervention[19:].all() and not sink.steps.intervention[:19].any()
+    watch.on_episode_start("")  # a new episode starts with the policy in control
+    assert not watch.guide.engaged
+
+
 def test_stall_watch_returns_to_the_most_promising_state(robot):
     watch = StallWatch(ScriptedProgress(3), on_stall="return", check_every=4, patience=1)
     sink = Sink()
