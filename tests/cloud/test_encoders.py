@@ -1,0 +1,63 @@
+"""The frozen image encoder on ONNX Runtime gives torch's features, from a cached export."""
+
+import numpy as np
+import pytest
+import torch
+
+from vlac.cloud.encoders import ImageEncoder
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
+
+
+def test_onnxruntime_matches_torch_at_any_batch_and_size(tmp_path, monkeypatch, frames):
+    monkeypatch.setenv("VLAC_ENCODER_CACHE", str(tmp_path))
+    ort_enc, torch_enc = ImageEncoder("onnxruntime"), ImageEncoder("torch")
+    for x in (frames, frames[:1], frames[:2, :64, :64]):
+        a, b = ort_enc(x), torch_enc(x)
+        assert a.shape == b.shape == (len(x), 16, 1280)
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert set(ort_enc._sessions) == {(128, 128), (64, 64)}
+    assert not torch_enc._sessions
+    # encode() is the float16 numpy path every caller uses
+    assert ort_enc.encode(frames).dtype == np.float16
+
+
+def test_export_is_cached_and_reused(tmp_path, monkeypatch, frames):
+    monkeypatch.setenv("VLAC_ENCODER_CACHE", str(tmp_path))
+    ImageEncoder("onnxruntime").encode(frames[:1])
+    (path,) = tmp_path.glob("efficientnet-lite0-*-128x128-v1.onnx")
+    stamp = path.stat().st_mtime_ns
+    enc = ImageEncoder("onnxruntime")
+    enc.encode(frames[:1])
+    assert path.stat().st_mtime_ns == stamp  # read again, not exported again
+    assert list(tmp_path.glob("*.onnx")) == [path]  # no temporary file left behind
+
+
+def test_bad_backend_and_bad_frames_are_refused(frames):
+    with pytest.raises(ValueError, match="backend"):
+        ImageEncoder("tensorrt")
+    with pytest.raises(ValueError, match=r"uint8 frames \(N, H, W, 3\)"):
+        ImageEncoder("torch")(frames.astype(np.float32))
+
+
+def test_encode_remembers_frames_by_content(frames, monkeypatch):
+    enc = ImageEncoder("torch", memo=4)
+    calls = []
+    real = enc.forward
+    monkeypatch.setattr(enc, "forward", lambda x: calls.append(len(x)) or real(x))
+    first = enc.encode(frames)
+    again = enc.encode(np.concatenate([frames[1:2].copy(), frames[:1]]))  # equal bytes, new arrays
+    assert calls == [3]  # the second call found both frames
+    np.testing.assert_array_equal(again, first[[1, 0]])
+    changed = frames[:1].copy()
+    changed[0, 0, 0, 0] ^= 1
+    enc.encode(changed)
+    assert calls == [3, 1]  # one changed pixel is a new frame
+    enc.encode(frames[:2, :64, :64])
+    assert calls == [3, 1, 2] and len(enc._memo) == 4  # bounded: the oldest went out
+    fresh = ImageEncoder("torch", memo=0)
+    np.testing.assert_array_equal(fresh.encode(frames), first)
+    assert not fresh._memo and enc.encode(frames[:0]).shape == (0, 16, 1280)
