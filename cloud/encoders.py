@@ -12,7 +12,7 @@ disk, one file per episode) instead of running a CNN forward and backward for ev
 Frozen, the image encoder is a fixed function, so ``ImageEncoder.encode`` (the numpy path every
 caller uses: actor rollouts, critic rewards, the learner, the feature cache) runs it on ONNX
 Runtime when that is installed and torch has no GPU: about 3x faster per frame than torch eager
-on a CPU, and equal to it within 1e-5 (a test checks both). The graph is exported once and kept
+on a CPU, and equal to it within 1e-4 (a test checks both). The graph is exported once and kept
 in ``$VLAC_ENCODER_CACHE`` (default ``~/.cache/vlac/encoders``), keyed by the weights' hash.
 ``features`` stays torch: the exported actor graph traces it.
 """
@@ -89,7 +89,14 @@ class ImageEncoder(torch.nn.Module):
                                   "(pip install -e '.[edge]')") from None
             self.backend = "torch"
             return None
-        path = self._export(height, width)
+        try:
+            path = self._export(height, width)
+        except Exception as e:  # any export failure leaves torch, which works
+            if self.backend == "onnxruntime":
+                raise
+            log.warning("image encoder stays on torch: exporting it to ONNX failed (%s)", e)
+            self.backend = "torch"
+            return None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         opts.log_severity_level = 3
@@ -116,12 +123,16 @@ class ImageEncoder(torch.nn.Module):
         example = torch.zeros(2, height, width, 3, dtype=torch.uint8)
         fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
         os.close(fd)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(Features(self), (example,), tmp, input_names=["image"],
-                              output_names=["features"], dynamo=True, external_data=False,
-                              verbose=False,
-                              dynamic_shapes={"image": {0: torch.export.Dim("batch")}})
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(Features(self), (example,), tmp, input_names=["image"],
+                                  output_names=["features"], dynamo=True,
+                                  external_data=False, verbose=False,
+                                  dynamic_shapes={"image": {0: torch.export.Dim("batch")}})
+        except BaseException:
+            os.unlink(tmp)
+            raise
         os.replace(tmp, path)  # atomic: processes exporting at once each write their own tmp
         return path
 

@@ -61,3 +61,17 @@ def test_encode_remembers_frames_by_content(frames, monkeypatch):
     fresh = ImageEncoder("torch", memo=0)
     np.testing.assert_array_equal(fresh.encode(frames), first)
     assert not fresh._memo and enc.encode(frames[:0]).shape == (0, 16, 1280)
+
+
+def test_auto_falls_back_to_torch_when_export_fails(tmp_path, monkeypatch, frames):
+    monkeypatch.setenv("VLAC_ENCODER_CACHE", str(tmp_path))
+
+    def broken(*a, **k):
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    enc = ImageEncoder("auto")
+    np.testing.assert_array_equal(enc.encode(frames[:1]), ImageEncoder("torch").encode(frames[:1]))
+    assert enc.backend == "torch" and not list(tmp_path.iterdir())  # no half-written file
+    with pytest.raises(RuntimeError, match="exporter broke"):
+        ImageEncoder("onnxruntime").encode(frames[:1])
