@@ -113,7 +113,8 @@ def run_variant(args: dict) -> list[dict]:
                 ep = demo_store.load_episode(e["robot_id"], e["episode_id"])
                 store.write_episode("demo", e["episode_id"], e["task"], ep.steps, True,
                                     source="demo", task_id=t)
-    img, txt = ImageEncoder(), TextEncoder()
+    img = ImageEncoder(args.get("encoder", "auto"), memo=args.get("encoder_memo", 2048))
+    txt = TextEncoder()
     critic = SmallVLACCritic.load(args["critic"], image_encoder=img, text_encoder=txt)
     cfg = LearnerConfig(store_root=store_root, init=Path(args["init"]), out=work / "learner",
                         features=work / "features", object_store=str(work / "objects"),
@@ -282,6 +283,10 @@ def main() -> None:
     ap.add_argument("--work", default=".cache/bench/learning")
     ap.add_argument("--out", default=str(OUT), help="folder of learning.json and the plot")
     ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--encoder", default="auto", choices=["auto", "onnxruntime", "torch"],
+                    help="backend of the frozen image encoder (ImageEncoder backend)")
+    ap.add_argument("--encoder-memo", type=int, default=2048,
+                    help="frames whose features the image encoder remembers (0: none)")
     a = ap.parse_args()
     tasks = a.tasks.split(",")
     for p in (a.init, a.critic):
@@ -296,7 +301,8 @@ def main() -> None:
              "final_eval": a.final_eval, "guide_steps": a.guide_steps,
              "takeover_replay": a.takeover_replay, "stall_patience": a.stall_patience,
              "stall_min_gain": a.stall_min_gain, "hitl_return": a.hitl_return,
-             "bc_steps": a.bc_steps, "bc_lr": a.bc_lr,
+             "bc_steps": a.bc_steps, "bc_lr": a.bc_lr, "encoder": a.encoder,
+             "encoder_memo": a.encoder_memo,
              "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
             for s in range(a.first_seed, a.first_seed + a.seeds)
             for v in a.variants.split(",")]
