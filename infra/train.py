@@ -393,6 +393,10 @@ def watch(cfg: TrainConfig, p: Paths, procs: dict[str, mp.Process], stop: thread
 
     fleet = FleetState(p.fleet / "fleet.db")
     robots = [n for n in procs if n.startswith("robot")]
+    h = cfg.hitl
+    # the live line counts an episode the operator finished as a success; the report does not
+    helped = ", operator's finishes included" if (
+        h.guide_on_stall or h.return_on_stall or h.takeover_prob > 0) else ""
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while not stop.is_set():
             eps = policy_episodes(p.store)
@@ -408,7 +412,7 @@ def watch(cfg: TrainConfig, p: Paths, procs: dict[str, mp.Process], stop: thread
                         ret = f", mean return {rows[-1].get('return_mean', float('nan')):.2f}"
                 except (ValueError, KeyError):
                     pass
-            live.update(f"[bold]{len(eps)}/{cfg.episodes}[/] episodes, success (last 20) "
+            live.update(f"[bold]{len(eps)}/{cfg.episodes}[/] episodes, success (last 20{helped}) "
                         f"{np.mean(wins) if wins else 0:.0%}, published v"
                         f"{versions[-1]['version'] if versions else '-'}, robots run "
                         f"{running}{ret}, {time.time() - t0:.0f}s")
