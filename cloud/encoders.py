@@ -89,18 +89,21 @@ class ImageEncoder(torch.nn.Module):
                                   "(pip install -e '.[edge]')") from None
             self.backend = "torch"
             return None
+        path = None
         try:
             path = self._export(height, width)
-        except Exception as e:  # any export failure leaves torch, which works
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(str(path), opts,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:  # any failure here leaves torch, which works
             if self.backend == "onnxruntime":
                 raise
-            log.warning("image encoder stays on torch: exporting it to ONNX failed (%s)", e)
+            hint = f"; delete {path} to export it again" if path else ""
+            log.warning("image encoder stays on torch: its ONNX graph failed (%s)%s", e, hint)
             self.backend = "torch"
             return None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._sessions[height, width] = session
         log.info("image encoder on ONNX Runtime (%s)", path)
         return session

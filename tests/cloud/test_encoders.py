@@ -75,3 +75,13 @@ def test_auto_falls_back_to_torch_when_export_fails(tmp_path, monkeypatch, frame
     assert enc.backend == "torch" and not list(tmp_path.iterdir())  # no half-written file
     with pytest.raises(RuntimeError, match="exporter broke"):
         ImageEncoder("onnxruntime").encode(frames[:1])
+
+
+def test_a_corrupt_cached_graph_leaves_auto_on_torch(tmp_path, monkeypatch, frames, caplog):
+    monkeypatch.setenv("VLAC_ENCODER_CACHE", str(tmp_path))
+    ImageEncoder("onnxruntime").encode(frames[:1])
+    (path,) = tmp_path.glob("*.onnx")
+    path.write_bytes(b"not an onnx graph")
+    enc = ImageEncoder("auto")
+    np.testing.assert_array_equal(enc.encode(frames[:1]), ImageEncoder("torch").encode(frames[:1]))
+    assert enc.backend == "torch" and f"delete {path}" in caplog.text
