@@ -34,7 +34,7 @@ trained on; the second table gives those rates and each variant's paired differe
 the frozen control, which removes both the layout drift and the sampling noise of the
 rollout windows.
 
-    python benchmarks/learning.py                      # 4 tasks, 1 seed, 4 variants
+    python benchmarks/learning.py                      # 4 tasks, 1 seed, 4 variants: ~100 min
     python benchmarks/learning.py --seeds 3            # the full table
     python benchmarks/learning.py --tasks reach-v3 --episodes 40 --variants critic  # smoke
 
