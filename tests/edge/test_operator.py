@@ -145,12 +145,18 @@ class ScriptedProgress:
         return 0.1 * min(self.calls, self.peak)
 
 
-def test_stall_watch_hands_over_to_the_guide_when_progress_stalls(robot):
+def guided_episode(robot, guide_steps: int):
+    """An episode whose progress rises for 2 checks (every 5 steps) and then stalls."""
     watch = StallWatch(ScriptedProgress(2), on_stall="guide",
                        guide=ScriptedExpert("push-v3", seed=0), check_every=5, patience=2,
-                       guide_steps=6, max_triggers=1)
+                       guide_steps=guide_steps, max_triggers=1)
     sink = Sink()
     res = run_episode(robot, RandomPolicy(robot.spec), lambda _t: sink, operator=watch)
+    return watch, sink, res
+
+
+def test_stall_watch_hands_over_to_the_guide_when_progress_stalls(robot):
+    watch, sink, res = guided_episode(robot, guide_steps=6)
     marked = sink.steps.intervention
     # checks at steps 5, 10 (rising), 15, 20 (flat): the guide takes over at step 20 for 6
     assert watch.triggers == 1 and res.interventions == 6
@@ -159,11 +165,7 @@ def test_stall_watch_hands_over_to_the_guide_when_progress_stalls(robot):
 
 
 def test_stall_watch_guide_steps_0_keeps_control_to_the_episode_end(robot):
-    watch = StallWatch(ScriptedProgress(2), on_stall="guide",
-                       guide=ScriptedExpert("push-v3", seed=0), check_every=5, patience=2,
-                       guide_steps=0, max_triggers=1)
-    sink = Sink()
-    res = run_episode(robot, RandomPolicy(robot.spec), lambda _t: sink, operator=watch)
+    watch, sink, res = guided_episode(robot, guide_steps=0)
     # the guide takes over at step 20 and keeps control until the 40-step limit
     assert res.steps == 40 and res.interventions == 21
     assert sink.steps.intervention[19:].all() and not sink.steps.intervention[:19].any()
