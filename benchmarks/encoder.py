@@ -78,13 +78,11 @@ def main() -> None:
         hit.encode(frames[:64])
     ms["memo hit", 64] = 1000 * (time.perf_counter() - t0) / 640
 
-    base = {"seed": 0, "tasks": a.tasks.split(","), "episodes": a.episodes, "per_update": 8,
-            "max_steps": 150, "lr": 3e-5, "advantage": "group", "bc_coef": 0.0, "demos": 2,
-            "kl_ref_coef": 0.0, "negative_scale": 1.0, "success_replay": 0,
-            "temperature": 1.0, "final_eval": 0, "guide_steps": 0, "takeover_replay": 0,
-            "stall_patience": 2, "stall_min_gain": 0.05, "hitl_return": False, "bc_steps": 0,
-            "bc_lr": 3e-4, "init": a.init, "critic": a.critic, "demo_store": a.demo_store,
-            "variant": "critic"}
+    # the learning benchmark's own job, critic rewards, with its defaults and no final eval
+    flags = learning.parser().parse_args(
+        ["--tasks", a.tasks, "--episodes", str(a.episodes), "--final-eval", "0", "--init",
+         a.init, "--critic", a.critic, "--demo-store", a.demo_store, "--work", a.work])
+    base = learning.job(flags, "critic", 0)
     loop = {}
     for name, backend, memo in [("torch, no memo (before)", "torch", 0),
                                 ("onnxruntime, no memo", "onnxruntime", 0),

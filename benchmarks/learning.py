@@ -113,7 +113,7 @@ def run_variant(args: dict) -> list[dict]:
                 ep = demo_store.load_episode(e["robot_id"], e["episode_id"])
                 store.write_episode("demo", e["episode_id"], e["task"], ep.steps, True,
                                     source="demo", task_id=t)
-    img = ImageEncoder(args.get("encoder", "auto"), memo=args.get("encoder_memo", 2048))
+    img = ImageEncoder(args["encoder"], memo=args["encoder_memo"])
     txt = TextEncoder()
     critic = SmallVLACCritic.load(args["critic"], image_encoder=img, text_encoder=txt)
     cfg = LearnerConfig(store_root=store_root, init=Path(args["init"]), out=work / "learner",
@@ -227,7 +227,7 @@ def unassisted(r: dict) -> bool:
     return bool(r["success"]) and not r.get("interventions") and not r.get("returned")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--seeds", type=int, default=1)
@@ -287,24 +287,33 @@ def main() -> None:
                     help="backend of the frozen image encoder (ImageEncoder backend)")
     ap.add_argument("--encoder-memo", type=int, default=2048,
                     help="frames whose features the image encoder remembers (0: none)")
-    a = ap.parse_args()
+    return ap
+
+
+def job(a: argparse.Namespace, variant: str, seed: int) -> dict:
+    """One variant-seed job for ``run_variant`` from the parsed flags."""
+    return {"variant": variant, "seed": seed, "tasks": a.tasks.split(","),
+            "work": f"{a.work}/{variant}-s{seed}",
+            "episodes": a.episodes, "per_update": a.per_update, "max_steps": a.max_steps,
+            "lr": a.lr, "advantage": a.advantage, "bc_coef": a.bc_coef, "demos": a.demos,
+            "kl_ref_coef": a.kl_ref_coef, "negative_scale": a.negative_scale,
+            "success_replay": a.success_replay, "temperature": a.temperature,
+            "final_eval": a.final_eval, "guide_steps": a.guide_steps,
+            "takeover_replay": a.takeover_replay, "stall_patience": a.stall_patience,
+            "stall_min_gain": a.stall_min_gain, "hitl_return": a.hitl_return,
+            "bc_steps": a.bc_steps, "bc_lr": a.bc_lr, "encoder": a.encoder,
+            "encoder_memo": a.encoder_memo,
+            "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
+
+
+def main() -> None:
+    a = parser().parse_args()
     tasks = a.tasks.split(",")
     for p in (a.init, a.critic):
         if not Path(p).exists():
             sys.exit(f"{p} does not exist: run `vlac train --quick` (or `vlac critic train` / "
                      "`vlac actor pretrain --demos-per-task 2`) first")
-    jobs = [{"variant": v, "seed": s, "tasks": tasks, "work": f"{a.work}/{v}-s{s}",
-             "episodes": a.episodes, "per_update": a.per_update, "max_steps": a.max_steps,
-             "lr": a.lr, "advantage": a.advantage, "bc_coef": a.bc_coef, "demos": a.demos,
-             "kl_ref_coef": a.kl_ref_coef, "negative_scale": a.negative_scale,
-             "success_replay": a.success_replay, "temperature": a.temperature,
-             "final_eval": a.final_eval, "guide_steps": a.guide_steps,
-             "takeover_replay": a.takeover_replay, "stall_patience": a.stall_patience,
-             "stall_min_gain": a.stall_min_gain, "hitl_return": a.hitl_return,
-             "bc_steps": a.bc_steps, "bc_lr": a.bc_lr, "encoder": a.encoder,
-             "encoder_memo": a.encoder_memo,
-             "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
-            for s in range(a.first_seed, a.first_seed + a.seeds)
+    jobs = [job(a, v, s) for s in range(a.first_seed, a.first_seed + a.seeds)
             for v in a.variants.split(",")]
     t0 = time.monotonic()
     with mp.get_context("spawn").Pool(min(a.processes, len(jobs))) as pool:

@@ -43,6 +43,11 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def _check_frames(shape: tuple, is_uint8: bool, dtype) -> None:
+    if not is_uint8 or len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (N, H, W, 3), got {tuple(shape)} {dtype}")
+
+
 def encoder_cache_dir() -> Path:
     return Path(os.environ.get("VLAC_ENCODER_CACHE",
                                Path.home() / ".cache" / "vlac" / "encoders"))
@@ -149,9 +154,7 @@ class ImageEncoder(torch.nn.Module):
     @torch.no_grad()
     def forward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(frames)) if not torch.is_tensor(frames) else frames
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"expected uint8 frames (N, H, W, 3), got {tuple(x.shape)} "
-                             f"{x.dtype}")
+        _check_frames(tuple(x.shape), x.dtype == torch.uint8, x.dtype)
         session = self._ort(x.shape[1], x.shape[2])
         if session is None:
             return self.features(x)
@@ -163,9 +166,7 @@ class ImageEncoder(torch.nn.Module):
         it acts, by the critic when it scores the episode and by the learner when it updates,
         and only the first pays."""
         frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 frames (N, H, W, 3), got {frames.shape} "
-                             f"{frames.dtype}")
+        _check_frames(frames.shape, frames.dtype == np.uint8, frames.dtype)
         keys = [hashlib.blake2b(f.tobytes(), digest_size=16).digest()
                 + f"{f.shape[0]}x{f.shape[1]}".encode()
                 if self.memo else None for f in frames]
