@@ -4,15 +4,23 @@ On the same frames, one thread each, batch 1, the full graph (uint8 frame -> pre
 EfficientNet-Lite0 -> fusion transformer -> 4 autoregressive action tokens):
 - per-action latency p50/p99;
 - artifact sizes;
-- greedy-token agreement of each ONNX graph with torch on held-out demonstration frames
-  (frames of episodes not used for INT8 calibration), and the log-prob gap;
+- greedy-token agreement of each ONNX graph with the learner's torch actor on held-out
+  demonstration frames (frames of episodes not used for INT8 calibration), and the log-prob gap;
 - control-loop rate of the edge agent (Meta-World rendering + INT8 policy), steps/s.
+
+The learner's actor is the torch head on its own image encoder's features: for an actor
+pretrained on its INT8 encoder (the default) those are the INT8 graph's features, for an older
+actor the fp32 network's. Rows:
+- ``torch fp32 eager``: the whole network in fp32 on torch (the speed baseline);
+- ``onnxruntime fp32 network``: the same fp32 network exported (the size baseline);
+- ``onnxruntime fp32``, ``onnxruntime int8``: ``vlac actor export``'s two artifacts (for an
+  INT8-encoder actor: its encoder + fp32 head, and its encoder + INT8-weight head).
 
     python benchmarks/edge.py --actor .cache/actor/actor.pt --store-root .cache/store
 
 Exports the actor first if ``--export-dir`` has no .onnx files. Ends with
-``int8_speedup=<x> size_ratio=<y> token_agreement=<z>`` (INT8 vs torch eager latency p50,
-INT8 vs fp32 ONNX size, INT8 per-token greedy agreement with torch).
+``int8_speedup=<x> size_ratio=<y> token_agreement=<z>`` (INT8 vs torch fp32 eager latency p50,
+INT8 vs fp32 network ONNX size, INT8 per-token greedy agreement with the learner's actor).
 """
 
 from __future__ import annotations
@@ -59,9 +67,18 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.table import Table
 
     from vlac.cloud.actor import TorchActor
-    from vlac.cloud.export import ActorExportConfig, ActorGraph, example_inputs
+    from vlac.cloud.encoders import ImageEncoder
+    from vlac.cloud.export import (
+        ActorExportConfig,
+        ActorGraph,
+        ActorHead,
+        example_inputs,
+        export_fp32,
+        metadata,
+    )
     from vlac.cloud.export import main as export
     from vlac.cloud.store import EpisodeStore
+    from vlac.shared import tasks as task_text
 
     torch.set_num_threads(1)
     console = Console(width=110)
@@ -72,7 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  tasks=tasks, fp32_convs=args.fp32_convs))
     fp32, int8 = export_dir / "actor_fp32.onnx", export_dir / "actor_int8.onnx"
     actor = TorchActor.load(args.actor)
-    graph = ActorGraph(actor).eval()
+    full = TorchActor(actor.model, actor.tokenizer.low, actor.tokenizer.high,
+                      image_encoder=ImageEncoder("torch"), text_encoder=actor.text_encoder)
+    graph = ActorGraph(full).eval()  # the whole network in fp32 (torch encoder)
+    head = ActorHead(actor).eval()
     # held-out frames: the last episodes of each task (calibration takes the first ones)
     store = EpisodeStore(args.store_root)
     inputs = []
@@ -85,23 +105,40 @@ def main(argv: list[str] | None = None) -> dict:
             for i in np.linspace(0, len(ep) - 1, args.frames // (2 * len(tasks))).astype(int):
                 inputs.append(example_inputs(actor, ep.steps.images[actor.camera][i],
                                              ep.steps.proprio[i], text))
+    network = export_dir / "actor_fp32_network.onnx"
+    if actor.int8_encoder is None:
+        network = fp32
+    elif not network.exists():
+        sentences = sorted({s for t in tasks for s in task_text.instructions(t)})
+        export_fp32(full, network, metadata(actor, sentences, actor.version,
+                                            inputs[0]["image"].shape[1:]), inputs[0])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
+    files = {"fp32 network": network, "fp32": fp32, "int8": int8}
+    if network == fp32:
+        del files["fp32 network"]
     sess = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-            for k, p in (("fp32", fp32), ("int8", int8))}
+            for k, p in files.items()}
+    names = ("image", "proprio", "text", "gumbel", "temperature")
 
     def run_torch(x):
         with torch.no_grad():
-            return [o.numpy() for o in graph(*(torch.from_numpy(x[k]) for k in
-                                               ("image", "proprio", "text", "gumbel",
-                                                "temperature")))]
+            return [o.numpy() for o in graph(*(torch.from_numpy(x[k]) for k in names))]
+
+    def run_learner(x):  # the learner's actor: torch head on its own encoder's features
+        if actor.int8_encoder is None:
+            return run_torch(x)
+        feat = torch.from_numpy(actor.image_encoder.encode(x["image"]).astype(np.float32))
+        with torch.no_grad():
+            return [o.numpy() for o in head(feat, *(torch.from_numpy(x[k])
+                                                    for k in names[1:]))]
 
     results = {"torch fp32 eager": latencies(run_torch, inputs, args.repeats)}
     for k, s in sess.items():
         results[f"onnxruntime {k}"] = latencies(lambda x, s=s: s.run(None, x), inputs,
                                                 args.repeats)
-    ref = [run_torch(x) for x in inputs]
+    ref = [run_learner(x) for x in inputs]
     agree, agree_frame, lp_gap = {}, {}, {}
     for k, s in sess.items():
         outs = [s.run(None, x) for x in inputs]
@@ -110,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         agree_frame[k] = float(same.all(1).mean())
         lp_gap[k] = float(np.mean([np.abs(o[1] - r[1]).max() for o, r in
                                    zip(outs, ref, strict=True)]))
-    sizes = {"fp32": os.path.getsize(fp32), "int8": os.path.getsize(int8)}
+    sizes = {k: os.path.getsize(p) for k, p in files.items()}
+    sizes.setdefault("fp32 network", sizes["fp32"])
     # control loop with rendering
     from vlac.edge.agent import run_episode
     from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
@@ -131,16 +169,18 @@ def main(argv: list[str] | None = None) -> dict:
             steps += run_episode(robot, policy, lambda _t: Null()).steps
     loop_hz = steps / (time.perf_counter() - t0)
 
-    table = Table(title="actor on the edge: batch 1, 1 thread, 128x128 frame -> 4 tokens")
+    table = Table(title="actor on the edge: batch 1, 1 thread, 128x128 frame -> 4 tokens; "
+                  "agreement with the learner's actor "
+                  f"({'INT8' if actor.int8_encoder else 'fp32'} encoder features)")
     for col in ("runtime", "p50 ms", "p99 ms", "vs torch", "size MB", "token agreement",
                 "all 4 agree", "max |dlogp|"):
         table.add_column(col)
     base = np.percentile(results["torch fp32 eager"], 50)
     for k, lat in results.items():
-        key = k.split()[-1] if k.startswith("onnx") else None
+        key = k.split(" ", 1)[1] if k.startswith("onnx") else None
         table.add_row(k, f"{np.percentile(lat, 50):.2f}", f"{np.percentile(lat, 99):.2f}",
                       f"{base / np.percentile(lat, 50):.2f}x",
-                      f"{sizes[key] / 1e6:.1f}" if key else "-",
+                      f"{sizes[key or 'fp32 network'] / 1e6:.1f}",
                       f"{agree[key]:.3f}" if key else "-",
                       f"{agree_frame[key]:.3f}" if key else "-",
                       f"{lp_gap[key]:.3f}" if key else "-")
@@ -150,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     OUT.mkdir(exist_ok=True)
     _plot(results, OUT / "edge.png")
     speedup = base / np.percentile(results["onnxruntime int8"], 50)
-    ratio = sizes["int8"] / sizes["fp32"]
+    ratio = sizes["int8"] / sizes["fp32 network"]
     print(f"int8_speedup={speedup:.2f} size_ratio={ratio:.2f} token_agreement={agree['int8']:.3f}")
     return {"speedup": speedup, "size_ratio": ratio, "agreement": agree, "loop_hz": loop_hz}
 

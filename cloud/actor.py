@@ -2,7 +2,9 @@
 
 Same model class (and so the same weights layout) as the critic; ``from_critic`` starts an
 actor from critic weights (the paper's unified action-critic). Checkpoints hold the model and
-the action box, so tokens decode to the same continuous actions everywhere.
+the action box, so tokens decode to the same continuous actions everywhere, and, for an actor
+pretrained on its INT8 image encoder (the default), that encoder's ONNX graph: the actor learns,
+acts and is exported on exactly the features the robots compute.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlac.cloud.encoders import ImageEncoder, LazyEncoders, TextEncoder
+from vlac.cloud.encoders import ImageEncoder, Int8ImageEncoder, LazyEncoders, TextEncoder
 from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
 from vlac.shared.tokenizer import ActionTokenizer
 
@@ -30,16 +32,26 @@ class TorchActor(LazyEncoders):
         self._txt = text_encoder
         self.rng = np.random.default_rng(0)  # sampling noise; replace to continue a stream
 
+    @property
+    def int8_encoder(self) -> Int8ImageEncoder | None:
+        """The INT8 image encoder this actor learns and acts on, if it has one."""
+        return self._img if isinstance(self._img, Int8ImageEncoder) else None
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"kind": "small-vlac-actor", "config": vars(self.model.cfg),
-                    "state_dict": self.model.state_dict(),
-                    "tokenizer": self.tokenizer.spec(), "camera": self.camera,
-                    "version": self.version}, path)
+        blob = {"kind": "small-vlac-actor", "config": vars(self.model.cfg),
+                "state_dict": self.model.state_dict(), "tokenizer": self.tokenizer.spec(),
+                "camera": self.camera, "version": self.version}
+        if self.int8_encoder is not None:
+            blob["int8_encoder"] = torch.frombuffer(bytearray(self.int8_encoder.onnx),
+                                                    dtype=torch.uint8)
+        torch.save(blob, path)
 
     @classmethod
     def load(cls, path: str | Path, **kw) -> TorchActor:
+        """``image_encoder`` (optional) serves an actor that has no INT8 encoder of its own;
+        one that has one always acts on it."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no actor at {path}; make one with `vlac actor pretrain`")
@@ -49,6 +61,8 @@ class TorchActor(LazyEncoders):
         model = SmallVLAC(VLACConfig(**blob["config"]))
         model.load_state_dict(blob["state_dict"])
         tok = blob["tokenizer"]
+        if "int8_encoder" in blob:
+            kw["image_encoder"] = Int8ImageEncoder(blob["int8_encoder"].numpy().tobytes())
         return cls(model, tok["low"], tok["high"], camera=blob["camera"],
                    version=blob["version"], **kw)
 

@@ -5,6 +5,11 @@ paraphrase of the task sentence and the recorded action tokens; the loss is cros
 each dimension's token with soft targets over neighbouring bins. ``demos_per_task`` is the
 knob that sets how good the starting policy is (the learning benchmark wants ~30%).
 Runs on the shared DeepSpeed engine wrapper.
+
+``encoder="int8"`` (the default) first quantizes the image encoder to static INT8, calibrated on
+frames of the demonstrations used, and trains on that encoder's features: the actor is then the
+same function on the robot's INT8 graph as in the learner (``vlac.cloud.encoders``). The graph
+is kept as ``OUT/image_encoder_int8.onnx`` (a resumed run reuses it) and inside ``actor.pt``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,7 +28,7 @@ from tqdm import tqdm
 from vlac.cloud import engine as eng
 from vlac.cloud.actor import TorchActor
 from vlac.cloud.critic import write_json
-from vlac.cloud.encoders import FeatureCache, TextEncoder
+from vlac.cloud.encoders import FeatureCache, ImageEncoder, Int8ImageEncoder, TextEncoder
 from vlac.cloud.store import EpisodeStore
 from vlac.cloud.vlac_model import SmallVLAC, VLACConfig, bc_loss, cosine_lr, param_count
 from vlac.shared import tasks as task_text
@@ -49,6 +55,12 @@ class ActorPretrainConfig:
     eval_episodes: int = opt(0, "Evaluate in simulation afterwards: episodes per task.")
     feature_noise: float = opt(0.0, "Relative Gaussian noise on image features while "
                                "training (robustness, e.g. to INT8 feature error).")
+    encoder: Literal["int8", "fp32"] = opt(
+        "int8", "Image encoder the actor learns on: int8 (the graph the robots run, "
+        "calibrated on the demonstrations; exports reach exact parity) or fp32.")
+    calibration_frames: int = opt(128, "Demonstration frames that calibrate the INT8 encoder.")
+    fp32_convs: int = opt(2, "Leading EfficientNet convolutions kept fp32 in the INT8 encoder "
+                          "(the early ones see the largest maps and lose the most).")
 
     def __post_init__(self) -> None:
         self.store_root, self.out, self.features = (Path(self.store_root), Path(self.out),
@@ -59,6 +71,9 @@ class ActorPretrainConfig:
                   f"{self.init_from_critic} does not exist")
         check(self.demos_per_task >= 1, "demos_per_task", "must be >= 1")
         check(self.steps >= 1, "steps", "must be >= 1")
+        check(self.encoder in ("int8", "fp32"), "encoder", "use int8 or fp32")
+        check(self.calibration_frames >= 8, "calibration_frames", "use at least 8")
+        check(self.fp32_convs >= 0, "fp32_convs", "must be >= 0")
 
 
 @dataclass
@@ -70,9 +85,32 @@ class DemoSteps:
     sentences: dict[str, list[str]] = field(default_factory=dict)
 
 
-def load_demos(cfg: ActorPretrainConfig) -> tuple[DemoSteps, dict]:
+def image_encoder(cfg: ActorPretrainConfig, store: EpisodeStore, episodes: list[dict]
+                  ) -> ImageEncoder:
+    """The fp32 encoder, or the INT8 one calibrated on frames spread over ``episodes`` (kept
+    in ``cfg.out`` so that a resumed run learns on the same one)."""
+    if cfg.encoder == "fp32":
+        return ImageEncoder()
+    path = cfg.out / "image_encoder_int8.onnx"
+    if path.exists():
+        return Int8ImageEncoder(path.read_bytes())
+    rng = np.random.default_rng(cfg.seed)
+    per = -(-cfg.calibration_frames // len(episodes))
+    frames = []
+    for e in episodes:
+        imgs = store.load_episode(e["robot_id"], e["episode_id"]).steps.images[cfg.camera]
+        frames.append(imgs[np.sort(rng.choice(len(imgs), min(per, len(imgs)), replace=False))])
+    encoder = Int8ImageEncoder.calibrate(np.concatenate(frames)[: cfg.calibration_frames],
+                                         cfg.fp32_convs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(encoder.onnx)
+    tmp.replace(path)
+    return encoder
+
+
+def load_demos(cfg: ActorPretrainConfig) -> tuple[DemoSteps, dict, ImageEncoder]:
     store = EpisodeStore(cfg.store_root)
-    cache = FeatureCache(cfg.features)
     by_task = defaultdict(list)
     for e in sorted(store.list_episodes(), key=lambda e: e["episode_id"]):
         if e.get("task_id") in cfg.tasks and e["outcome"]["success"] and \
@@ -83,6 +121,9 @@ def load_demos(cfg: ActorPretrainConfig) -> tuple[DemoSteps, dict]:
         raise ValueError(f"fewer than {cfg.demos_per_task} successful demonstrations for "
                          f"{missing} in {cfg.store_root}; collect more with `vlac demos "
                          f"collect --tasks {','.join(missing)}`")
+    chosen = [e for t in cfg.tasks for e in by_task[t][: cfg.demos_per_task]]
+    encoder = image_encoder(cfg, store, chosen)
+    cache = FeatureCache(cfg.features, encoder)
     feats, proprio, tokens, tids = [], [], [], []
     used = {}
     for t in cfg.tasks:
@@ -101,7 +142,7 @@ def load_demos(cfg: ActorPretrainConfig) -> tuple[DemoSteps, dict]:
             tids += [t] * len(cols["proprio"])
     data = DemoSteps(np.concatenate(feats), np.concatenate(proprio), np.concatenate(tokens),
                      np.array(tids), {t: task_text.instructions(t) for t in cfg.tasks})
-    return data, used
+    return data, used, encoder
 
 
 def _noisy(feats: np.ndarray, rel: float, gen: np.random.Generator) -> torch.Tensor:
@@ -115,7 +156,7 @@ def train(cfg: ActorPretrainConfig) -> tuple[TorchActor, dict]:
     print(describe(cfg), flush=True)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    data, used = load_demos(cfg)
+    data, used, encoder = load_demos(cfg)
     text = TextEncoder()
     all_sentences = sorted({s for v in data.sentences.values() for s in v})
     emb = dict(zip(all_sentences, text.encode(all_sentences), strict=True))
@@ -156,10 +197,10 @@ def train(cfg: ActorPretrainConfig) -> tuple[TorchActor, dict]:
             log.append({"step": step, **stats})
         if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
             eng.save(engine, ckpt, step + 1, {"log": log})
-    actor = TorchActor(engine.module.eval(), camera=cfg.camera)
+    actor = TorchActor(engine.module.eval(), camera=cfg.camera, image_encoder=encoder)
     actor.save(cfg.out / "actor.pt")
     summary = {"steps": cfg.steps, "seconds": time.monotonic() - t0, "final": stats,
-               "demos": used, "log": log,
+               "demos": used, "log": log, "encoder": encoder.precision,
                "init_from_critic": str(cfg.init_from_critic) if cfg.init_from_critic else None}
     write_json(cfg.out / "pretrain_log.json", summary)
     print(f"actor saved to {cfg.out / 'actor.pt'}: {stats}", flush=True)

@@ -13,10 +13,19 @@ file) holds the action tokenizer spec, the observation spec, the policy version 
 sentence embeddings of the tasks the policy was exported for: robots carry no text encoder,
 so they look the sentence up (an unknown sentence is refused with the list of known ones).
 
-INT8: ``quant_pre_process`` then static QDQ quantization (per-channel weights, uint8
-activations) calibrated on demonstration frames, all Conv/MatMul/Gemm except the first
-``fp32_convs`` (2) convolutions; QDQ is also what TensorRT's explicit
-quantization consumes on a Jetson (``infra/tensorrt/build_engine.py``).
+An actor pretrained on its INT8 image encoder (``vlac actor pretrain``'s default) is exported
+as that encoder's graph, unchanged, joined to its exported head (a float16 round trip between
+them, as the learner's cached features are float16):
+
+- ``actor_fp32.onnx``: INT8 encoder + fp32 head: the learner's actor exactly;
+- ``actor_int8.onnx``: INT8 encoder + head with per-channel INT8-stored weights (weight-only:
+  its activations stay float, so the head's tokens move only by the weights' rounding).
+
+An actor learnt on the fp32 encoder (older checkpoints, ``--encoder fp32``) is exported as one
+fp32 graph, and its INT8 variant is static QDQ quantization of the whole graph (per-channel
+weights, uint8 activations) calibrated on demonstration frames, all Conv/MatMul/Gemm except the
+first ``fp32_convs`` (2) convolutions. QDQ is also what TensorRT's explicit quantization
+consumes on a Jetson (``infra/tensorrt/build_engine.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import torch
 from torch import nn
 
 from vlac.cloud.actor import TorchActor
-from vlac.cloud.encoders import ImageEncoder
+from vlac.cloud.encoders import ImageEncoder, quantize_qdq
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, describe, opt
 
@@ -44,6 +53,8 @@ OUTPUTS = ("tokens", "logprobs", "value")
 
 
 class ActorGraph(nn.Module):
+    """The whole actor on the fp32 torch encoder: frame in, tokens out."""
+
     def __init__(self, actor: TorchActor) -> None:
         super().__init__()
         self.encoder = actor.image_encoder
@@ -54,6 +65,18 @@ class ActorGraph(nn.Module):
         return self.model.act(text, feat, proprio, gumbel, temperature)
 
 
+class ActorHead(nn.Module):
+    """The actor after its image encoder: features in (rounded to float16 first, exactly as
+    the learner's features are), tokens out."""
+
+    def __init__(self, actor: TorchActor) -> None:
+        super().__init__()
+        self.model = actor.model
+
+    def forward(self, feat, proprio, text, gumbel, temperature):
+        return self.model.act(text, feat.half().float(), proprio, gumbel, temperature)
+
+
 @dataclass
 class ActorExportConfig:
     actor: Path = opt(Path(".cache/actor/actor.pt"), "Actor checkpoint to export.")
@@ -61,11 +84,14 @@ class ActorExportConfig:
     store_root: Path = opt(Path(".cache/store"), "Episode store: calibration frames.")
     tasks: list[str] = opt(["reach-v3", "button-press-v3", "drawer-open-v3", "push-v3"],
                            "Tasks whose sentences the policy is exported with.")
-    calibration_frames: int = opt(128, "Demonstration frames used to calibrate INT8.")
+    calibration_frames: int = opt(128, "Demonstration frames used to calibrate INT8 (an "
+                                  "actor with its own INT8 encoder needs them only as "
+                                  "example inputs).")
     version: int = opt(0, "Policy version written into the metadata.")
-    fp32_convs: int = opt(KEEP_FP32_CONVS, "Leading EfficientNet convolutions kept in fp32 "
-                          "in the INT8 graph: more gives closer tokens to torch and a "
-                          "slower graph (the early convolutions see the largest maps).")
+    fp32_convs: int = opt(KEEP_FP32_CONVS, "Actors learnt on the fp32 encoder: leading "
+                          "EfficientNet convolutions kept in fp32 in the INT8 graph (more: "
+                          "closer tokens to torch, slower graph). An INT8-encoder actor "
+                          "fixed this at pretraining (`vlac actor pretrain --fp32-convs`).")
 
     def __post_init__(self) -> None:
         self.actor, self.out, self.store_root = Path(self.actor), Path(self.out), \
@@ -101,22 +127,138 @@ def metadata(actor: TorchActor, sentences: list[str], version: int,
     }
 
 
-def export_fp32(actor: TorchActor, path: Path, meta: dict, sample: dict[str, np.ndarray]
-                ) -> Path:
-    import onnx
-
-    graph = ActorGraph(actor).eval()
-    args = tuple(torch.from_numpy(sample[k]) for k in INPUTS)
+def _trace(module: nn.Module, args: tuple, names: list[str], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, args, str(path), input_names=list(INPUTS),
+        torch.onnx.export(module.eval(), args, str(path), input_names=names,
                           output_names=list(OUTPUTS), dynamo=True, external_data=False,
                           verbose=False)
+
+
+def export_fp32(actor: TorchActor, path: Path, meta: dict, sample: dict[str, np.ndarray]
+                ) -> Path:
+    """The whole actor on the fp32 encoder as one fp32 graph (actors without an INT8
+    encoder; ``benchmarks/edge.py``'s unquantized reference for every actor)."""
+    import onnx
+
+    _trace(ActorGraph(actor), tuple(torch.from_numpy(sample[k]) for k in INPUTS),
+           list(INPUTS), path)
     model = onnx.load(str(path))
     _set_meta(model, dict(meta, precision="fp32"))
     onnx.save(model, str(path))
     return path
+
+
+def _head(actor: TorchActor, path: Path, sample: dict[str, np.ndarray]) -> Path:
+    feat = actor.image_encoder.encode(sample["image"]).astype(np.float32)
+    args = (torch.from_numpy(feat), *(torch.from_numpy(sample[k]) for k in INPUTS[1:]))
+    _trace(ActorHead(actor), args, ["feat", *INPUTS[1:]], path)
+    return path
+
+
+def _int8_weights(src: Path, dst: Path) -> Path:
+    """Weight-only INT8: each float weight matrix of a MatMul, Gemm or Gather is stored as
+    int8 with one symmetric scale per output channel (per row for an embedding table) and
+    restored by ``Cast`` and ``Mul``, which ONNX Runtime and TensorRT fold into float weights
+    when they load the graph: a quarter of the bytes, no cost per action, float activations.
+    ``quant_pre_process`` first folds the weights' transposes into the initializers.
+    (A DequantizeLinear here would run on every action: ONNX Runtime keeps QDQ nodes out of
+    constant folding, and its weight-only quantizer writes 8-bit weights only as contrib ops.)"""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst.with_suffix(".pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    model = onnx.load(str(pre))
+    pre.unlink()
+    g = model.graph
+    init = {i.name: i for i in g.initializer}
+    slot = {"MatMul": 1, "Gemm": 1, "Gather": 0}
+    done: dict[str, str] = {}
+    restore = []
+    for node in g.node:
+        i = slot.get(node.op_type)
+        name = node.input[i] if i is not None and len(node.input) > i else None
+        if name not in init or init[name].data_type != onnx.TensorProto.FLOAT or \
+                len(init[name].dims) != 2:
+            continue
+        if name not in done:
+            w = numpy_helper.to_array(init[name])
+            trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i
+                                                     for a in node.attribute)
+            rows = node.op_type == "Gather" or trans_b  # output channels are rows
+            scale = np.abs(w).max(axis=1 if rows else 0, keepdims=True) / 127.0
+            scale[scale == 0] = 1.0
+            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            g.initializer.extend([numpy_helper.from_array(q, name + "_int8"),
+                                  numpy_helper.from_array(scale.astype(np.float32),
+                                                          name + "_scale")])
+            done[name] = name + "_restored"
+            restore += [helper.make_node("Cast", [name + "_int8"], [name + "_float"],
+                                         name=name + "_Cast", to=onnx.TensorProto.FLOAT),
+                        helper.make_node("Mul", [name + "_float", name + "_scale"],
+                                         [done[name]], name=name + "_Mul")]
+        node.input[i] = done[name]
+    for name in done:
+        g.initializer.remove(init[name])
+    for n in reversed(restore):
+        g.node.insert(0, n)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _join(encoder: bytes, head: Path, out: Path, meta: dict, precision: str) -> Path:
+    """The encoder graph, unchanged, feeding the head graph: one model, inputs
+    ``INPUTS``, outputs ``OUTPUTS``."""
+    import onnx
+    from onnx import compose
+
+    enc, hd = onnx.load_from_string(encoder), onnx.load(str(head))
+    opset = max(o.version for m in (enc, hd) for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    enc, hd = (onnx.version_converter.convert_version(m, opset) if
+               _opset(m) != opset else m for m in (enc, hd))
+    hd = compose.add_prefix(hd, "head/", rename_inputs=False, rename_outputs=False)
+    enc.ir_version = hd.ir_version = max(enc.ir_version, hd.ir_version)
+    model = compose.merge_models(enc, hd, io_map=[("features", "feat")])
+    _set_meta(model, dict(meta, precision=precision, encoder="int8",
+                          head="fp32" if precision == "fp32" else "int8-weights"))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return out
+
+
+def _opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def export_artifacts(actor: TorchActor, out: Path, meta: dict,
+                     samples: list[dict[str, np.ndarray]], precisions=("fp32", "int8"),
+                     fp32_convs: int = KEEP_FP32_CONVS) -> dict[str, Path]:
+    """``actor_{precision}.onnx`` in ``out`` for each of ``precisions`` (see the module
+    docstring for what each holds)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    enc = actor.int8_encoder
+    if enc is None:
+        fp32 = export_fp32(actor, out / "actor_fp32.onnx", meta, samples[0])
+        if "fp32" in precisions:
+            paths["fp32"] = fp32
+        if "int8" in precisions:
+            paths["int8"] = quantize_int8(fp32, out / "actor_int8.onnx", samples, meta,
+                                          fp32_convs)
+        if "fp32" not in precisions:
+            fp32.unlink()
+        return paths
+    with tempfile.TemporaryDirectory() as tmp:
+        head = _head(actor, Path(tmp) / "head.onnx", samples[0])
+        if "fp32" in precisions:
+            paths["fp32"] = _join(enc.onnx, head, out / "actor_fp32.onnx", meta, "fp32")
+        if "int8" in precisions:
+            q = _int8_weights(head, Path(tmp) / "head_int8.onnx")
+            paths["int8"] = _join(enc.onnx, q, out / "actor_int8.onnx", meta, "int8")
+    return paths
 
 
 def _set_meta(model, meta: dict) -> None:
@@ -135,21 +277,10 @@ class _Calibration:
 
 def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]],
                   meta: dict, fp32_convs: int = KEEP_FP32_CONVS) -> Path:
+    """Static INT8 QDQ of a whole fp32 actor graph (actors without an INT8 encoder)."""
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
-        # The stem conv and the first depthwise conv stay fp32: quantized, they alone drop
-        # the EfficientNet feature cosine to 0.80 (0.98 without them); they are tiny.
-        quantize_static(str(pre), str(out), _Calibration(samples),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                        nodes_to_exclude=convs[:fp32_convs])
+    quantize_qdq(fp32, out, _Calibration(samples), ["Conv", "MatMul", "Gemm"], fp32_convs)
     model = onnx.load(str(out))
     _set_meta(model, dict(meta, precision="int8"))
     onnx.save(model, str(out))
@@ -195,9 +326,8 @@ def main(cfg: ActorExportConfig) -> dict:
     sentences = sorted({s for t in cfg.tasks for s in task_text.instructions(t)})
     samples = calibration_samples(actor, cfg.store_root, cfg.tasks, cfg.calibration_frames)
     meta = metadata(actor, sentences, cfg.version, samples[0]["image"].shape[1:])
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    fp32 = export_fp32(actor, cfg.out / "actor_fp32.onnx", meta, samples[0])
-    int8 = quantize_int8(fp32, cfg.out / "actor_int8.onnx", samples, meta, cfg.fp32_convs)
+    paths = export_artifacts(actor, cfg.out, meta, samples, fp32_convs=cfg.fp32_convs)
+    fp32, int8 = paths["fp32"], paths["int8"]
     (cfg.out / "actor.json").write_text(json.dumps(meta))
     result = {"fp32": str(fp32), "int8": str(int8),
               "fp32_bytes": os.path.getsize(fp32), "int8_bytes": os.path.getsize(int8),

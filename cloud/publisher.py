@@ -158,11 +158,9 @@ class Publisher(_PublisherSide):
         actor.version = version
         meta = export.metadata(actor, sentences, version, samples[0]["image"].shape[1:])
         with tempfile.TemporaryDirectory(prefix="vlac-publish-") as tmp:
-            fp32 = export.export_fp32(actor, Path(tmp) / "actor_fp32.onnx", meta, samples[0])
-            if self.cfg.precision == "fp32":
-                return self.upload(fp32, version, meta=dict(meta, precision="fp32"))
-            int8 = export.quantize_int8(fp32, Path(tmp) / "actor_int8.onnx", samples, meta)
-            return self.upload(int8, version, meta=dict(meta, precision="int8"))
+            path = export.export_artifacts(actor, Path(tmp), meta, samples,
+                                           (self.cfg.precision,))[self.cfg.precision]
+            return self.upload(path, version, meta=dict(meta, precision=self.cfg.precision))
 
 
 class Announcer(_PublisherSide):

@@ -1,4 +1,5 @@
-"""Actor: imitation pretraining (DeepSpeed), ONNX export with preprocessing inside, INT8 QDQ,
+"""Actor: imitation pretraining (DeepSpeed) on its INT8 image encoder, ONNX export with
+preprocessing inside (that encoder + the head; the older fp32-encoder path as one QDQ graph),
 the edge runtime on it, and the edge agent driving a robot with it into a real ingest."""
 
 import json
@@ -66,7 +67,10 @@ def _frames(root, n=6):
 
 
 def test_fp32_export_matches_torch(exported):
+    """The fp32 artifact of an INT8-encoder actor is the learner's actor exactly: the same
+    INT8 encoder graph, the fp32 head."""
     root, actor, _, res = exported
+    assert actor.int8_encoder is not None and exported[2]["encoder"] == "int8"
     task, frames, proprio = _frames(root)
     policy = OnnxPolicy(res["fp32"], greedy=True)
     assert policy.version == 3 and policy.providers[0] == "CPUExecutionProvider"
@@ -77,35 +81,85 @@ def test_fp32_export_matches_torch(exported):
         assert abs(float(logps.sum()) - lp_ref) < 1e-3 and abs(value - v_ref) < 1e-3
 
 
-def test_int8_export_is_smaller_and_valid(exported):
-    root, _, _, res = exported
-    assert res["int8_bytes"] < 0.5 * res["fp32_bytes"]
+def _meta(path) -> dict:
+    return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["vlac"])
+
+
+def test_int8_export_is_smaller_and_close_to_the_learners_actor(exported):
+    root, actor, _, res = exported
+    assert res["int8_bytes"] < 0.75 * res["fp32_bytes"]
     model = onnx.load(res["int8"])
     ops = {n.op_type for n in model.graph.node}
-    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    meta = json.loads({p.key: p.value for p in model.metadata_props}["vlac"])
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # the INT8 encoder
+    int8_weights = [i for i in model.graph.initializer
+                    if i.name.endswith("_int8") and i.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 10  # the head's matrices and token embedding
+    meta = _meta(res["int8"])
     assert meta["action_tokenizer"]["bins"] == 256 and meta["policy_version"] == 3
+    assert (meta["encoder"], meta["head"]) == ("int8", "int8-weights")
     task, frames, proprio = _frames(root)
-    policy = OnnxPolicy(res["int8"], temperature=1.0, seed=1)
-    tokens, logps, _ = policy.run(frames[0], proprio[0], task)
-    assert tokens.shape == (4,) and ((tokens >= 0) & (tokens < 256)).all()
-    assert np.isfinite(logps).all() and (logps <= 0).all()
+    greedy = OnnxPolicy(res["int8"], greedy=True)
+    gaps = []
+    for img, p in zip(frames, proprio, strict=True):
+        tokens, logps, _ = greedy.run(img, p, task)
+        assert tokens.shape == (4,) and ((tokens >= 0) & (tokens < 256)).all()
+        # the learner's log-probs of the INT8 graph's own tokens
+        t = torch.from_numpy
+        with torch.no_grad():
+            lp, _, _ = actor.model.action_logprobs(
+                t(actor.text_encoder.encode([task])),
+                t(actor.image_encoder.encode(img[None]).astype(np.float32)),
+                t(p[None].astype(np.float32)), t(tokens[None].astype(np.int64)))
+        gaps.append(abs(float(lp[0]) - float(logps.sum())))
+    assert max(gaps) < 0.2, gaps  # only the head's weights are rounded
 
 
-def _quantized_convs(path) -> int:
+def _quantized_convs(model) -> int:
     """Convolutions whose weight comes out of a DequantizeLinear (INT8 in the QDQ graph)."""
-    g = onnx.load(str(path)).graph
+    g = model.graph
     dq = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
     return sum(1 for n in g.node if n.op_type == "Conv" and n.input[1] in dq)
 
 
-def test_int8_keeps_the_chosen_leading_convolutions_in_fp32(exported, tmp_path):
-    root, _, _, res = exported
-    default = _quantized_convs(res["int8"])
-    more = export_main(ActorExportConfig(actor=root / "actor" / "actor.pt", out=tmp_path,
-                                         store_root=root / "store", tasks=["reach-v3"],
-                                         calibration_frames=8, fp32_convs=6))
-    assert default > 20 and _quantized_convs(more["int8"]) == default - 4
+def test_pretraining_keeps_the_chosen_leading_convolutions_in_fp32(exported, tmp_path):
+    root, actor, _, _ = exported
+    default = _quantized_convs(onnx.load_from_string(actor.int8_encoder.onnx))
+    more, _ = train(ActorPretrainConfig(store_root=root / "store", out=tmp_path / "a",
+                                        features=root / "features", tasks=["reach-v3"],
+                                        demos_per_task=2, steps=1, batch_size=8,
+                                        calibration_frames=16, fp32_convs=6))
+    assert default > 20
+    assert _quantized_convs(onnx.load_from_string(more.int8_encoder.onnx)) == default - 4
+    # its features are cached apart from the other encoder's
+    assert len({p.name.split("__")[-1] for p in (root / "features").glob("*.npy")}) == 2
+    with pytest.raises(ConfigError, match="`fp32_convs`"):
+        ActorPretrainConfig(fp32_convs=-1)
+    with pytest.raises(ConfigError, match="`encoder`"):
+        ActorPretrainConfig(encoder="int4")
+
+
+def test_an_fp32_encoder_actor_exports_as_one_quantized_graph(exported, tmp_path):
+    """``--encoder fp32`` (and every older checkpoint): the whole fp32 graph, and its INT8
+    variant quantized as one QDQ graph with the chosen convolutions kept in fp32."""
+    root, int8_actor, _, _ = exported
+    actor, summary = train(ActorPretrainConfig(
+        store_root=root / "store", out=tmp_path / "a", features=root / "features",
+        tasks=["reach-v3"], demos_per_task=2, steps=5, batch_size=8, encoder="fp32"))
+    assert actor.int8_encoder is None and summary["encoder"] == "fp32"
+    assert not (tmp_path / "a" / "image_encoder_int8.onnx").exists()
+    res = export_main(ActorExportConfig(actor=tmp_path / "a" / "actor.pt", out=tmp_path / "x",
+                                        store_root=root / "store", tasks=["reach-v3"],
+                                        calibration_frames=8, fp32_convs=6))
+    assert "encoder" not in _meta(res["fp32"]) and _meta(res["int8"])["precision"] == "int8"
+    convs = _quantized_convs(onnx.load(res["int8"]))
+    assert convs == _quantized_convs(onnx.load_from_string(int8_actor.int8_encoder.onnx)) - 4
+    task, frames, proprio = _frames(root, 2)
+    policy = OnnxPolicy(res["fp32"], greedy=True)
+    for img, p in zip(frames, proprio, strict=True):
+        _, t_ref, lp_ref, _ = actor.act(img, p, task, greedy=True)
+        tokens, logps, _ = policy.run(img, p, task)
+        np.testing.assert_array_equal(tokens, t_ref)
+        assert abs(float(logps.sum()) - lp_ref) < 1e-3
     with pytest.raises(ConfigError, match="`fp32_convs`"):
         ActorExportConfig(actor=root / "actor" / "actor.pt", fp32_convs=-1)
 
@@ -127,10 +181,9 @@ def test_publisher_ships_int8_or_the_exact_fp32_graph(exported, tmp_path):
         assert pub.fleet.version(version)["artifact_key"] == m.artifact
         path = tmp_path / "objects" / m.artifact
         assert mf.file_digest(path) == (m.sha256, m.size)
-        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-        assert ("QuantizeLinear" in ops) == (precision == "int8")
         policy = OnnxPolicy(path, greedy=True)
         assert policy.meta["precision"] == precision and policy.version == version
+        assert policy.meta["head"] == ("fp32" if precision == "fp32" else "int8-weights")
         if precision == "fp32":  # the robots act exactly as the learner's weights
             for img, p in zip(frames, proprio, strict=True):
                 np.testing.assert_array_equal(policy.run(img, p, task)[0],
@@ -239,13 +292,17 @@ def test_a_new_version_continues_the_robots_sampling_noise(exported):
 
 
 def test_torch_actor_round_trip(exported, tmp_path):
+    from vlac.cloud.encoders import ImageEncoder
+
     _, actor, _, _ = exported
     actor.save(tmp_path / "a.pt")
-    back = TorchActor.load(tmp_path / "a.pt", image_encoder=actor.image_encoder,
+    # an actor with its own INT8 encoder keeps it, whatever encoder the caller offers
+    back = TorchActor.load(tmp_path / "a.pt", image_encoder=ImageEncoder(),
                            text_encoder=actor.text_encoder)
     for a, b in zip(actor.model.state_dict().values(), back.model.state_dict().values(),
                     strict=True):
         torch.testing.assert_close(a, b)
+    assert back.int8_encoder.onnx == actor.int8_encoder.onnx
     with pytest.raises(ValueError, match="not a critic checkpoint"):
         TorchActor.model_from_critic(tmp_path / "a.pt")
 

@@ -1,4 +1,5 @@
-"""The frozen image encoder on ONNX Runtime gives torch's features, from a cached export."""
+"""The frozen image encoder on ONNX Runtime gives torch's features, from a cached export; its
+INT8 variant is calibrated, deterministic and cached apart."""
 
 import numpy as np
 import pytest
@@ -85,3 +86,29 @@ def test_a_corrupt_cached_graph_leaves_auto_on_torch(tmp_path, monkeypatch, fram
     enc = ImageEncoder("auto")
     np.testing.assert_array_equal(enc.encode(frames[:1]), ImageEncoder("torch").encode(frames[:1]))
     assert enc.backend == "torch" and f"delete {path}" in caplog.text
+
+
+def test_int8_encoder_is_calibrated_close_to_fp32_and_kept_apart(tmp_path, frames):
+    from vlac.cloud.encoders import FeatureCache, Int8ImageEncoder
+
+    calib = np.random.default_rng(1).integers(0, 256, (16, 128, 128, 3), dtype=np.uint8)
+    int8 = Int8ImageEncoder.calibrate(calib)
+    assert int8.precision == "int8" and int8.image_shape == (128, 128)
+    a = int8.encode(frames).astype(np.float32)
+    b = ImageEncoder("onnxruntime").encode(frames).astype(np.float32)
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.5  # quantized, not another network
+    # the same graph bytes give the same features, batch by batch or frame by frame
+    again = Int8ImageEncoder(int8.onnx, memo=0)
+    np.testing.assert_array_equal(np.concatenate([again.encode(f[None]) for f in frames]),
+                                  int8.encode(frames))
+    with pytest.raises(ValueError, match="calibrated for 128x128"):
+        int8.encode(frames[:, :64, :64])
+    with pytest.raises(ValueError, match="at least 8"):
+        Int8ImageEncoder.calibrate(calib[:4])
+    with pytest.raises(ValueError, match="pretrain it again"):
+        Int8ImageEncoder(b"not onnx")
+    # features of the two encoders never share a cache file
+    paths = {FeatureCache(tmp_path, enc).path("r", "e", "corner") for enc in
+             (ImageEncoder("torch"), int8, again)}
+    assert len(paths) == 2 and sum(int8.cache_tag in p.name for p in paths) == 1
