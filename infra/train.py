@@ -2,8 +2,9 @@
 
 1. **Prepare** (only what is not cached in ``--workdir``): CURVE keys for ingest and robots,
    the publisher's signing key, scripted-expert demonstrations of the tasks, the critic, the
-   ~30% imitation actor (few demonstrations per task), and its fp32 and INT8 exports, one
-   of them (``--precision``, fp32 by default) published as version 0.
+   ~30% imitation actor (few demonstrations per task, learnt on its INT8 image encoder), and
+   its fp32 and INT8 exports, one of them (``--precision``, int8 by default) published as
+   version 0.
 2. **Run** every part as its own process on loopback, as across machines: ingest (episodes
    into the store, heartbeats into the fleet state), the critic service, the publisher's
    announcer, the PPO learner (critic rewards, demonstration replay, publishes every
@@ -122,9 +123,9 @@ class TrainConfig:
                                  "task (the same ones, never trained on), in the report "
                                  "(default: 20; quick: 10; 0: skip).")
     precision: Literal["int8", "fp32"] = opt(
-        "fp32", "What the simulated robots run: fp32 (the learner's exact weights) or int8 "
-        "(the edge artifact; its greedy tokens agree with fp32 on only ~31% of frames so "
-        "far, which made PPO's importance weights average 0.42 instead of 1).")
+        "int8", "What the simulated robots run: int8 (the edge artifact: the actor's INT8 "
+        "encoder and INT8-stored head weights; 96% of its greedy tokens are the learner's) "
+        "or fp32 (the same encoder and the fp32 head: the learner's actor exactly).")
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
