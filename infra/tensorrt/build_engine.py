@@ -4,7 +4,10 @@
 
 TensorRT builds engines for the GPU it runs on, so this runs on the robot (JetPack ships the
 `tensorrt` Python package and `trtexec`); the QDQ nodes in the ONNX file give TensorRT its
-INT8 scales (explicit quantization), no calibration is needed there. The equivalent trtexec
+INT8 scales (explicit quantization), no calibration is needed there. The image encoder is
+the QDQ part; the head's INT8-stored weights (int8 initializers restored by Cast and Mul) are
+constant-folded to float weights, so the head runs in fp32, or fp16 with ``--fp16`` (that
+half-precision head is not measured here: no GPU). The equivalent trtexec
 call is printed too. At run time the edge runtime can instead let ONNX Runtime's TensorRT
 execution provider build and cache the engine itself (onnxruntime-gpu, `vlac[edge-gpu]`).
 
