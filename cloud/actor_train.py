@@ -9,7 +9,8 @@ Runs on the shared DeepSpeed engine wrapper.
 ``encoder="int8"`` (the default) first quantizes the image encoder to static INT8, calibrated on
 frames of the demonstrations used, and trains on that encoder's features: the actor is then the
 same function on the robot's INT8 graph as in the learner (``vlac.cloud.encoders``). The graph
-is kept as ``OUT/image_encoder_int8.onnx`` (a resumed run reuses it) and inside ``actor.pt``.
+is kept as ``OUT/image_encoder_int8.onnx`` (a run resuming from OUT's checkpoint reuses it)
+and inside ``actor.pt``.
 """
 
 from __future__ import annotations
@@ -88,11 +89,12 @@ class DemoSteps:
 def image_encoder(cfg: ActorPretrainConfig, store: EpisodeStore, episodes: list[dict]
                   ) -> ImageEncoder:
     """The fp32 encoder, or the INT8 one calibrated on frames spread over ``episodes`` (kept
-    in ``cfg.out`` so that a resumed run learns on the same one)."""
+    in ``cfg.out``: a run that resumes from a checkpoint there learns on the same one; a fresh
+    run calibrates again)."""
     if cfg.encoder == "fp32":
         return ImageEncoder()
     path = cfg.out / "image_encoder_int8.onnx"
-    if path.exists():
+    if path.exists() and (cfg.out / "checkpoints" / "latest").exists():
         return Int8ImageEncoder(path.read_bytes())
     rng = np.random.default_rng(cfg.seed)
     per = -(-cfg.calibration_frames // len(episodes))

@@ -132,6 +132,14 @@ def test_pretraining_keeps_the_chosen_leading_convolutions_in_fp32(exported, tmp
     assert _quantized_convs(onnx.load_from_string(more.int8_encoder.onnx)) == default - 4
     # its features are cached apart from the other encoder's
     assert len({p.name.split("__")[-1] for p in (root / "features").glob("*.npy")}) == 2
+    # resuming from its checkpoint keeps learning on the same encoder
+    kept = tmp_path / "a" / "image_encoder_int8.onnx"
+    stamp = kept.stat().st_mtime_ns
+    resumed, _ = train(ActorPretrainConfig(store_root=root / "store", out=tmp_path / "a",
+                                           features=root / "features", tasks=["reach-v3"],
+                                           demos_per_task=2, steps=2, batch_size=8))
+    assert resumed.int8_encoder.onnx == more.int8_encoder.onnx
+    assert kept.stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="`fp32_convs`"):
         ActorPretrainConfig(fp32_convs=-1)
     with pytest.raises(ConfigError, match="`encoder`"):
