@@ -61,8 +61,9 @@ import inspect
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -122,22 +123,30 @@ def critic_messages(task: str, n_reference: int = 0) -> list[dict[str, Any]]:
     return [{"role": "user", "content": content}]
 
 
-def critic_prompt(processor, task: str, n_reference: int = 0) -> str:
-    """The prompt text for one pair, ending where the progress token is to be predicted.
-    The processor's chat template (with the generation prompt) if it has one, else a plain
-    prompt with the processor's image token for every image."""
+def user_prompt(processor, messages: list[dict[str, Any]],
+                plain: Callable[[str, str], str]) -> str:
+    """One user turn as prompt text ending where the answer starts: the processor's chat
+    template (with the generation prompt) if it has one, else ``plain(bos, image_token)``."""
     if getattr(processor, "chat_template", None):
-        return processor.apply_chat_template(critic_messages(task, n_reference),
-                                             add_generation_prompt=True, tokenize=False)
+        return processor.apply_chat_template(messages, add_generation_prompt=True,
+                                             tokenize=False)
     image = getattr(processor, "image_token", None)
     if not image:
         raise ValueError(f"{type(processor).__name__} has neither a chat template nor an "
                          "image_token: cannot place the images in the prompt")
-    bos = getattr(processor.tokenizer, "bos_token", None) or ""
-    ref = (f"Reference demonstration of the task ({n_reference} frames, in order): "
-           f"{image * n_reference}\n" if n_reference else "")
-    return (f"{bos}{ref}Task: {task}\nImage 1 (earlier observation): {image}\n"
-            f"Image 2 (later observation): {image}\n{QUESTION}\nAnswer: ")
+    return plain(getattr(processor.tokenizer, "bos_token", None) or "", image)
+
+
+def critic_prompt(processor, task: str, n_reference: int = 0) -> str:
+    """The prompt text for one pair, ending where the progress token is to be predicted
+    (``user_prompt``; the plain prompt has the processor's image token for every image)."""
+    def plain(bos: str, image: str) -> str:
+        ref = (f"Reference demonstration of the task ({n_reference} frames, in order): "
+               f"{image * n_reference}\n" if n_reference else "")
+        return (f"{bos}{ref}Task: {task}\nImage 1 (earlier observation): {image}\n"
+                f"Image 2 (later observation): {image}\n{QUESTION}\nAnswer: ")
+
+    return user_prompt(processor, critic_messages(task, n_reference), plain)
 
 
 def target_text(delta: float, done: bool) -> str:
@@ -212,6 +221,50 @@ def prepare_checkpoint(model, processor, out_dir: str | Path) -> Path:
     return out
 
 
+class Opened(NamedTuple):
+    processor: Any
+    model: Any
+    ids: list[int]  # the ids of the checked tokens, in order
+    accepts: set[str]  # the model's forward arguments
+    positions: bool  # pass position_ids (models with their own rope positions do not need them)
+    cache_arg: str  # the forward's name for the KV cache
+
+
+def open_checkpoint(path: Path, tokens: list[str], what: str, fix: str, user: str,
+                    device: torch.device, dtype: torch.dtype,
+                    before_model: Callable[[], None] | None = None) -> Opened:
+    """Processor (left padding) and model (eval, on ``device``) of a prepared checkpoint whose
+    tokenizer has ``tokens`` and whose embeddings cover them; refusals name ``fix``.
+    ``before_model`` runs its own checks after the tokenizer's, before the model loads."""
+    processor = load_processor(path)
+    tok = processor.tokenizer
+    vocab = tok.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        raise ValueError(
+            f"{path}: the tokenizer lacks {len(missing)} of the {len(tokens)} {what} tokens "
+            f"(e.g. {missing[0]}). Run {fix} on the base checkpoint, fine-tune it, and point "
+            f"the {user} at the result")
+    if before_model is not None:
+        before_model()
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype)
+    model.to(device).eval()
+    rows = model.get_input_embeddings().weight.shape[0]
+    ids = [vocab[t] for t in tokens]
+    if max(ids) >= rows:
+        raise ValueError(
+            f"{path}: the model has {rows} token embeddings but the {what} token ids reach "
+            f"{max(ids)}: the embeddings were not resized. Run {fix}")
+    params = inspect.signature(model.forward).parameters
+    return Opened(processor, model, ids, set(params),
+                  "position_ids" in params
+                  and not hasattr(getattr(model, "model", None), "get_rope_index"),
+                  "cache" if "cache" in params else "past_key_values")
+
+
 # ---------------------------------------------------------------------------------- critic
 class TransformersCritic:
     """The ``Critic`` protocol on a prepared and fine-tuned image-text-to-text checkpoint."""
@@ -233,39 +286,14 @@ class TransformersCritic:
         self.images_kwargs = dict(images_kwargs) if images_kwargs else None
         self.use_cache = use_cache
 
-        self.processor = load_processor(path)
-        tok = self.processor.tokenizer
-        vocab = tok.get_vocab()
-        missing = [t for t in CRITIC_TOKENS if t not in vocab]
-        if missing:
-            raise ValueError(
-                f"{path}: the tokenizer lacks {len(missing)} of the {len(CRITIC_TOKENS)} "
-                f"progress/done tokens (e.g. {missing[0]}). Run "
-                "vlac.cloud.hf_critic.prepare_checkpoint(model, processor, out_dir) on the "
-                "base checkpoint, fine-tune it, and point the critic at the result")
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-
-        self.model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype)
-        self.model.to(self.device).eval()
-        rows = self.model.get_input_embeddings().weight.shape[0]
-        ids = [vocab[t] for t in CRITIC_TOKENS]
-        if max(ids) >= rows:
-            raise ValueError(
-                f"{path}: the model has {rows} token embeddings but the progress/done token ids "
-                f"reach {max(ids)}: the embeddings were not resized. Run "
-                "vlac.cloud.hf_critic.prepare_checkpoint(model, processor, out_dir)")
-        self.progress_ids = torch.tensor(ids[:PROGRESS_BINS], device=self.device)
-        self.done_ids = torch.tensor(ids[PROGRESS_BINS:], device=self.device)
+        c = open_checkpoint(path, CRITIC_TOKENS, "progress/done",
+                            "vlac.cloud.hf_critic.prepare_checkpoint(model, processor, out_dir)",
+                            "critic", self.device, dtype)
+        self.processor, self.model = c.processor, c.model
+        self._accepts, self._positions, self._cache_arg = c.accepts, c.positions, c.cache_arg
+        self.progress_ids = torch.tensor(c.ids[:PROGRESS_BINS], device=self.device)
+        self.done_ids = torch.tensor(c.ids[PROGRESS_BINS:], device=self.device)
         self.bin_values = token_to_delta(torch.arange(PROGRESS_BINS)).to(self.device)
-
-        params = inspect.signature(self.model.forward).parameters
-        self._accepts = set(params)
-        # Models with their own (multimodal) rope positions compute them from the mask.
-        self._positions = ("position_ids" in params
-                           and not hasattr(getattr(self.model, "model", None), "get_rope_index"))
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     # ------------------------------------------------------------------ inputs
     def _validate(self, tasks, obs_a, obs_b, reference):

@@ -73,14 +73,21 @@ def tiny_internvl():
     return InternVLForConditionalGeneration(config).eval(), processor
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf_critic")
+def raw_and_prepared(root, prepare):
+    """A tiny InternVL saved as ``root/raw`` and, through ``prepare``, as ``root/ready``.
+    Returns (model, processor, tokenizer length before preparing)."""
     model, processor = tiny_internvl()
     n_tok = len(processor.tokenizer)
     model.save_pretrained(root / "raw")
     processor.save_pretrained(root / "raw")
-    prepare_checkpoint(model, processor, root / "ready")
+    prepare(model, processor, root / "ready")
+    return model, processor, n_tok
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf_critic")
+    _, processor, n_tok = raw_and_prepared(root, prepare_checkpoint)
     # the tokens in the tokenizer, but the embeddings never resized
     shutil.copytree(root / "raw", root / "unresized")
     processor.save_pretrained(root / "unresized")
