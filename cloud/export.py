@@ -233,6 +233,15 @@ def _opset(model) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def int8_parity_warning(actor: TorchActor) -> str | None:
+    """Why ``actor``'s INT8 artifact would not act like the actor, or None when it does."""
+    if actor.int8_encoder is not None:
+        return None
+    return ("this actor learnt on the fp32 image encoder, so its INT8 artifact (the whole "
+            "graph quantized) picks its greedy token on only about 25-31% of frames; pretrain "
+            "it again with `vlac actor pretrain` (--encoder int8, the default) or ship fp32")
+
+
 def export_artifacts(actor: TorchActor, out: Path, meta: dict,
                      samples: list[dict[str, np.ndarray]], precisions=("fp32", "int8"),
                      fp32_convs: int = KEEP_FP32_CONVS) -> dict[str, Path]:

@@ -151,6 +151,9 @@ class Publisher(_PublisherSide):
         from vlac.shared import tasks as task_text
 
         if self.export_samples is None:
+            warning = export.int8_parity_warning(actor) if self.cfg.precision == "int8" else None
+            if warning:
+                log.warning("publishing INT8: %s (--publisher.precision fp32)", warning)
             self.export_samples = export.calibration_samples(actor, Path(store_root), tasks,
                                                              calibration_frames)
         samples = self.export_samples

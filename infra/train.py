@@ -201,6 +201,14 @@ def prepare(cfg: TrainConfig, p: Paths, console: Console) -> tuple[Path, Path, P
         train(ActorPretrainConfig(store_root=p.store, out=p.actor_dir, features=p.features,
                                   tasks=cfg.tasks, demos_per_task=cfg.actor_demos_per_task,
                                   steps=cfg.actor_steps))
+    if cfg.precision == "int8":
+        from vlac.cloud.actor import TorchActor
+        from vlac.cloud.export import int8_parity_warning
+
+        warning = int8_parity_warning(TorchActor.load(actor))
+        if warning:
+            console.print(f"[yellow]warning:[/] {actor}: {warning}: delete {p.actor_dir} and "
+                          f"{p.export} to pretrain it again, or run with --precision fp32")
     v0 = p.export / f"actor_{cfg.precision}.onnx"
     if not v0.exists():
         from vlac.cloud.export import ActorExportConfig

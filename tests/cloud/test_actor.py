@@ -12,7 +12,7 @@ import torch
 from tests.helpers import ThreadIngest, ingest_config, sender_config
 from vlac.cloud.actor import TorchActor
 from vlac.cloud.actor_train import ActorPretrainConfig, train
-from vlac.cloud.export import ActorExportConfig, example_inputs
+from vlac.cloud.export import ActorExportConfig, example_inputs, int8_parity_warning
 from vlac.cloud.export import main as export_main
 from vlac.cloud.store import EpisodeStore
 from vlac.edge.metaworld_robot import MetaWorldRobotConfig
@@ -154,6 +154,8 @@ def test_an_fp32_encoder_actor_exports_as_one_quantized_graph(exported, tmp_path
         store_root=root / "store", out=tmp_path / "a", features=root / "features",
         tasks=["reach-v3"], demos_per_task=2, steps=5, batch_size=8, encoder="fp32"))
     assert actor.int8_encoder is None and summary["encoder"] == "fp32"
+    assert "pretrain it again" in int8_parity_warning(actor)
+    assert int8_parity_warning(int8_actor) is None
     assert not (tmp_path / "a" / "image_encoder_int8.onnx").exists()
     res = export_main(ActorExportConfig(actor=tmp_path / "a" / "actor.pt", out=tmp_path / "x",
                                         store_root=root / "store", tasks=["reach-v3"],
