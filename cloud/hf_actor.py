@@ -66,7 +66,14 @@ import torch
 from PIL import Image
 
 from vlac.cloud.critic import _check_frames
-from vlac.cloud.hf_critic import open_checkpoint, user_prompt
+from vlac.cloud.hf_critic import (
+    cached_step,
+    model_inputs,
+    open_checkpoint,
+    output_cache,
+    position_ids,
+    user_prompt,
+)
 from vlac.shared.tokenizer import ActionTokenizer
 
 ACTION_BINS = 256
@@ -206,8 +213,8 @@ class TransformersActor:
 
         c = open_checkpoint(path, ACTION_TOKENS, "action", _PREPARE, "actor", self.device,
                             dtype, value_head_exists)
-        self.processor, self.model = c.processor, c.model
-        self._accepts, self._positions, self._cache_arg = c.accepts, c.positions, c.cache_arg
+        self.processor, self.model, self._opened = c.processor, c.model, c
+        self._accepts, self._positions = c.accepts, c.positions
         self.action_ids = torch.tensor(c.ids, device=self.device)
 
         hidden = _hidden_size(self.model)
@@ -266,13 +273,7 @@ class TransformersActor:
                               add_special_tokens=False, **kw)
 
     def _model_inputs(self, enc) -> dict[str, torch.Tensor]:
-        inputs = {k: v.to(self.device) for k, v in enc.items()
-                  if k != "token_type_ids" or k in self._accepts}
-        return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
-
-    @staticmethod
-    def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-        return (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return model_inputs(enc, self._accepts, self.device, self.dtype)
 
     def _forward(self, inputs: dict[str, Any], keep: int, **kw):
         """One model pass over ``inputs`` (with position ids from the attention mask), logits
@@ -281,7 +282,7 @@ class TransformersActor:
         if "logits_to_keep" in self._accepts:
             extra["logits_to_keep"] = keep
         if self._positions and "position_ids" not in inputs:
-            pos = self._position_ids(inputs["attention_mask"])
+            pos = position_ids(inputs["attention_mask"])
             extra["position_ids"] = pos[:, -inputs["input_ids"].shape[1]:]
         return self.model(**inputs, **extra)
 
@@ -331,15 +332,11 @@ class TransformersActor:
             if k == a - 1:
                 break
             nxt = self.action_ids[tok].view(1, 1)
-            cache = getattr(out, "cache", None)
-            if cache is None:
-                cache = getattr(out, "past_key_values", None)
+            cache = output_cache(out)
             if cache is not None:  # only the new token; the rest is cached
                 mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-                step = {"input_ids": nxt, "attention_mask": mask, self._cache_arg: cache}
-                if self._positions:
-                    step["position_ids"] = self._position_ids(mask)[:, -1:]
-                out = self._forward(step, 1, use_cache=True, output_hidden_states=False)
+                out = self._forward(cached_step(nxt, mask, cache, self._opened), 1,
+                                    output_hidden_states=False)
             else:  # the whole sequence again, with the chosen token appended
                 inputs = self._extended(inputs, nxt)
                 out = self._forward(inputs, 1, use_cache=False, output_hidden_states=False)

@@ -265,6 +265,34 @@ def open_checkpoint(path: Path, tokens: list[str], what: str, fix: str, user: st
                   "cache" if "cache" in params else "past_key_values")
 
 
+def model_inputs(enc, opened_accepts: set[str], device: torch.device, dtype: torch.dtype
+                 ) -> dict[str, torch.Tensor]:
+    """Processor outputs as the model's inputs: on ``device``, floats in ``dtype``, without
+    ``token_type_ids`` unless the model's forward takes them."""
+    return {k: v.to(device).to(dtype) if v.is_floating_point() else v.to(device)
+            for k, v in enc.items() if k != "token_type_ids" or k in opened_accepts}
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions of a left-padded batch from its attention mask (padding at 0)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def output_cache(out):
+    """The KV cache a forward returned (``cache`` or ``past_key_values``), or None."""
+    cache = getattr(out, "cache", None)
+    return getattr(out, "past_key_values", None) if cache is None else cache
+
+
+def cached_step(nxt: torch.Tensor, mask: torch.Tensor, cache, c: Opened) -> dict[str, Any]:
+    """The inputs of one cached decoding step: the new token ids ``nxt`` (B, 1), the attention
+    mask ``mask`` that already covers them, the cache, and its position when needed."""
+    step = {"input_ids": nxt, "attention_mask": mask, c.cache_arg: cache, "use_cache": True}
+    if c.positions:
+        step["position_ids"] = position_ids(mask)[:, -1:]
+    return step
+
+
 # ---------------------------------------------------------------------------------- critic
 class TransformersCritic:
     """The ``Critic`` protocol on a prepared and fine-tuned image-text-to-text checkpoint."""
@@ -289,8 +317,8 @@ class TransformersCritic:
         c = open_checkpoint(path, CRITIC_TOKENS, "progress/done",
                             "vlac.cloud.hf_critic.prepare_checkpoint(model, processor, out_dir)",
                             "critic", self.device, dtype)
-        self.processor, self.model = c.processor, c.model
-        self._accepts, self._positions, self._cache_arg = c.accepts, c.positions, c.cache_arg
+        self.processor, self.model, self._opened = c.processor, c.model, c
+        self._accepts, self._positions = c.accepts, c.positions
         self.progress_ids = torch.tensor(c.ids[:PROGRESS_BINS], device=self.device)
         self.done_ids = torch.tensor(c.ids[PROGRESS_BINS:], device=self.device)
         self.bin_values = token_to_delta(torch.arange(PROGRESS_BINS)).to(self.device)
@@ -320,23 +348,15 @@ class TransformersCritic:
                               padding_side="left", add_special_tokens=False, **kw)
 
     # ------------------------------------------------------------------ scoring
-    @staticmethod
-    def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-        return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
     @torch.no_grad()
     def _score(self, enc) -> CriticOutput:
-        inputs = {k: v.to(self.device) for k, v in enc.items()
-                  if k != "token_type_ids" or k in self._accepts}
-        for k, v in inputs.items():
-            if v.is_floating_point():
-                inputs[k] = v.to(self.dtype)
+        inputs = model_inputs(enc, self._accepts, self.device, self.dtype)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         extra: dict[str, Any] = {}
         if "logits_to_keep" in self._accepts:
             extra["logits_to_keep"] = 1
         if self._positions:
-            extra["position_ids"] = self._position_ids(mask)
+            extra["position_ids"] = position_ids(mask)
 
         out = self.model(**inputs, **extra, use_cache=self.use_cache)
         p_logits = out.logits[:, -1].float()[:, self.progress_ids]
@@ -345,21 +365,16 @@ class TransformersCritic:
         nxt = self.progress_ids[token][:, None]
 
         mask2 = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        cache = getattr(out, "cache", None)
-        if cache is None:
-            cache = getattr(out, "past_key_values", None)
+        cache = output_cache(out)
         if self.use_cache and cache is not None:  # only the new token; the prompt is cached
-            step = {"input_ids": nxt, "attention_mask": mask2, self._cache_arg: cache}
-            if self._positions:
-                step["position_ids"] = self._position_ids(mask2)[:, -1:]
-            step["use_cache"] = True
+            step = cached_step(nxt, mask2, cache, self._opened)
         else:  # the whole prompt again, with the progress token appended
             step = {k: (torch.cat([v, v[:, -1:]], 1)
                         if v.ndim == 2 and v.shape == ids.shape and k != "input_ids" else v)
                     for k, v in inputs.items()}
             step.update(input_ids=torch.cat([ids, nxt], 1), attention_mask=mask2, use_cache=False)
             if self._positions:
-                step["position_ids"] = self._position_ids(mask2)
+                step["position_ids"] = position_ids(mask2)
         if "logits_to_keep" in self._accepts:
             step["logits_to_keep"] = 1
         d_logits = self.model(**step).logits[:, -1].float()[:, self.done_ids]
