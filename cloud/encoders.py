@@ -203,11 +203,11 @@ class ImageEncoder(torch.nn.Module):
         return np.stack(out) if out else np.zeros((0, GRID * GRID, IMAGE_DIM), np.float16)
 
 
-class _Frames:
-    """Calibration reader for ``quantize_static``: frames in batches of 16."""
+class Feeds:
+    """Calibration reader for ``quantize_static``: the given input feeds, in order."""
 
-    def __init__(self, frames: np.ndarray, name: str = "image") -> None:
-        self._it = iter([{name: frames[i:i + 16]} for i in range(0, len(frames), 16)])
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it = iter(feeds)
 
     def get_next(self):
         return next(self._it, None)
@@ -272,7 +272,8 @@ class Int8ImageEncoder(ImageEncoder):
         fp32 = ImageEncoder("torch", memo=0)._export(frames.shape[1], frames.shape[2])
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "int8.onnx"
-            quantize_qdq(fp32, out, _Frames(frames), ["Conv"], fp32_convs)
+            feeds = Feeds([{"image": frames[i:i + 16]} for i in range(0, len(frames), 16)])
+            quantize_qdq(fp32, out, feeds, ["Conv"], fp32_convs)
             return cls(out.read_bytes(), memo)
 
     def _ort(self, height: int, width: int):

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from vlac.cloud.actor import TorchActor
-from vlac.cloud.encoders import ImageEncoder, quantize_qdq
+from vlac.cloud.encoders import Feeds, ImageEncoder, quantize_qdq
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, describe, opt
 
@@ -216,7 +216,7 @@ def _join(encoder: bytes, head: Path, out: Path, meta: dict, precision: str) -> 
     from onnx import compose
 
     enc, hd = onnx.load_from_string(encoder), onnx.load(str(head))
-    opset = max(o.version for m in (enc, hd) for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    opset = max(_opset(enc), _opset(hd))
     enc, hd = (onnx.version_converter.convert_version(m, opset) if
                _opset(m) != opset else m for m in (enc, hd))
     hd = compose.add_prefix(hd, "head/", rename_inputs=False, rename_outputs=False)
@@ -276,20 +276,12 @@ def _set_meta(model, meta: dict) -> None:
     p.key, p.value = "vlac", json.dumps(meta)
 
 
-class _Calibration:
-    def __init__(self, samples: list[dict[str, np.ndarray]]) -> None:
-        self._it = iter(samples)
-
-    def get_next(self):
-        return next(self._it, None)
-
-
 def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]],
                   meta: dict, fp32_convs: int = KEEP_FP32_CONVS) -> Path:
     """Static INT8 QDQ of a whole fp32 actor graph (actors without an INT8 encoder)."""
     import onnx
 
-    quantize_qdq(fp32, out, _Calibration(samples), ["Conv", "MatMul", "Gemm"], fp32_convs)
+    quantize_qdq(fp32, out, Feeds(samples), ["Conv", "MatMul", "Gemm"], fp32_convs)
     model = onnx.load(str(out))
     _set_meta(model, dict(meta, precision="int8"))
     onnx.save(model, str(out))

@@ -67,6 +67,7 @@ from PIL import Image
 
 from vlac.cloud.critic import _check_frames
 from vlac.cloud.hf_critic import (
+    add_tokens,
     cached_step,
     model_inputs,
     open_checkpoint,
@@ -145,12 +146,7 @@ def prepare_actor_checkpoint(model, processor, out_dir: str | Path) -> Path:
     if the embedding matrix has no spare rows for them), save model and processor to
     ``out_dir``, and write a zero-initialised value head ``vlac_value_head.pt`` there unless
     one already exists. Idempotent. ``model`` and ``processor`` are modified in place."""
-    tok = processor.tokenizer
-    tok.add_special_tokens({"extra_special_tokens": ACTION_TOKENS},
-                           replace_extra_special_tokens=False)
-    ids = tok.convert_tokens_to_ids(ACTION_TOKENS)
-    if max(ids) >= model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(max(len(tok), max(ids) + 1))
+    add_tokens(model, processor, ACTION_TOKENS)
     return _save(model, processor, out_dir, None)
 
 

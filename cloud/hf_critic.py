@@ -199,6 +199,16 @@ def load_processor(path: str | Path):
     return AutoProcessor.from_pretrained(str(path))
 
 
+def add_tokens(model, processor, tokens: list[str]) -> None:
+    """Add ``tokens`` to the processor's tokenizer as special tokens, keeping the ones it has,
+    and grow the model's token embeddings and LM head to cover them unless spare rows do."""
+    tok = processor.tokenizer
+    tok.add_special_tokens({"extra_special_tokens": tokens}, replace_extra_special_tokens=False)
+    ids = tok.convert_tokens_to_ids(tokens)
+    if max(ids) >= model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(max(len(tok), max(ids) + 1))
+
+
 def prepare_checkpoint(model, processor, out_dir: str | Path) -> Path:
     """Make a checkpoint ready to be fine-tuned to emit progress and done tokens: add the 201
     progress and 2 done tokens to the processor's tokenizer as special tokens (keeping the
@@ -207,13 +217,7 @@ def prepare_checkpoint(model, processor, out_dir: str | Path) -> Path:
     tokenizer, as padded vocabularies do, those are used as they are), and save model and
     processor to ``out_dir``.
     Idempotent. ``model`` and ``processor`` are modified in place."""
-    tok = processor.tokenizer
-    tok.add_special_tokens({"extra_special_tokens": CRITIC_TOKENS},
-                           replace_extra_special_tokens=False)
-    ids = tok.convert_tokens_to_ids(CRITIC_TOKENS)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if max(ids) >= rows:
-        model.resize_token_embeddings(max(len(tok), max(ids) + 1))
+    add_tokens(model, processor, CRITIC_TOKENS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
