@@ -197,15 +197,32 @@ class Ingest:
                           seq=seq, retry=retry)
 
     def _handle(self, frames: list[zmq.Frame]) -> wire.Message | _Pending | None:
-        if len(frames) != 2:
-            return self._error("", "malformed", f"expected one frame per message, got "
-                               f"{len(frames) - 1}")
-        ident, payload = frames
+        """One frame in, at most one reply out. Whatever one frame raises while it is
+        decoded, validated or checked becomes an Error reply on its own connection: a
+        hostile or buggy robot can never stop the loop that serves every other robot."""
+        try:
+            return self._handle_frame(frames)
+        except Exception as e:
+            robot = self._robot_of(frames[-1]) if frames else ""
+            log.exception("a frame from %s raised while being handled", robot or "?")
+            return self._error(robot, "internal", f"ingest could not handle this message "
+                               f"({type(e).__name__}: {e}); it was not stored. Check the "
+                               "robot's software version, and report it if it persists")
+
+    def _robot_of(self, payload: zmq.Frame) -> str:
+        """The robot a frame's CURVE key is enrolled as ('' when unknown)."""
         try:
             key = payload.get("User-Id").encode()
         except zmq.ZMQError:  # no ZAP identity: cannot happen on a CURVE socket
             key = b""
-        robot = self.allowed.get(key, "")
+        return self.allowed.get(key, "")
+
+    def _handle_frame(self, frames: list[zmq.Frame]) -> wire.Message | _Pending | None:
+        if len(frames) != 2:
+            return self._error("", "malformed", f"expected one frame per message, got "
+                               f"{len(frames) - 1}")
+        ident, payload = frames
+        robot = self._robot_of(payload)
         if not robot:  # the allow-list changed under a live connection
             return self._error("", "unknown_robot", "this key is not on the allow-list")
         try:
@@ -223,8 +240,10 @@ class Ingest:
                 st.spool_depth = msg.spool_depth
                 if self.fleet is not None:
                     try:
-                        self.fleet.robot_seen(robot, msg.policy_version, msg.update_error,
-                                              msg.spool_depth)
+                        self.fleet.robot_seen(
+                            robot, msg.policy_version, msg.update_error, msg.spool_depth,
+                            announcements_refused=msg.announcements_refused,
+                            announcements_replayed=msg.announcements_replayed)
                     except Exception as e:  # fleet status must never stop ingest
                         log.warning("could not record %s's heartbeat in the fleet state: %s",
                                     robot, e)
@@ -277,10 +296,6 @@ class Ingest:
             cols = validate_chunk(msg, session.spec)
         except wire.WireError as e:
             return self._error(robot, e.code, e.detail, e.field, ep, seq)
-        staged_task = self.store.staged_task(robot, ep)
-        if staged_task is not None and staged_task != msg.task:
-            return self._error(robot, "task_changed", f"episode {ep} began with task "
-                               f"{staged_task!r}, this chunk says {msg.task!r}", "task", ep, seq)
         return _Pending(ChunkWrite(robot, ep, seq, msg.task, cols, msg.final, msg.first_step,
                                    msg.source, msg.task_id),
                         wire.Ack(robot_id=robot, episode_id=ep, seq=seq, status="stored"))
@@ -290,7 +305,7 @@ class Ingest:
         if not pending:
             return
         try:
-            stored = self.store.write_chunks([p.write for p in pending])
+            written = self.store.write_chunks([p.write for p in pending])
         except OSError as e:
             log.error("store write failed for %d chunks: %s", len(pending), e)
             for p in pending:
@@ -298,14 +313,34 @@ class Ingest:
                                       f"the store could not write: {e}", "",
                                       p.write.episode_id, p.write.seq, retry=True)
             return
-        for p, new in zip(pending, stored, strict=True):
-            st = self.robots[p.write.robot_id]
-            if new:
+        except Exception:  # one chunk the store cannot take: find it, keep the others
+            log.exception("a batch of %d chunks could not be stored; storing them one by "
+                          "one", len(pending))
+            if len(pending) == 1:
+                self._unstorable(pending[0])
+            else:
+                for p in pending:
+                    self._commit([p])
+            return
+        for p, new in zip(pending, written, strict=True):
+            w, st = p.write, self.robots[p.write.robot_id]
+            if isinstance(new, wire.WireError):
+                p.reply = self._error(w.robot_id, new.code, new.detail, new.field,
+                                      w.episode_id, w.seq)
+            elif new:
                 st.chunks += 1
-                st.steps += len(p.write.steps)
+                st.steps += len(w.steps)
             else:  # the same chunk twice in one batch
                 st.duplicates += 1
                 p.reply = msgspec.structs.replace(p.reply, status="duplicate")
+
+    def _unstorable(self, p: _Pending) -> None:
+        w = p.write
+        log.error("%s's chunk %s/%d cannot be stored (traceback above)", w.robot_id,
+                  w.episode_id, w.seq)
+        p.reply = self._error(w.robot_id, "unstorable", "the store raised on this chunk, so "
+                              "it was not stored (see ingest's log); it will not be accepted "
+                              "as it is", "", w.episode_id, w.seq)
 
 
 def main(cfg: IngestConfig) -> dict:

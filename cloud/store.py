@@ -37,6 +37,7 @@ was complete but not yet moved.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -50,9 +51,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlac.cloud.staging import Staged
 from vlac.shared.episode import StepColumns, slice_steps
 from vlac.shared.fsutil import fsync_path
-from vlac.shared.wire import Outcome, check_id
+from vlac.shared.wire import Outcome, WireError, check_id
+
+log = logging.getLogger(__name__)
 
 IMAGE_PREFIX = "image."
 META_KEY = b"vlac"
@@ -90,6 +94,33 @@ def steps_to_table(cols: StepColumns, first_step: int, meta: dict[str, Any]) -> 
                                metadata={b"shape": json.dumps(list(frames.shape[1:])).encode()}))
     schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()})
     return pa.Table.from_arrays(list(arrays.values()), schema=schema)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # moved to episodes/ meanwhile
+        return 0
+
+
+def _staged_from_files(edir: Path) -> Staged | None:
+    """An episode's staging state rebuilt from its chunk files (None if it has none)."""
+    st = None
+    for f in sorted(edir.glob("chunk-*.parquet")):
+        try:
+            meta = json.loads(pq.read_schema(f).metadata[META_KEY])
+            first = meta.get("first_step")
+            if first is None:  # written before chunks recorded it in their metadata
+                first = int(pq.read_table(f, columns=["step"]).column("step")[0].as_py())
+            mtime = f.stat().st_mtime
+        except FileNotFoundError:  # moved to episodes/ by a writer meanwhile
+            continue
+        st = st or Staged(task=meta["task"], source=meta.get("source", "policy"),
+                          task_id=meta.get("task_id", ""), updated_at=0.0)
+        st.chunks[meta["seq"]] = (first, meta["n_steps"])
+        st.final = meta.get("final") or st.final
+        st.updated_at = max(st.updated_at, mtime)
+    return st
 
 
 @dataclass
@@ -154,17 +185,8 @@ class ChunkWrite:
             final = {"success": self.final.success, "n_chunks": self.final.n_chunks,
                      "n_steps": self.final.n_steps, "reason": self.final.reason}
         return {"robot_id": self.robot_id, "episode_id": self.episode_id, "seq": self.seq,
-                "task": self.task, "n_steps": len(self.steps), "final": final,
-                "source": self.source, "task_id": self.task_id}
-
-
-@dataclass
-class _Staged:
-    task: str
-    source: str = "policy"
-    task_id: str = ""
-    seqs: dict[int, int] = field(default_factory=dict)  # seq -> number of steps
-    final: dict[str, Any] | None = None
+                "task": self.task, "n_steps": len(self.steps), "first_step": self.first_step,
+                "final": final, "source": self.source, "task_id": self.task_id}
 
 
 class EpisodeStore:
@@ -183,7 +205,7 @@ class EpisodeStore:
         self.compression = compression
         self._lock = threading.RLock()
         self._complete: set[tuple[str, str]] = set()
-        self._staged: dict[tuple[str, str], _Staged] = {}
+        self._staged: dict[tuple[str, str], Staged] = {}
         self._executor: ThreadPoolExecutor | None = None
         if read_only:
             return
@@ -212,14 +234,7 @@ class EpisodeStore:
                 if key in self._complete:  # crashed after the move's copy: drop leftovers
                     shutil.rmtree(edir)
                     continue
-                st = None
-                for f in sorted(edir.glob("chunk-*.parquet")):
-                    meta = json.loads(pq.read_schema(f).metadata[META_KEY])
-                    st = st or _Staged(task=meta["task"], source=meta.get("source", "policy"),
-                                       task_id=meta.get("task_id", ""))
-                    st.seqs[meta["seq"]] = meta["n_steps"]
-                    if meta.get("final"):
-                        st.final = meta["final"]
+                st = _staged_from_files(edir)
                 if st is not None:
                     self._staged[key] = st
                     self._maybe_complete(*key)
@@ -230,48 +245,42 @@ class EpisodeStore:
             if (robot_id, episode_id) in self._complete:
                 return True
             st = self._staged.get((robot_id, episode_id))
-            return st is not None and seq in st.seqs
-
-    def staged_task(self, robot_id: str, episode_id: str) -> str | None:
-        with self._lock:
-            st = self._staged.get((robot_id, episode_id))
-            return st.task if st else None
+            return st is not None and seq in st.chunks
 
     # ------------------------------------------------------------------ writes
     def write_chunk(self, robot_id: str, episode_id: str, seq: int, task: str,
                     steps: StepColumns, final: Outcome | None = None,
                     first_step: int = 0) -> bool:
-        """Durably store one chunk. Returns False (and writes nothing) for a duplicate."""
-        return self.write_chunks([ChunkWrite(robot_id, episode_id, seq, task, steps, final,
-                                             first_step)])[0]
+        """Durably store one chunk. Returns False (and writes nothing) for a duplicate;
+        raises WireError for a chunk that contradicts its episode."""
+        [written] = self.write_chunks([ChunkWrite(robot_id, episode_id, seq, task, steps,
+                                                  final, first_step)])
+        if isinstance(written, WireError):
+            raise written
+        return written
 
-    def write_chunks(self, chunks: list[ChunkWrite]) -> list[bool]:
-        """Durably store a batch of chunks (group commit); True where stored, False for
-        duplicates. All files are written, then fsynced together, then renamed into place
-        and each folder fsynced once, so a batch costs little more than one chunk."""
+    def write_chunks(self, chunks: list[ChunkWrite]) -> list[bool | WireError]:
+        """Durably store a batch of chunks (group commit). Per chunk: True where stored,
+        False for a duplicate, a WireError (nothing written) where it contradicts what its
+        episode already holds (``vlac.cloud.staging``). All files are written, then fsynced
+        together, then renamed into place and each folder fsynced once, so a batch costs
+        little more than one chunk. If writing raises, nothing of the batch is indexed or
+        acknowledged (a robot resends it) and no temporary file is left behind."""
         if self.read_only:
             raise PermissionError(f"the store at {self.root} was opened read-only")
         todo: list[tuple[ChunkWrite, Path, Path]] = []
-        result = []
-        seen: set[tuple[str, str, int]] = set()
-        for c in chunks:
-            check_id(c.robot_id, "robot_id")
-            check_id(c.episode_id, "episode_id")
-            key = (c.robot_id, c.episode_id, c.seq)
-            if key in seen or self.has(*key):
-                result.append(False)
-                continue
-            seen.add(key)
-            result.append(True)
-            edir = self._staging_dir(c.robot_id, c.episode_id)
-            edir.mkdir(parents=True, exist_ok=True)
-            name = f"chunk-{c.seq:07d}.parquet"
-            tmp = edir / f".tmp-{name}"
-            with open(tmp, "wb") as f:
-                pq.write_table(steps_to_table(c.steps, c.first_step, c.meta()), f,
-                               compression=self.compression, use_dictionary=False,
-                               write_statistics=False)
-            todo.append((c, tmp, edir / name))
+        result: list[bool | WireError] = []
+        planned: dict[tuple[str, str], Staged] = {}  # the batch's episodes as they will be
+        try:
+            for c in chunks:
+                verdict = self._plan(c, planned)
+                result.append(verdict)
+                if verdict is True:
+                    todo.append((c, *self._write_tmp(c)))
+        except BaseException:
+            for _, tmp, _ in todo:
+                tmp.unlink(missing_ok=True)
+            raise
         if self.fsync and todo:
             # fsync releases the GIL: concurrent fsyncs share the file system's journal
             # commits, which is where batching pays.
@@ -282,16 +291,48 @@ class EpisodeStore:
             for d in {dest.parent for _, _, dest in todo}:
                 fsync_path(d)
         with self._lock:
-            for c, _, _ in todo:
-                st = self._staged.setdefault((c.robot_id, c.episode_id),
-                                             _Staged(task=c.task, source=c.source,
-                                                     task_id=c.task_id))
-                st.seqs[c.seq] = len(c.steps)
-                if c.final is not None:
-                    st.final = c.meta()["final"]
-            for r, e in {(c.robot_id, c.episode_id) for c, _, _ in todo}:
-                self._maybe_complete(r, e)
+            for key in {(c.robot_id, c.episode_id) for c, _, _ in todo}:
+                self._staged[key] = planned[key]
+                self._maybe_complete(*key)
         return result
+
+    def _plan(self, c: ChunkWrite, planned: dict[tuple[str, str], Staged]) -> bool | WireError:
+        """Whether ``c`` is new (True), a duplicate (False) or contradicts its episode as the
+        store and the batch so far hold it; a new chunk is added to ``planned``."""
+        check_id(c.robot_id, "robot_id")
+        check_id(c.episode_id, "episode_id")
+        key = (c.robot_id, c.episode_id)
+        with self._lock:
+            if key in self._complete:
+                return False
+            if key not in planned:
+                st = self._staged.get(key)
+                planned[key] = st.copy() if st else Staged(c.task, c.source, c.task_id)
+        st = planned[key]
+        if c.seq in st.chunks:
+            return False
+        final = c.meta()["final"]
+        refusal = st.refusal(c.seq, c.first_step, len(c.steps), c.task, final)
+        if refusal is not None:
+            return refusal
+        st.add(c.seq, c.first_step, len(c.steps), final)
+        return True
+
+    def _write_tmp(self, c: ChunkWrite) -> tuple[Path, Path]:
+        """Write a chunk's file under a temporary name; returns (temporary, final) paths."""
+        edir = self._staging_dir(c.robot_id, c.episode_id)
+        edir.mkdir(parents=True, exist_ok=True)
+        name = f"chunk-{c.seq:07d}.parquet"
+        tmp = edir / f".tmp-{name}"
+        try:
+            with open(tmp, "wb") as f:
+                pq.write_table(steps_to_table(c.steps, c.first_step, c.meta()), f,
+                               compression=self.compression, use_dictionary=False,
+                               write_statistics=False)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp, edir / name
 
     def write_episode(self, robot_id: str, episode_id: str, task: str, steps: StepColumns,
                       success: bool, reason: str = "", chunk_steps: int = 64,
@@ -317,20 +358,16 @@ class EpisodeStore:
     def _maybe_complete(self, robot_id: str, episode_id: str) -> bool:
         key = (robot_id, episode_id)
         st = self._staged.get(key)
-        if st is None or st.final is None:
-            return False
-        n = st.final["n_chunks"]
-        if any(s not in st.seqs for s in range(n)):
+        if st is None or not st.complete():
             return False
         src = self._staging_dir(robot_id, episode_id)
-        n_steps = sum(st.seqs[s] for s in range(n))
         info = {"robot_id": robot_id, "episode_id": episode_id, "task": st.task,
-                "task_id": st.task_id, "source": st.source, "n_chunks": n,
-                "n_steps": n_steps, "outcome": st.final,
+                "task_id": st.task_id, "source": st.source, "n_chunks": st.final["n_chunks"],
+                "n_steps": st.n_steps, "outcome": st.final,
                 "completed_at": time.time()}
-        if n_steps != st.final["n_steps"]:
+        if st.n_steps != st.final["n_steps"]:  # only stores written before the chunk rules
             info["warning"] = (f"final chunk says {st.final['n_steps']} steps, chunks hold "
-                               f"{n_steps}")
+                               f"{st.n_steps}")
         tmp = src / ".tmp-_episode.json"
         with open(tmp, "w") as f:
             json.dump(info, f, indent=1)
@@ -360,10 +397,54 @@ class EpisodeStore:
         return out
 
     def incomplete(self) -> list[dict[str, Any]]:
+        """Episodes still in staging: chunks held, whether the final one came, age (seconds
+        since a chunk of it was last stored) and bytes on disk. A read-only store reads
+        them from the folders (a writer's index may be ahead by a batch)."""
+        if self.read_only:
+            staged = {}
+            for edir in sorted(self.staging.glob("*/*")) if self.staging.is_dir() else []:
+                st = _staged_from_files(edir)
+                if st is not None:
+                    staged[(edir.parent.name, edir.name)] = st
+        else:
+            with self._lock:
+                staged = {k: st.copy() for k, st in self._staged.items()}
+        now = time.time()
+        out = []
+        for (r, e), st in sorted(staged.items()):
+            files = list(self._staging_dir(r, e).glob("chunk-*.parquet"))
+            out.append({"robot_id": r, "episode_id": e, "task": st.task,
+                        "chunks": sorted(st.chunks), "final_seen": st.final is not None,
+                        "age_s": max(0.0, now - st.updated_at),
+                        "bytes": sum(_size(f) for f in files)})
+        return out
+
+    def collect_staging(self, older_than_s: float) -> list[dict[str, Any]]:
+        """Remove episodes that stayed incomplete for ``older_than_s`` seconds since their
+        last chunk (a robot that crashed mid-episode never sends the rest); returns what
+        was dropped, each logged. Complete episodes are never touched: only folders under
+        ``staging/`` of episodes not complete are removed."""
+        if self.read_only:
+            raise PermissionError(f"the store at {self.root} was opened read-only")
+        dropped = []
         with self._lock:
-            return [{"robot_id": r, "episode_id": e, "task": st.task,
-                     "chunks": sorted(st.seqs), "final_seen": st.final is not None}
-                    for (r, e), st in sorted(self._staged.items())]
+            for inc in self.incomplete():
+                key = (inc["robot_id"], inc["episode_id"])
+                if inc["age_s"] < older_than_s or key in self._complete:
+                    continue
+                edir = self._staging_dir(*key)
+                if (edir / "_episode.json").exists():  # complete: recovery moves it, not gc
+                    continue
+                shutil.rmtree(edir)
+                if self.fsync:
+                    fsync_path(edir.parent)
+                del self._staged[key]
+                log.warning("dropped incomplete episode %s/%s from staging: %d chunks "
+                            "(%s), %.0f KB, no chunk for %.0f s", *key, len(inc["chunks"]),
+                            "final seen" if inc["final_seen"] else "no final",
+                            inc["bytes"] / 1e3, inc["age_s"])
+                dropped.append(inc)
+        return dropped
 
     def _episode_table(self, robot_id: str, episode_id: str,
                        columns: list[str] | None = None) -> tuple[dict[str, Any], pa.Table]:

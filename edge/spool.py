@@ -82,7 +82,7 @@ class Spool:
             if p.name.startswith(".tmp-"):
                 p.unlink(missing_ok=True)
                 continue
-            m = _NAME_RE.match(p.name)
+            m = _NAME_RE.fullmatch(p.name)
             if not m:
                 continue
             e = SpoolEntry(int(m[1]), m[2], int(m[3]), p, p.stat().st_size)

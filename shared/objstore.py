@@ -28,7 +28,7 @@ class ObjectStoreError(RuntimeError):
 
 
 def check_key(key: str) -> str:
-    if not _KEY_RE.match(key) or any(p in (".", "..") for p in key.split("/")):
+    if not _KEY_RE.fullmatch(key) or any(p in (".", "..") for p in key.split("/")):
         raise ObjectStoreError(f"{key!r} is not a valid object key (letters, digits, "
                                "'_.=-' and '/' separators; no '..')")
     return key

@@ -26,12 +26,21 @@ import numpy as np
 PROTOCOL_VERSION = 1
 """Bumped when the handshake or envelope changes; robots and ingest must agree."""
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-"""Robot and episode ids: safe as file names, so they can never escape the store."""
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"
+r"""Robot and episode ids: safe as file names, so they can never escape the store. ``\Z``,
+not ``$``: ``$`` also matches before a final newline, and msgspec searches patterns."""
 _ID_RE = re.compile(ID_PATTERN)
 
+INT64_MAX = 2**63 - 1
+MAX_STEP_INDEX = 2**31 - 1
+"""Steps in one episode, and so any step index: far beyond any real episode (years at
+10 Hz), and small enough that no sum of step counts leaves int64."""
+MAX_ARRAY_DIM = 2**31 - 1
+"""Largest length of any one array axis on the wire."""
+
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
-NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+NonNeg = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+StepIndex = Annotated[int, msgspec.Meta(ge=0, le=MAX_STEP_INDEX)]
 
 ALLOWED_DTYPES = {"uint8", "int32", "int64", "float32", "float64", "bool"}
 
@@ -51,7 +60,7 @@ class Array(msgspec.Struct, array_like=True, frozen=True):
     """An n-d array as (dtype, shape, raw C-order bytes)."""
 
     dtype: str
-    shape: tuple[NonNeg, ...]
+    shape: tuple[Annotated[int, msgspec.Meta(ge=0, le=MAX_ARRAY_DIM)], ...]
     data: memoryview
 
     @classmethod
@@ -75,7 +84,11 @@ class Array(msgspec.Struct, array_like=True, frozen=True):
         if len(self.data) != expect:
             raise WireError("bad_length", f"shape {list(self.shape)} of {self.dtype} needs "
                             f"{expect} bytes but {len(self.data)} came", field + ".data")
-        return np.frombuffer(self.data, dtype=dt).reshape(self.shape)
+        try:
+            return np.frombuffer(self.data, dtype=dt).reshape(self.shape)
+        except ValueError as e:  # e.g. an empty array whose other axes are too large
+            raise WireError("bad_shape", f"shape {list(self.shape)} cannot hold an array "
+                            f"here ({e})", field + ".shape") from None
 
 
 # --------------------------------------------------------------------------- specs
@@ -138,12 +151,16 @@ class HandshakeReply(Message):
     ingest_id: str = ""
 
 
+MAX_SEQ = 1_000_000
+"""Most chunks in one episode, minus one."""
+
+
 class Outcome(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Carried by the last chunk of an episode."""
 
     success: bool
-    n_chunks: Annotated[int, msgspec.Meta(ge=1)]
-    n_steps: Annotated[int, msgspec.Meta(ge=1)]
+    n_chunks: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ + 1)]
+    n_steps: Annotated[int, msgspec.Meta(ge=1, le=MAX_STEP_INDEX)]
     reason: str = ""
     """Why it ended: 'success', 'timeout', 'operator_abort', ..."""
 
@@ -174,10 +191,10 @@ class EpisodeChunk(Message):
     MAX_BYTES: ClassVar[int] = 64 * 1024 * 1024
     robot_id: Id
     episode_id: Id
-    seq: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
     task: Annotated[str, msgspec.Meta(max_length=1000)]
     steps: Steps
-    first_step: NonNeg = 0
+    first_step: StepIndex = 0
     """Index of this chunk's first step within the episode."""
     task_id: Annotated[str, msgspec.Meta(max_length=100)] = ""
     """Machine name of the task where one exists (Meta-World's 'push-v3'), for per-task
@@ -211,12 +228,17 @@ class Error(Message):
 class Heartbeat(Message):
     TYPE: ClassVar[str] = "heartbeat"
     robot_id: Id
-    policy_version: int
+    policy_version: Annotated[int, msgspec.Meta(ge=-1, le=INT64_MAX)]
     spool_depth: NonNeg
     spool_bytes: NonNeg = 0
     time: float = 0.0
     update_error: Annotated[str, msgspec.Meta(max_length=500)] = ""
     """The weight updater's last failure (empty when the last update applied cleanly)."""
+    announcements_refused: NonNeg = 0
+    """Announcements the updater refused since it started: unsigned or badly signed,
+    addressed to another robot, malformed (an attack or a misconfigured publisher)."""
+    announcements_replayed: NonNeg = 0
+    """Genuinely signed announcements older than the last one applied (replays)."""
 
 
 class WeightAnnouncement(Message):
@@ -264,9 +286,9 @@ def decode(frame: bytes | memoryview, expect: tuple[type[Message], ...] = ()) ->
                         f"{HARD_MAX_BYTES} bytes")
     try:
         mtype, version, body = _envelope_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError) as e:
+    except Exception as e:  # DecodeError, ValidationError, RecursionError, ...: all refusals
         raise WireError("malformed", "not a vlac message: expected a msgpack array "
-                        f"[type, schema_version, body] ({e})") from None
+                        f"[type, schema_version, body] ({type(e).__name__}: {e})") from None
     cls = MESSAGE_TYPES.get(mtype)
     if cls is None or (expect and cls not in expect):
         allowed = sorted(c.TYPE for c in expect) if expect else sorted(MESSAGE_TYPES)
@@ -285,13 +307,13 @@ def decode(frame: bytes | memoryview, expect: tuple[type[Message], ...] = ()) ->
         text = str(e)
         field = text.rsplit("- at `", 1)[-1].rstrip("`") if "- at `" in text else "body"
         raise WireError("invalid", text, field) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as e:
-        raise WireError("malformed", f"{mtype!r} body is not valid msgpack ({e})",
-                        "body") from None
+    except Exception as e:  # a hostile body (nesting that exhausts the stack, ...) is refused
+        raise WireError("malformed", f"{mtype!r} body is not a valid message "
+                        f"({type(e).__name__}: {e})", "body") from None
 
 
 def is_valid_id(value: str) -> bool:
-    return isinstance(value, str) and _ID_RE.match(value) is not None
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
 def check_id(value: str, field: str) -> str:
