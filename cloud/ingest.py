@@ -47,6 +47,9 @@ class IngestConfig:
     duration_s: float = opt(0.0, "Stop after this many seconds (0: run until stopped).")
     fleet_dir: Path | None = opt(None, "Fleet state folder: heartbeats (running version, "
                                  "update errors) are recorded there for `vlac fleet status`.")
+    staging_max_age_s: float = opt(86400.0, "Drop episodes that stayed incomplete this many "
+                                   "seconds after their last chunk (a robot that crashed "
+                                   "mid-episode never sends the rest); 0: keep them forever.")
 
     def __post_init__(self) -> None:
         self.store_root = Path(self.store_root)
@@ -58,6 +61,7 @@ class IngestConfig:
         check(self.bind.startswith(("tcp://", "ipc://", "inproc://")), "bind",
               f"{self.bind!r} is not a ZeroMQ address like tcp://0.0.0.0:5555")
         check(self.batch_max >= 1, "batch_max", "must be at least 1")
+        check(self.staging_max_age_s >= 0, "staging_max_age_s", "must be >= 0 (0: never)")
 
     def spec(self) -> wire.RobotSpec:
         if self.spec_file is None:
@@ -124,6 +128,10 @@ class Ingest:
 
     # ------------------------------------------------------------------ loop
     def serve(self) -> dict:
+        with self.store.writer_lock(exclusive=False):
+            return self._serve()
+
+    def _serve(self) -> dict:
         auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("vlac.cloud.ingest.auth"))
         auth.start()
         auth.configure_curve(domain="*", location=str(self.cfg.allowed_keys_dir))
@@ -146,10 +154,14 @@ class Ingest:
         self._ready.set()
         started = time.monotonic()
         next_status = started + self.cfg.status_every_s
+        next_gc = started
         try:
             while not self._stop.is_set():
                 if self.cfg.duration_s and time.monotonic() - started > self.cfg.duration_s:
                     break
+                if self.cfg.staging_max_age_s and time.monotonic() >= next_gc:
+                    self._collect_staging()
+                    next_gc = time.monotonic() + min(600.0, self.cfg.staging_max_age_s / 4)
                 if not sock.poll(100):
                     continue
                 replies: list[tuple[zmq.Frame, wire.Message | _Pending]] = []
@@ -178,6 +190,16 @@ class Ingest:
                 self._ctx.term()
         return self.summary()
 
+    def _collect_staging(self) -> None:
+        try:
+            dropped = self.store.collect_staging(self.cfg.staging_max_age_s)
+        except OSError as e:
+            log.error("could not collect abandoned episodes from staging: %s", e)
+            return
+        if dropped:
+            log.warning("dropped %d episodes that stayed incomplete for %.0f s",
+                        len(dropped), self.cfg.staging_max_age_s)
+
     def summary(self) -> dict:
         return {"robots": len(self.robots),
                 "chunks": sum(r.chunks for r in self.robots.values()),
@@ -188,6 +210,7 @@ class Ingest:
     # ------------------------------------------------------------------ messages
     def _error(self, robot: str, code: str, message: str, fld: str = "",
                episode_id: str = "", seq: int = -1, retry: bool = False) -> wire.Error:
+        message = message if len(message) <= 2000 else message[:2000] + " ..."
         self.errors[code] += 1
         if robot in self.robots:
             self.robots[robot].errors[code] += 1

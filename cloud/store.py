@@ -36,12 +36,15 @@ was complete but not yet moved.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,48 +55,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlac.cloud.staging import Staged
+from vlac.cloud.store_format import META_KEY, steps_to_table, table_to_steps
 from vlac.shared.episode import StepColumns, slice_steps
 from vlac.shared.fsutil import fsync_path
 from vlac.shared.wire import Outcome, WireError, check_id
 
 log = logging.getLogger(__name__)
 
-IMAGE_PREFIX = "image."
-META_KEY = b"vlac"
 
-
-def _fixed_list(arr: np.ndarray) -> pa.Array:
-    arr = np.ascontiguousarray(arr)
-    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
-
-
-def _images_column(frames: np.ndarray) -> pa.Array:
-    t = frames.shape[0]
-    per = int(np.prod(frames.shape[1:]))
-    buf = pa.py_buffer(np.ascontiguousarray(frames))
-    offsets = pa.py_buffer(np.arange(0, (t + 1) * per, per, dtype=np.int32))
-    return pa.BinaryArray.from_buffers(pa.binary(), t, [None, offsets, buf])
-
-
-def steps_to_table(cols: StepColumns, first_step: int, meta: dict[str, Any]) -> pa.Table:
-    n = len(cols)
-    arrays = {
-        "step": pa.array(np.arange(first_step, first_step + n, dtype=np.int64)),
-        "timestamp": pa.array(cols.timestamp),
-        "proprio": _fixed_list(cols.proprio),
-        "action": _fixed_list(cols.action),
-        "action_tokens": _fixed_list(cols.action_tokens),
-        "logprob": pa.array(cols.logprob),
-        "policy_version": pa.array(cols.policy_version),
-        "intervention": pa.array(cols.intervention),
-    }
-    fields = [pa.field(k, v.type) for k, v in arrays.items()]
-    for cam, frames in sorted(cols.images.items()):
-        arrays[IMAGE_PREFIX + cam] = _images_column(frames)
-        fields.append(pa.field(IMAGE_PREFIX + cam, pa.binary(),
-                               metadata={b"shape": json.dumps(list(frames.shape[1:])).encode()}))
-    schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()})
-    return pa.Table.from_arrays(list(arrays.values()), schema=schema)
+class StoreBusy(RuntimeError):
+    """Another process holds the store in a way that forbids what was asked."""
 
 
 def _size(path: Path) -> int:
@@ -136,33 +107,6 @@ class Episode:
 
     def __len__(self) -> int:
         return len(self.steps)
-
-
-def table_to_steps(table: pa.Table) -> StepColumns:
-    def fixed(name: str, dtype: str) -> np.ndarray:
-        col = table.column(name).combine_chunks()
-        width = col.type.list_size
-        return col.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(-1, width)
-
-    images = {}
-    for f in table.schema:
-        if f.name.startswith(IMAGE_PREFIX):
-            shape = json.loads(f.metadata[b"shape"])
-            raw = table.column(f.name).combine_chunks()
-            data = np.frombuffer(raw.buffers()[2], np.uint8)
-            off = np.frombuffer(raw.buffers()[1], np.int32)[raw.offset:raw.offset + len(raw) + 1]
-            images[f.name[len(IMAGE_PREFIX):]] = (
-                data[off[0]:off[-1]].reshape(len(raw), *shape).copy())
-    return StepColumns(
-        images=images,
-        proprio=fixed("proprio", "float32"),
-        action=fixed("action", "float32"),
-        action_tokens=fixed("action_tokens", "int32"),
-        logprob=table.column("logprob").to_numpy().astype(np.float32),
-        policy_version=table.column("policy_version").to_numpy().astype(np.int64),
-        intervention=table.column("intervention").to_numpy(zero_copy_only=False).astype(bool),
-        timestamp=table.column("timestamp").to_numpy().astype(np.float64),
-    )
 
 
 @dataclass
@@ -418,6 +362,25 @@ class EpisodeStore:
                         "age_s": max(0.0, now - st.updated_at),
                         "bytes": sum(_size(f) for f in files)})
         return out
+
+    @contextlib.contextmanager
+    def writer_lock(self, *, exclusive: bool) -> Iterator[None]:
+        """Held shared by every live writer (ingest) and exclusively by `vlac store gc`, so
+        a collection by hand never pulls staging from under a running ingest (whose index
+        would then ack chunks as stored that are gone). The kernel frees it when the holder
+        dies, so a SIGKILLed ingest leaves nothing to clean up."""
+        with open(self.root / ".writers.lock", "a+") as f:
+            try:
+                fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreBusy(f"a running ingest writes to {self.root}. It collects staging "
+                                "itself (--staging-max-age-s); stop it to collect by hand"
+                                if exclusive else f"{self.root} is being garbage-collected "
+                                "(`vlac store gc`); start ingest when it is done") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def collect_staging(self, older_than_s: float) -> list[dict[str, Any]]:
         """Remove episodes that stayed incomplete for ``older_than_s`` seconds since their

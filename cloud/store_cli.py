@@ -9,8 +9,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vlac.cloud.store import EpisodeStore
-from vlac.shared.config import ConfigError, opt
+from vlac.cloud.store import EpisodeStore, StoreBusy
+from vlac.shared.config import ConfigError, opt, parse_duration
 
 
 @dataclass
@@ -19,10 +19,27 @@ class StoreLsConfig:
     incomplete: bool = opt(False, "Also list episodes still missing chunks.")
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root)
-        if not (self.root / "episodes").is_dir():
-            raise ConfigError(f"config field `root`: {self.root} is not an episode store "
-                              "(no episodes/ folder); pass --root of `vlac ingest serve`")
+        self.root = _store_root(self.root)
+
+
+@dataclass
+class StoreGcConfig:
+    older_than: str = opt("24h", "Drop episodes that stayed incomplete this long since their "
+                          "last chunk: seconds, or a number with s, m, h or d.")
+    root: Path = opt(Path(".cache/store"), "Root folder of the episode store.")
+    dry_run: bool = opt(False, "Only list what would be dropped.")
+
+    def __post_init__(self) -> None:
+        self.root = _store_root(self.root)
+        self.older_than_s = parse_duration(self.older_than, "older_than")
+
+
+def _store_root(root: Path) -> Path:
+    root = Path(root)
+    if not (root / "episodes").is_dir():
+        raise ConfigError(f"config field `root`: {root} is not an episode store "
+                          "(no episodes/ folder); pass --root of `vlac ingest serve`")
+    return root
 
 
 @dataclass
@@ -40,7 +57,7 @@ class StoreShowConfig:
 
 def ls_main(cfg: StoreLsConfig, console: Console | None = None) -> list[dict]:
     console = console or Console(width=120)
-    store = EpisodeStore(cfg.root)
+    store = EpisodeStore(cfg.root, read_only=True)  # beside a running ingest: touch nothing
     eps = store.list_episodes()
     table = Table(title=f"episodes in {cfg.root}")
     for col in ("robot/episode", "task", "instruction", "source", "steps", "success", "MB"):
@@ -52,13 +69,63 @@ def ls_main(cfg: StoreLsConfig, console: Console | None = None) -> list[dict]:
                       f"{e['bytes'] / 1e6:.2f}")
     console.print(table)
     s = store.stats()
+    incomplete = store.incomplete()
     console.print(f"{s['episodes']} episodes, {s['steps']} steps, {s['robots']} robots, "
-                  f"{s['bytes'] / 1e6:.1f} MB, {s['incomplete']} incomplete")
+                  f"{s['bytes'] / 1e6:.1f} MB, {len(incomplete)} incomplete")
     if cfg.incomplete:
-        for inc in store.incomplete():
-            console.print(f"incomplete: {inc['robot_id']}/{inc['episode_id']} chunks "
-                          f"{inc['chunks']} final_seen={inc['final_seen']}")
+        console.print(_incomplete_table(incomplete, f"incomplete episodes in {cfg.root}"))
     return eps
+
+
+def gc_main(cfg: StoreGcConfig, console: Console | None = None) -> list[dict]:
+    """Drop what stayed incomplete in staging for ``--older-than``; complete episodes are
+    never touched. Refused while an ingest writes to the store (it collects by itself)."""
+    console = console or Console(width=120)
+    store = EpisodeStore(cfg.root)
+    try:
+        with store.writer_lock(exclusive=True):
+            if cfg.dry_run:
+                dropped = [i for i in store.incomplete() if i["age_s"] >= cfg.older_than_s]
+            else:
+                dropped = store.collect_staging(cfg.older_than_s)
+    except StoreBusy as e:
+        raise ConfigError(f"config field `root`: {e}") from None
+    verb = "would drop" if cfg.dry_run else "dropped"
+    if dropped:
+        console.print(_incomplete_table(dropped, f"{verb} (incomplete for {cfg.older_than})"))
+    console.print(f"{verb} {len(dropped)} incomplete episodes "
+                  f"({sum(i['bytes'] for i in dropped) / 1e6:.1f} MB); "
+                  f"{len(store.incomplete())} still arriving")
+    return dropped
+
+
+def _incomplete_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("robot/episode", "task", "chunks", "final", "age", "MB"):
+        table.add_column(col, no_wrap=True)
+    for i in rows:
+        table.add_row(f"{i['robot_id']}/{i['episode_id']}", i["task"][:40],
+                      _ranges(i["chunks"]), "yes" if i["final_seen"] else "no",
+                      _age(i["age_s"]), f"{i['bytes'] / 1e6:.2f}")
+    return table
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _ranges(seqs: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, start = [], None
+    for i, s in enumerate(seqs):
+        start = s if start is None else start
+        if i + 1 == len(seqs) or seqs[i + 1] != s + 1:
+            out.append(str(start) if start == s else f"{start}-{s}")
+            start = None
+    return ",".join(out)
 
 
 def show_main(cfg: StoreShowConfig, console: Console | None = None) -> None:

@@ -28,6 +28,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                           "Run the ingest service (ROUTER + CURVE) into the episode store."),
     ("store", "ls"): ("vlac.cloud.store_cli", "StoreLsConfig", "ls_main",
                       "List the episodes in the store."),
+    ("store", "gc"): ("vlac.cloud.store_cli", "StoreGcConfig", "gc_main",
+                      "Drop episodes that stayed incomplete in staging (never complete ones)."),
     ("store", "show"): ("vlac.cloud.store_cli", "StoreShowConfig", "show_main",
                         "Show one episode, step by step."),
     ("edge", "synthetic"): ("vlac.edge.synthetic", "SyntheticRobotConfig", "main",

@@ -42,6 +42,23 @@ def check_id(value: str, field: str) -> None:
           "'_', '.', '-' (at most 64, starting with a letter or digit)")
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, field: str) -> float:
+    """'90', '90s', '30m', '2h', '7d' -> seconds."""
+    value = str(text).strip().lower()
+    scale = _UNITS.get(value[-1:]) if value else None
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        seconds = -1.0
+    check(seconds >= 0 and seconds != float("inf"), field, f"{text!r} is not a duration: give "
+          "seconds, or a number with s, m, h or d (e.g. 30m, 24h, 7d)")
+    return seconds
+
+
 def _coerce(tp: Any, value: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Path or tp == "Path":
