@@ -9,7 +9,8 @@ it from separate processes at once). It survives restarts of every process. Tabl
   (the publisher polls it);
 - ``pins``: robot or group -> version;
 - ``groups``: robot -> group;
-- ``robots``: what robots report (last seen, running version, last update error);
+- ``robots``: what robots report (last seen, running version, last update error, spool
+  depth, weight announcements their updater refused or saw replayed);
 - ``assignments``: the last signed announcement per robot (re-sent as is, same sequence, so a
   robot that already applied it ignores it);
 - ``events``: an audit log of every fleet command.
@@ -41,12 +42,18 @@ CREATE TABLE IF NOT EXISTS pins (kind TEXT, name TEXT, version INTEGER,
   PRIMARY KEY (kind, name));
 CREATE TABLE IF NOT EXISTS groups (robot_id TEXT PRIMARY KEY, grp TEXT);
 CREATE TABLE IF NOT EXISTS robots (robot_id TEXT PRIMARY KEY, first_seen REAL, last_seen REAL,
-  running_version INTEGER DEFAULT -1, update_error TEXT DEFAULT '', spool_depth INTEGER DEFAULT 0);
+  running_version INTEGER DEFAULT -1, update_error TEXT DEFAULT '', spool_depth INTEGER DEFAULT 0,
+  announcements_refused INTEGER DEFAULT 0, announcements_replayed INTEGER DEFAULT 0);
 CREATE TABLE IF NOT EXISTS assignments (robot_id TEXT PRIMARY KEY, seq INTEGER,
   version INTEGER, reason TEXT, blob BLOB, issued_at REAL);
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL,
   action TEXT, detail TEXT);
 """
+
+ADDED_COLUMNS = {"robots": (("announcements_refused", "INTEGER DEFAULT 0"),
+                            ("announcements_replayed", "INTEGER DEFAULT 0"))}
+"""Columns newer than the first schema: a fleet.db made by an older version gains them on
+open (SQLite's CREATE TABLE IF NOT EXISTS leaves an existing table as it is)."""
 
 
 class FleetError(ValueError):
@@ -75,6 +82,15 @@ class FleetState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._tx() as db:  # re-checked inside the write lock: safe from many processes
+            for table, columns in ADDED_COLUMNS.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, decl in columns:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         self.db.close()
@@ -262,7 +278,11 @@ class FleetState:
 
     # ------------------------------------------------------------------ robots
     def robot_seen(self, robot_id: str, running_version: int | None = None,
-                   update_error: str | None = None, spool_depth: int | None = None) -> None:
+                   update_error: str | None = None, spool_depth: int | None = None, *,
+                   announcements_refused: int | None = None,
+                   announcements_replayed: int | None = None) -> None:
+        """Record a sign of life (and what the robot reports; None leaves a field as it is).
+        The announcement counts are the robot updater's since it started."""
         now = time.time()
         with self._tx() as db:
             db.execute("INSERT INTO robots(robot_id, first_seen, last_seen) VALUES(?,?,?) "
@@ -277,10 +297,16 @@ class FleetState:
             if spool_depth is not None:
                 db.execute("UPDATE robots SET spool_depth=? WHERE robot_id=?",
                            (spool_depth, robot_id))
+            if announcements_refused is not None:
+                db.execute("UPDATE robots SET announcements_refused=? WHERE robot_id=?",
+                           (announcements_refused, robot_id))
+            if announcements_replayed is not None:
+                db.execute("UPDATE robots SET announcements_replayed=? WHERE robot_id=?",
+                           (announcements_replayed, robot_id))
 
     def robots(self) -> list[dict]:
         cols = ("robot_id", "first_seen", "last_seen", "running_version", "update_error",
-                "spool_depth")
+                "spool_depth", "announcements_refused", "announcements_replayed")
         rows = self.db.execute(f"SELECT {', '.join(cols)} FROM robots ORDER BY robot_id")
         return [dict(zip(cols, r, strict=True)) for r in rows]
 

@@ -96,12 +96,15 @@ class Sender:
     def __init__(self, cfg: SenderConfig, spool: Spool, spec: wire.RobotSpec,
                  policy_version: Callable[[], int] = lambda: 0,
                  ctx: zmq.Context | None = None,
-                 update_error: Callable[[], str] = lambda: "") -> None:
+                 update_error: Callable[[], str] = lambda: "",
+                 announcements: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
         self.cfg = cfg
         self.spool = spool
         self.spec = spec
         self.policy_version = policy_version
         self.update_error = update_error
+        self.announcements = announcements
+        """(refused, replayed) weight announcements counted by the robot's updater."""
         self.stats = SenderStats()
         self._ctx = ctx or zmq.Context.instance()
         self._stop = threading.Event()
@@ -198,12 +201,7 @@ class Sender:
                 if self._state == "ready":
                     self._fill(sock, inflight, now)
                 if now >= next_hb and self._state == "ready":
-                    hb = wire.Heartbeat(robot_id=self.cfg.robot_id,
-                                        policy_version=int(self.policy_version()),
-                                        spool_depth=self.spool.depth,
-                                        spool_bytes=self.spool.nbytes, time=time.time(),
-                                        update_error=self.update_error()[:500])
-                    self._send(sock, wire.encode(hb))
+                    self._send(sock, wire.encode(self._heartbeat()))
                     next_hb = now + self.cfg.heartbeat_s
                 events = dict(poller.poll(20))
                 if monitor in events:
@@ -238,6 +236,15 @@ class Sender:
             sock.disable_monitor()
             monitor.close(linger=0)
             sock.close(linger=0)
+
+    def _heartbeat(self) -> wire.Heartbeat:
+        refused, replayed = self.announcements()
+        return wire.Heartbeat(robot_id=self.cfg.robot_id,
+                              policy_version=int(self.policy_version()),
+                              spool_depth=self.spool.depth, spool_bytes=self.spool.nbytes,
+                              time=time.time(), update_error=self.update_error()[:500],
+                              announcements_refused=max(0, int(refused)),
+                              announcements_replayed=max(0, int(replayed)))
 
     def _note(self, msg: str) -> None:
         if msg != self.stats.last_error:

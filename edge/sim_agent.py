@@ -11,8 +11,9 @@ spool and exit cleanly.
 
 With ``--updater.publisher-address`` set, the robot's weight updater (``vlac.edge.updater``)
 runs beside the loop: new signed versions are verified and health-checked in the background
-and swapped in between episodes; heartbeats carry the running version and the last update
-error. A restarted robot resumes its last-known-good version.
+and swapped in between episodes; heartbeats carry the running version, the last update
+error and how many announcements were refused or replayed. A restarted robot resumes its
+last-known-good version.
 """
 
 from __future__ import annotations
@@ -148,7 +149,10 @@ def main(cfg: SimAgentConfig) -> dict:
     with MetaWorldRobot(cfg.robot) as robot, \
             Sender(cfg.sender, spool, robot.spec,
                    policy_version=lambda: current[0].version if current else -1,
-                   update_error=lambda: updater.error if updater else "") as sender:
+                   update_error=lambda: updater.error if updater else "",
+                   announcements=lambda: (updater.announcements_refused,
+                                          updater.announcements_replayed)
+                   if updater else (0, 0)) as sender:
         noise = np.random.default_rng(cfg.robot.seed)
         current.append(make_policy(cfg, robot.spec, noise))
         if cfg.updater.publisher_address:

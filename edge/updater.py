@@ -2,12 +2,12 @@
 
 A background thread subscribes to the publisher's announcements on the robot's own topic
 (subscribing again on every reconnect is how it asks for its latest assignment). Of all
-announcements waiting it takes the newest (highest sequence) and:
+announcements waiting it takes the newest *genuine* one (highest signed sequence) and:
 
 1. checks the assignment's signature (the publisher's ed25519 key from enrolment), that it is
-   addressed to this robot, that its sequence is after the last one applied (replays are
-   refused) and that it is not older than the running version unless signed as a downgrade
-   (fleet rollback, pin, canary end);
+   addressed to this robot and agrees with its unsigned wrapper, that its sequence is after the
+   last one applied (replays are refused) and that it is not older than the running version
+   unless signed as a downgrade (fleet rollback, pin, canary end);
 2. checks the manifest's signature, downloads the artifact from the object store to
    ``state_dir/vN/`` and checks its size and sha256;
 3. loads it and health-checks it on a recorded observation (the last one the agent saw, kept
@@ -22,6 +22,15 @@ truncated transfer) is retried with backoff while it is still the newest assignm
 signature, a corrupted artifact (after one fresh download) or a failed health check is final
 for that assignment. ``state.json`` keeps the running version, its artifact and the last
 sequence, so a restarted robot resumes its last-known-good policy and still refuses replays.
+
+The announcement channel itself is unauthenticated (everything on it is signed), so anything
+that does not verify (unsigned or badly signed, another robot's, undecodable, an unsigned
+wrapper that disagrees with the signed assignment) changes nothing: it is counted in
+``announcements_refused`` and logged, and never hides a genuine announcement of the same batch,
+whatever sequence its wrapper claims. A genuinely signed assignment older than the last one
+applied is counted in ``announcements_replayed``; a re-send of the last one (the publisher
+re-sends the current assignment on every (re)subscribe) is normal and not counted. Both counts
+travel in heartbeats to ``vlac fleet status``.
 """
 
 from __future__ import annotations
@@ -129,8 +138,16 @@ class WeightUpdater(threading.Thread):
             robot_id=robot_id, last_seq=state.get("last_seq", -1))
         self.running_path: Path | None = Path(state["artifact"]) if state.get("artifact") \
             else None
+        self._signed = mf.ManifestVerifier(self.verifier.key, robot_id=robot_id)
+        """Checks only that an assignment is genuine and for this robot (no order checks)."""
         self.error = ""
+        self._error_is_junk = False
         self.applied = 0
+        self.announcements_refused = 0
+        """Announcements that did not verify (unsigned, bad signature, another robot's,
+        undecodable, wrapper disagreeing with the signed content) since start."""
+        self.announcements_replayed = 0
+        """Genuinely signed announcements older than the last applied one since start."""
         self._lock = threading.Lock()
         self._pending: Pending | None = None
         self._obs: Observation | None = None
@@ -170,7 +187,7 @@ class WeightUpdater(threading.Thread):
             return None
         self.verifier.commit(p.manifest, p.assignment)
         self.running_path = p.path
-        self.error = ""
+        self.error, self._error_is_junk = "", False
         self.applied += 1
         self._write_state()
         self._prune()
@@ -216,10 +233,58 @@ class WeightUpdater(threading.Thread):
                                d["proprio"], str(d["task"]))
         return blank_observation(policy)
 
+    # ------------------------------------------------------------------ screening
+    def _refuse(self, why: str) -> None:
+        """An announcement that is not verified content: counted and logged, nothing else."""
+        self.announcements_refused += 1
+        log.warning("robot %s refused an announcement: %s", self.robot_id, why)
+        if not self.error or self._error_is_junk:  # never hide a genuine assignment's error
+            self.error, self._error_is_junk = f"announcement refused: {why}", True
+
+    def _authentic(self, ann: wire.WeightAnnouncement) -> mf.Assignment | None:
+        """The signed assignment inside ``ann`` if it is genuine, for this robot and agrees
+        with its unsigned wrapper; else None (counted as refused)."""
+        if ann.robot_id != self.robot_id:
+            self._refuse(f"addressed to robot {ann.robot_id!r}")
+            return None
+        try:
+            a = self._signed.check_assignment(ann.assignment, ann.signature)
+        except mf.ManifestError as e:
+            self._refuse(f"seq {ann.seq}: {e}")
+            return None
+        except Exception as e:  # a malformed signature or payload must never stop the thread
+            self._refuse(f"seq {ann.seq}: unverifiable ({type(e).__name__}: {e})")
+            return None
+        if (a.seq, a.version) != (ann.seq, ann.version):
+            self._refuse(f"the unsigned wrapper says seq {ann.seq} version {ann.version}, "
+                         f"the signed assignment seq {a.seq} version {a.version}")
+            return None
+        return a
+
+    def _screen(self, ann: wire.WeightAnnouncement) -> mf.Assignment | None:
+        """The verified assignment if it is one to act on; None for junk (counted as refused),
+        replays of older signed assignments (counted) and re-sends of what was handled."""
+        a = self._authentic(ann)
+        if a is None:
+            return None
+        if a.seq < self.verifier.last_seq:
+            self.announcements_replayed += 1
+            log.warning("robot %s refused a replayed announcement: signed seq %d (version %d) "
+                        "is older than the last applied seq %d", self.robot_id, a.seq,
+                        a.version, self.verifier.last_seq)
+            return None
+        if a.seq == self.verifier.last_seq or a.seq in self._done_seqs:
+            return None  # a re-send of something already handled (every (re)subscribe)
+        with self._lock:
+            if self._pending is not None and self._pending.assignment.seq >= a.seq:
+                return None
+        return a
+
     # ------------------------------------------------------------------ applying
-    def _fail(self, ann: wire.WeightAnnouncement, message: str) -> None:
-        self.error = f"version {ann.version} (seq {ann.seq}) refused: {message}"
-        self._done_seqs.add(ann.seq)
+    def _fail(self, a: mf.Assignment, message: str) -> None:
+        self.error = f"version {a.version} (seq {a.seq}) refused: {message}"
+        self._error_is_junk = False
+        self._done_seqs.add(a.seq)
         log.error("robot %s keeps version %d: %s", self.robot_id, self.running_version,
                   self.error)
 
@@ -245,20 +310,24 @@ class WeightUpdater(threading.Thread):
         return dest
 
     def consider(self, ann: wire.WeightAnnouncement) -> None:
-        """Apply one announcement (the newest waiting); never raises."""
-        if ann.seq in self._done_seqs or ann.seq <= self.verifier.last_seq:
-            return  # a re-send of something already handled
-        with self._lock:
-            if self._pending is not None and self._pending.assignment.seq >= ann.seq:
-                return
+        """Apply one announcement if it is genuine and new; never raises. Anything that does
+        not verify only counts (``announcements_refused``) and changes no other state."""
+        a = self._screen(ann)
+        if a is not None:
+            self._apply(ann, a)
+
+    def _apply(self, ann: wire.WeightAnnouncement, a: mf.Assignment) -> None:
+        """Apply the verified assignment ``a`` (of ``ann``, which carries its manifest)."""
+        if self._retry is not None and self._retry[0].seq < a.seq:
+            self._retry = None  # retried only while it is the newest assignment
         try:
-            a = self.verifier.check_assignment(ann.assignment, ann.signature)
+            self.verifier.check_assignment(ann.assignment, ann.signature)  # order, downgrade
             if a.version == self.running_version:
                 self.verifier.last_seq = a.seq
                 self._write_state()
                 with self._lock:
                     self._pending = None  # an older target came back: stay where we are
-                self.error = ""
+                self.error, self._error_is_junk = "", False
                 return
             m = self.verifier.check_manifest(mf.decode(ann.manifest), a)
             path = self._download(a, m)
@@ -268,15 +337,16 @@ class WeightUpdater(threading.Thread):
                 raise UpdateRejected(f"cannot load {path.name}: {e}") from None
             health_check(policy, self._health_obs(policy), m.version)
         except (mf.ManifestError, UpdateRejected) as e:
-            self._fail(ann, str(e))
+            self._fail(a, str(e))
             return
         except Exception as e:  # ObjectStoreError or anything unforeseen: retry, keep serving
             if not isinstance(e, ObjectStoreError):
-                log.exception("unexpected error applying version %d", ann.version)
-            delay = self.cfg.retry_s if self._retry is None or self._retry[0].seq != ann.seq \
+                log.exception("unexpected error applying version %d", a.version)
+            delay = self.cfg.retry_s if self._retry is None or self._retry[0].seq != a.seq \
                 else min(30.0, self._retry[2] * 2)
             self._retry = (ann, time.monotonic() + delay, delay)
-            self.error = f"version {ann.version} download failed, retrying in {delay:.0f}s: {e}"
+            self.error = f"version {a.version} download failed, retrying in {delay:.0f}s: {e}"
+            self._error_is_junk = False
             log.warning("robot %s: %s", self.robot_id, self.error)
             return
         self._retry = None
@@ -286,6 +356,43 @@ class WeightUpdater(threading.Thread):
                  self.robot_id, m.version, a.seq, a.reason)
         if self.auto_swap:
             self.take()
+
+    # ------------------------------------------------------------------ thread
+    def _receive(self, sub: zmq.Socket) -> list[wire.WeightAnnouncement]:
+        """Every announcement waiting (drained); undecodable ones are counted as refused."""
+        batch = []
+        while True:
+            try:
+                frames = sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return batch
+            if len(frames) != 2:
+                self._refuse(f"a message of {len(frames)} frames, not 2")
+                continue
+            try:
+                batch.append(wire.decode(frames[1], expect=(wire.WeightAnnouncement,)))
+            except Exception as e:  # WireError, or anything a hostile frame provokes
+                self._refuse(f"undecodable: {e}")
+
+    def _choose(self, batch: list[wire.WeightAnnouncement],
+                ) -> tuple[wire.WeightAnnouncement, mf.Assignment] | None:
+        """Of a drained batch, the newest genuine assignment to act on (junk with a higher
+        unsigned seq never hides it), or the transient failure whose retry is due."""
+        best = None
+        for ann in batch:
+            a = self._screen(ann)
+            if a is not None and (best is None or a.seq > best[1].seq):
+                best = (ann, a)
+        if self._retry is not None and (best is None or best[1].seq <= self._retry[0].seq):
+            retry = self._retry[0]  # verified when it first came
+            if retry.seq <= self.verifier.last_seq or retry.seq in self._done_seqs:
+                self._retry = None  # overtaken meanwhile
+            elif time.monotonic() >= self._retry[1]:
+                a = self._authentic(retry)
+                return None if a is None else (retry, a)
+            elif best is not None and best[1].seq == retry.seq:
+                return None  # a re-send of what we are waiting to retry
+        return best
 
     def run(self) -> None:
         ctx = zmq.Context.instance()
@@ -298,32 +405,8 @@ class WeightUpdater(threading.Thread):
         sub.connect(self.cfg.publisher_address)
         try:
             while not self._halt.is_set():
-                newest = None
-                if sub.poll(100):
-                    while True:  # drain: only the newest assignment matters
-                        try:
-                            frames = sub.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        if len(frames) != 2:
-                            log.error("ignoring an announcement of %d frames", len(frames))
-                            continue
-                        data = frames[1]
-                        try:
-                            ann = wire.decode(data, expect=(wire.WeightAnnouncement,))
-                        except wire.WireError as e:
-                            log.error("ignoring a bad announcement: %s", e)
-                            continue
-                        if ann.robot_id == self.robot_id and (newest is None
-                                                              or ann.seq > newest.seq):
-                            newest = ann
-                if self._retry is not None and (newest is None
-                                                or newest.seq <= self._retry[0].seq):
-                    if time.monotonic() >= self._retry[1]:
-                        newest = self._retry[0]
-                    elif newest is not None and newest.seq == self._retry[0].seq:
-                        newest = None  # a re-send of what we are waiting to retry
-                if newest is not None:
-                    self.consider(newest)
+                chosen = self._choose(self._receive(sub) if sub.poll(100) else [])
+                if chosen is not None:
+                    self._apply(*chosen)
         finally:
             sub.close(0)

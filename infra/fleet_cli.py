@@ -5,7 +5,9 @@ announcer polls: a decision made here reaches the robots within ``poll_s`` (sign
 announcer, applied by each robot's updater between episodes). State survives restarts.
 
     vlac fleet status                      robots, running/target version, last seen, errors,
-                                           recent success rate (from --store-root)
+                                           recent success rate (from --store-root), weight
+                                           announcements refused/replayed (red when not 0:
+                                           an attack or a misconfigured publisher)
     vlac fleet versions                    published versions; production / canary marked
     vlac fleet promote --version 7         production for every robot not pinned
     vlac fleet rollback [--to 5]           production back to the previous (or given) version
@@ -81,7 +83,12 @@ def recent_success(store_root: Path, n: int) -> dict[str, tuple[int, int]]:
     return {r: (sum(v[-n:]), len(v[-n:])) for r, v in out.items()}
 
 
-def status_main(cfg: FleetConfig) -> list[dict]:
+def _announcement_counts(refused: int, replayed: int) -> str:
+    """``refused/replayed``, nonzero counts in red (someone sends junk or replays)."""
+    return "/".join(f"[bold red]{n}[/]" if n else "0" for n in (refused, replayed))
+
+
+def status_main(cfg: FleetConfig, console: Console | None = None) -> list[dict]:
     fleet = cfg.state()
     success = recent_success(cfg.store_root, cfg.recent) if cfg.store_root else {}
     assigned = fleet.assignments()
@@ -89,7 +96,7 @@ def status_main(cfg: FleetConfig) -> list[dict]:
     table = Table(title=f"fleet: production v{fleet.production}"
                   + (f", canary v{fleet.canary['version']}" if fleet.canary else ""))
     for col in ("robot", "group", "running", "target", "last seen", "recent success",
-                "update error"):
+                "announcements\nrefused/replayed", "update error"):
         table.add_column(col)
     for r in fleet.robots():
         target = fleet.target(r["robot_id"])
@@ -104,8 +111,15 @@ def status_main(cfg: FleetConfig) -> list[dict]:
         table.add_row(r["robot_id"], row["group"] or "", running,
                       "-" if target is None else f"v{target.version} ({target.reason})",
                       _ago(r["last_seen"]), f"{ok}/{n}" if n else "-",
+                      _announcement_counts(r["announcements_refused"] or 0,
+                                           r["announcements_replayed"] or 0),
                       r["update_error"] or "")
-    Console().print(table)
+    (console or Console()).print(table)
+    if any(r["announcements_refused"] or r["announcements_replayed"] for r in rows):
+        (console or Console()).print(
+            "[bold red]some robots refused or saw replayed weight announcements[/]: someone "
+            "may be sending junk to the announcement port, or a publisher signs with another "
+            "key or replays old assignments; see those robots' logs")
     return rows
 
 

@@ -69,6 +69,105 @@ def test_fraction_canary_is_stable_and_about_the_right_size(tmp_path):
     assert chosen == [r for r in robots if in_fraction(r, 0.25)]
 
 
+OLD_ROBOTS_TABLE = """CREATE TABLE robots (robot_id TEXT PRIMARY KEY, first_seen REAL,
+  last_seen REAL, running_version INTEGER DEFAULT -1, update_error TEXT DEFAULT '',
+  spool_depth INTEGER DEFAULT 0)"""
+"""The robots table as fleet.db had it before announcement counts existed."""
+
+RED = "\x1b[1;31m"
+
+
+def status_text(fleet_dir, width: int = 250) -> tuple[list[dict], str]:
+    """`vlac fleet status` rows and what it prints on a colour terminal."""
+    import io
+
+    from rich.console import Console
+
+    from vlac.infra.fleet_cli import FleetConfig, status_main
+
+    out = io.StringIO()
+    rows = status_main(FleetConfig(fleet_dir=fleet_dir),
+                       console=Console(file=out, width=width, force_terminal=True,
+                                       color_system="standard"))
+    return rows, out.getvalue()
+
+
+def status_line(text: str, robot: str) -> str:
+    return next(line for line in text.splitlines() if robot in line)
+
+
+def test_announcement_counts_are_stored_and_an_old_fleet_db_gains_them(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "fleet" / "fleet.db"
+    db.parent.mkdir()
+    old = sqlite3.connect(db)  # a fleet.db written by the version before the counts
+    old.execute(OLD_ROBOTS_TABLE)
+    old.execute("INSERT INTO robots VALUES('robot-old', 1.0, 2.0, 3, '', 0)")
+    old.commit()
+    old.close()
+    fleet = FleetState(db)
+    [row] = fleet.robots()
+    assert (row["robot_id"], row["running_version"]) == ("robot-old", 3)
+    assert (row["announcements_refused"], row["announcements_replayed"]) == (0, 0)
+    fleet.robot_seen("robot-old", 3, "", 0, announcements_refused=7, announcements_replayed=2)
+    fleet.robot_seen("robot-new", 1, announcements_refused=0, announcements_replayed=0)
+    fleet.robot_seen("robot-new")  # a subscription (no counts) leaves them as they are
+    fleet.close()
+    again = FleetState(db)  # opening a migrated file again changes nothing
+    counts = {r["robot_id"]: (r["announcements_refused"], r["announcements_replayed"])
+              for r in again.robots()}
+    assert counts == {"robot-new": (0, 0), "robot-old": (7, 2)}
+    cols = [c[1] for c in again.db.execute("PRAGMA table_info(robots)")]
+    assert cols.count("announcements_refused") == 1 == cols.count("announcements_replayed")
+    again.close()
+    rows, text = status_text(db.parent)
+    assert [(r["robot_id"], r["announcements_refused"], r["announcements_replayed"])
+            for r in rows] == [("robot-new", 0, 0), ("robot-old", 7, 2)]
+    assert "announcements" in text and "refused/replayed" in text
+    assert "some robots refused" in text
+    assert "0/0" in status_line(text, "robot-new")
+    assert RED not in status_line(text, "robot-new")  # clean robots are not highlighted
+    assert f"{RED}7" in status_line(text, "robot-old")
+    assert f"{RED}2" in status_line(text, "robot-old")
+
+
+def test_heartbeats_carry_announcement_counts_to_fleet_status(tmp_path, keyring):
+    """Sender -> real ingest (recording heartbeats in the fleet state) -> `vlac fleet
+    status`."""
+    from tests.helpers import ThreadIngest, ingest_config, sender_config
+    from vlac.edge.sender import Sender
+
+    counts = {"robot-1": (0, 0), "robot-2": (4, 1)}
+    icfg = ingest_config(keyring, tmp_path / "store")
+    icfg.fleet_dir = tmp_path / "fleet"
+    with ThreadIngest(icfg) as ingest:
+        senders = []
+        for robot in counts:
+            cfg = sender_config(keyring, robot, ingest.address, tmp_path / robot,
+                                heartbeat_s=0.1)
+            senders.append(Sender(cfg, cfg.make_spool(), wire.DEFAULT_SPEC,
+                                  announcements=lambda robot=robot: counts[robot]).start())
+        fleet = FleetState(icfg.fleet_dir / "fleet.db")
+        try:
+            def seen():
+                return {r["robot_id"]: (r["announcements_refused"],
+                                        r["announcements_replayed"]) for r in fleet.robots()}
+
+            wait_for(lambda: seen() == counts, 10, f"counts {counts} in the fleet state")
+            counts["robot-1"] = (2, 0)  # the updater refused junk meanwhile
+            wait_for(lambda: seen() == counts, 10, f"counts {counts} in the fleet state")
+        finally:
+            fleet.close()
+            for s in senders:
+                s.stop()
+    rows, text = status_text(icfg.fleet_dir)
+    assert {r["robot_id"]: (r["announcements_refused"], r["announcements_replayed"])
+            for r in rows} == counts
+    assert f"{RED}2\x1b[0m/0 " in status_line(text, "robot-1")  # only the nonzero one red
+    assert f"{RED}4\x1b[0m/{RED}1\x1b[0m " in status_line(text, "robot-2")
+
+
 # ------------------------------------------------------------------ live fleet
 class Fleet:
     """An announcer thread plus updater-only robots, all on loopback."""
@@ -153,6 +252,8 @@ def test_versions_reach_robots_rollback_pins_and_canary(fleet):
     fleet.wait_versions({"robot-0": 3, "robot-1": 3})
     assert robots[2].running_version == 2  # the pin holds over a promotion
     assert all(r.error == "" for r in robots)
+    # Re-sends, rollbacks and pins are all genuine and in order: nothing refused or replayed.
+    assert [(r.announcements_refused, r.announcements_replayed) for r in robots] == [(0, 0)] * 3
     assert fleet.announcer.fleet.assignments()["robot-2"]["reason"] == "pin"
 
 
@@ -166,7 +267,8 @@ def test_replays_and_forgeries_are_refused(fleet, tmp_path):
     # A replay of the older signed announcement is refused (stale sequence).
     ann = wire.decode(old)
     r.consider(ann)
-    assert r.running_version == 2
+    assert r.running_version == 2 and r.error == ""
+    assert (r.announcements_refused, r.announcements_replayed) == (0, 1)
     # An announcement signed with another key is refused and reported.
     priv, _ = mf.generate_keypair(tmp_path / "evil")
     a = mf.Assignment(robot_id="robot-0", version=1, seq=10**6, manifest_key=artifact_keys(1)[1],
@@ -177,6 +279,8 @@ def test_replays_and_forgeries_are_refused(fleet, tmp_path):
                                        assignment=payload, signature=sig,
                                        manifest=ann.manifest))
     assert r.running_version == 2 and "does not verify" in r.error
+    assert (r.announcements_refused, r.announcements_replayed) == (1, 1)
+    assert r.verifier.last_seq < 10**6  # nothing unverified moved the replay protection
     # An old version without the downgrade flag is refused even when properly signed.
     a = mf.Assignment(robot_id="robot-0", version=1, seq=10**6 + 1, manifest_key="x",
                       artifact_key="y", downgrade=False, reason="old", issued_at=0.0)
@@ -185,6 +289,7 @@ def test_replays_and_forgeries_are_refused(fleet, tmp_path):
                                        assignment=payload, signature=sig,
                                        manifest=ann.manifest))
     assert r.running_version == 2 and "older than the running" in r.error
+    assert (r.announcements_refused, r.announcements_replayed) == (1, 1)  # signed: not junk
 
 
 def test_corrupted_truncated_and_unhealthy_versions_keep_the_last_good(fleet):
@@ -242,6 +347,7 @@ def test_publisher_and_robot_restarts(fleet):
     assert again.restore().version == 2
     time.sleep(1.0)  # re-sends of seq `seq` are recognised as already applied
     assert again.applied == 0 and again.error == ""
+    assert (again.announcements_refused, again.announcements_replayed) == (0, 0)  # normal
 
 
 class CuttingProxy:
@@ -361,6 +467,7 @@ def test_a_streaming_robot_swaps_versions_between_episodes_and_reports_them(tmp_
         robot = next(r for r in rows if r["robot_id"] == "robot-1")
         assert robot["running_version"] == 1 and robot["target"] == 1
         assert robot["update_error"] == "" and robot["recent_success"] is not None
+        assert (robot["announcements_refused"], robot["announcements_replayed"]) == (0, 0)
         assert [v["role"] for v in versions_main(FleetConfig(fleet_dir=f.cfg.fleet_dir))] == \
             ["production"]
     finally:
