@@ -233,3 +233,24 @@ def tiny_policy_onnx(path: Path, version: int, *, nan: bool = False, seed: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def read_paths_agree(root):
+    """pandas over episodes/ and load_episode hold the same rows, each step once."""
+    import pandas as pd
+
+    from vlac.cloud.store import EpisodeStore
+
+    store = EpisodeStore(root, read_only=True)
+    eps = store.list_episodes()
+    if not eps:
+        return 0
+    df = pd.read_parquet(root / "episodes", columns=["robot_id", "episode_id", "step"])
+    df = df.astype({"robot_id": str, "episode_id": str})
+    assert not df.duplicated(["robot_id", "episode_id", "step"]).any()
+    for e in eps:
+        loaded = store.load_episode(e["robot_id"], e["episode_id"])
+        rows = df[(df.robot_id == e["robot_id"]) & (df.episode_id == e["episode_id"])]
+        assert len(rows) == len(loaded) == e["n_steps"] == e["outcome"]["n_steps"]
+        assert sorted(rows.step) == list(range(len(loaded)))
+    return len(eps)

@@ -6,11 +6,11 @@ import os
 import time
 
 import hypothesis.strategies as hs
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from rich.console import Console
 
+from tests.helpers import read_paths_agree
 from vlac.cloud.store import ChunkWrite, EpisodeStore, StoreBusy
 from vlac.cloud.store_cli import StoreGcConfig, StoreLsConfig, gc_main, ls_main
 from vlac.shared import wire
@@ -28,23 +28,6 @@ def chunk(ep, seq, first, n, n_chunks=None, n_steps=None, robot="r1", task="push
                                                   n_steps=n_steps or first + n)
     return ChunkWrite(robot, ep, seq, task, synthetic_steps(SPEC, n, start_step=first),
                       final, first)
-
-
-def read_paths_agree(root):
-    """pandas over episodes/ and load_episode hold the same rows, each step once."""
-    store = EpisodeStore(root, read_only=True)
-    eps = store.list_episodes()
-    if not eps:
-        return 0
-    df = pd.read_parquet(root / "episodes", columns=["robot_id", "episode_id", "step"])
-    df = df.astype({"robot_id": str, "episode_id": str})
-    assert not df.duplicated(["robot_id", "episode_id", "step"]).any()
-    for e in eps:
-        loaded = store.load_episode(e["robot_id"], e["episode_id"])
-        rows = df[(df.robot_id == e["robot_id"]) & (df.episode_id == e["episode_id"])]
-        assert len(rows) == len(loaded) == e["n_steps"] == e["outcome"]["n_steps"]
-        assert sorted(rows.step) == list(range(len(loaded)))
-    return len(eps)
 
 
 @pytest.mark.parametrize("bad, match", [
