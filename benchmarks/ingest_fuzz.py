@@ -86,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
           f"chunk acked after it: {report.honest_acked_after}; {report.complete_episodes} "
           f"complete episodes read alike by pandas and load_episode; {report.seconds:.0f}s; "
           f"workdir {work} (ingest.log)")
+    if report.store_inconsistent:
+        print(f"STORE INCONSISTENT: {report.store_inconsistent}")
     for k in report.killers[:10]:
         print(f"  killer: {k}")
     _plot(report, OUT / "ingest_fuzz.png")
     print(f"frames_sent={report.frames} error_replies={report.error_replies} "
           f"ingest_restarts={report.ingest_deaths}")
-    return 0 if report.ingest_deaths == 0 else 1
+    return 0 if report.ingest_deaths == 0 and not report.store_inconsistent else 1
 
 
 if __name__ == "__main__":

@@ -186,3 +186,74 @@ def test_heartbeats_update_robot_status(ingest, keyring):
     wait_for(lambda: ingest.robots["robot-1"].policy_version == 7, 5, "heartbeat")
     assert ingest.robots["robot-1"].spool_depth == 3
     c.close()
+
+
+def test_an_unforeseen_exception_in_one_frame_is_an_error_reply_not_a_dead_ingest(
+        ingest, keyring, monkeypatch, caplog):
+    import vlac.cloud.ingest as ingest_module
+
+    real = ingest_module.validate_chunk
+
+    def explode(chunk, spec):
+        if chunk.episode_id == "boom":
+            raise OverflowError("a bug nobody foresaw")
+        return real(chunk, spec)
+
+    monkeypatch.setattr(ingest_module, "validate_chunk", explode)
+    c = RawClient(keyring, "robot-1", ingest.address)
+    c.handshake()
+    err = c.request(chunk_bytes(ep="boom"))
+    assert err.code == "internal" and "OverflowError: a bug nobody foresaw" in err.message
+    assert "a frame from robot-1 raised" in caplog.text
+    assert c.request(chunk_bytes(ep="fine")).status == "stored"
+    c.close()
+
+
+def test_a_chunk_the_store_raises_on_is_refused_and_its_batch_mates_are_stored(
+        ingest, keyring, monkeypatch):
+    real = ingest.store.write_chunks
+
+    def picky(chunks):
+        if any(c.episode_id == "poison" for c in chunks):
+            raise ValueError("pyarrow could not build this table")
+        return real(chunks)
+
+    monkeypatch.setattr(ingest.store, "write_chunks", picky)
+    clients = [RawClient(keyring, r, ingest.address) for r in ("robot-1", "robot-2")]
+    for c in clients:
+        c.handshake()
+    # sent back to back, so ingest takes them in one batch (group commit)
+    clients[0].send(chunk_bytes(robot="robot-1", ep="poison"))
+    clients[1].send(chunk_bytes(robot="robot-2", ep="honest"))
+    bad, good = clients[0].recv(), clients[1].recv()
+    assert bad.code == "unstorable" and bad.episode_id == "poison" and not bad.retry
+    assert good.status == "stored" and ingest.store.has("robot-2", "honest", 0)
+    for c in clients:
+        c.close()
+
+
+def test_commit_isolates_the_chunk_the_store_raises_on(tmp_path, keyring, monkeypatch):
+    from vlac.cloud.ingest import Ingest, RobotStatus, _Pending
+    from vlac.cloud.store import ChunkWrite
+
+    ing = Ingest(ingest_config(keyring, tmp_path / "store"))
+    batch = []
+    for robot, ep in (("robot-1", "poison"), ("robot-2", "honest"), ("robot-3", "also")):
+        ing.robots[robot] = RobotStatus(robot)
+        batch.append(_Pending(ChunkWrite(robot, ep, 0, "push", synthetic_steps(SPEC, 2)),
+                              wire.Ack(robot_id=robot, episode_id=ep, seq=0, status="stored")))
+    real, calls = ing.store.write_chunks, []
+
+    def picky(chunks):
+        calls.append(len(chunks))
+        if any(c.episode_id == "poison" for c in chunks):
+            raise ValueError("pyarrow could not build this table")
+        return real(chunks)
+
+    monkeypatch.setattr(ing.store, "write_chunks", picky)
+    ing._commit(batch)
+    assert calls == [3, 1, 1, 1]
+    assert batch[0].reply.code == "unstorable"
+    assert [p.reply.status for p in batch[1:]] == ["stored", "stored"]
+    assert ing.store.has("robot-2", "honest", 0) and ing.store.has("robot-3", "also", 0)
+    assert not list((tmp_path / "store/staging").rglob(".tmp-*"))

@@ -9,6 +9,7 @@ def test_live_ingest_survives_fuzzing_and_still_acks_honest_robots(tmp_path):
     report = run(tmp_path, n_frames=250, honest_robots=2, min_episodes=3)
     assert report.ingest_deaths == 0, report.killers
     assert report.alive_after and report.honest_acked_after
+    assert report.store_inconsistent == "" and report.complete_episodes > report.honest_sent
     assert report.honest_sent >= 6 and report.honest_stored == report.honest_sent
     assert report.frames == 250 and report.error_replies > 0
     # the run reached past decoding: chunk validation and the store's rules answered too

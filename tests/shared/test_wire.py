@@ -183,3 +183,16 @@ def test_spec_hash_and_differences():
     assert SPEC.config_hash() == wire.DEFAULT_SPEC.config_hash()
     diff = SPEC.differences(other)
     assert len(diff) == 1 and diff[0].startswith("cameras")
+
+
+def test_ids_with_a_trailing_newline_are_refused_everywhere():
+    from vlac.shared.objstore import ObjectStoreError, check_key
+
+    assert not wire.is_valid_id("robot-1\n") and wire.is_valid_id("robot-1")
+    chunk = make_chunk("robot-1", "ep-1", 0, "t", synthetic_steps(wire.DEFAULT_SPEC, 1))
+    for field in ("robot_id", "episode_id"):
+        bad = msgspec.structs.replace(chunk, **{field: getattr(chunk, field) + "\n"})
+        with pytest.raises(wire.WireError, match=f"at `\\$.{field}`"):
+            wire.decode(wire.encode(bad))
+    with pytest.raises(ObjectStoreError):
+        check_key("versions/v1/actor.onnx\n")
