@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from vlac.cloud.critic import SmallVLACCritic
-    from vlac.cloud.critic_eval import CriticEvalConfig
-    from vlac.cloud.critic_eval import main as evaluate
-    from vlac.cloud.critic_train import TRAIN_TASKS, UNSEEN_TASKS, CriticTrainConfig
-    from vlac.cloud.critic_train import main as train
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.critic.evaluate import CriticEvalConfig
+    from vlac.cloud.critic.evaluate import main as evaluate
+    from vlac.cloud.critic.model import SmallVLACCritic
+    from vlac.cloud.critic.train import TRAIN_TASKS, UNSEEN_TASKS, CriticTrainConfig
+    from vlac.cloud.critic.train import main as train
+    from vlac.cloud.store.episodes import EpisodeStore
     from vlac.infra.demos import DemosCollectConfig
     from vlac.infra.demos import main as collect
 

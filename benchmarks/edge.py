@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from vlac.cloud.actor import TorchActor
-    from vlac.cloud.encoders import ImageEncoder
-    from vlac.cloud.export import (
+    from vlac.cloud.actor.export import (
         ActorExportConfig,
         ActorGraph,
         ActorHead,
@@ -76,8 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
         export_fp32,
         metadata,
     )
-    from vlac.cloud.export import main as export
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.actor.export import main as export
+    from vlac.cloud.actor.model import TorchActor
+    from vlac.cloud.models.encoders import ImageEncoder
+    from vlac.cloud.store.episodes import EpisodeStore
     from vlac.shared import tasks as task_text
 
     torch.set_num_threads(1)

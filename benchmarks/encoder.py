@@ -63,7 +63,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from vlac.cloud.encoders import ImageEncoder
+    from vlac.cloud.models.encoders import ImageEncoder
 
     torch.set_num_threads(1)
     console = Console()

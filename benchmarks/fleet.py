@@ -74,7 +74,7 @@ def make_artifacts(source: Path | None, versions: range, out: Path) -> str:
 
 # ----------------------------------------------------------------------------- processes
 def _announcer(cfg, address_q, result_q, stop) -> None:
-    from vlac.cloud.publisher import Announcer
+    from vlac.cloud.fleet.publisher import Announcer
 
     ann = Announcer(cfg)
     address_q.put(ann.address)
@@ -131,7 +131,7 @@ def wait_swaps(reports, robots: list[str], version: int, timeout: float) -> dict
 
 def measure(publisher, reports, names: list[str], artifacts: Path, args) -> dict:
     """Publish versions 2.. one at a time; latency = swap time - the moment upload() returned."""
-    from vlac.cloud.publisher import artifact_keys
+    from vlac.cloud.fleet.publisher import artifact_keys
 
     latencies, announce, apply, uploads, art_b, man_b, ann_b = [], [], [], [], [], [], []
     for v in range(2, args.updates + 2):
@@ -157,7 +157,7 @@ def measure(publisher, reports, names: list[str], artifacts: Path, args) -> dict
 
 
 def run_fleet(k: int, args, artifacts: Path, workdir: Path, store_uri: str) -> dict:
-    from vlac.cloud.publisher import Publisher, PublisherConfig
+    from vlac.cloud.fleet.publisher import Publisher, PublisherConfig
     from vlac.edge.updater import UpdaterConfig
 
     work = Path(tempfile.mkdtemp(dir=workdir, prefix=f"fleet-k{k}-"))

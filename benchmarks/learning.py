@@ -24,7 +24,7 @@ Four variants, measured in the same run from the same starting weights:
 
 Each variant runs in its own process (one torch thread): episodes are rolled out in
 Meta-World with the learner's current weights (sampling at ``--temperature``, 1 by default),
-stored in an episode store, and handed to ``vlac.cloud.learner.Learner.update`` every
+stored in an episode store, and handed to ``vlac.cloud.learner.process.Learner.update`` every
 ``--episodes-per-update`` episodes (round-robin over tasks). The success rate is that of the
 rollouts themselves (a rolling window of ``--window`` episodes per task), counting only what
 the policy did alone: an episode the expert took over, or one restarted from a saved state,
@@ -87,11 +87,11 @@ def run_variant(args: dict) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
-    from vlac.cloud.critic import SmallVLACCritic
-    from vlac.cloud.encoders import ImageEncoder, TextEncoder
-    from vlac.cloud.learner import Learner, LearnerConfig
-    from vlac.cloud.reward_service import InProcessRewards
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.critic.model import SmallVLACCritic
+    from vlac.cloud.critic.service import InProcessRewards
+    from vlac.cloud.learner.process import Learner, LearnerConfig
+    from vlac.cloud.models.encoders import ImageEncoder, TextEncoder
+    from vlac.cloud.store.episodes import EpisodeStore
     from vlac.edge.agent import run_episode
     from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
     from vlac.edge.operator import ScriptedExpert, StallWatch

@@ -129,7 +129,7 @@ def _durable_robot(sender_cfg, robot: int, steps: int, chunk: int, start, ready,
 
 
 def _ingest(cfg, ready_q) -> None:
-    from vlac.cloud.ingest import Ingest
+    from vlac.cloud.ingest.service import Ingest
 
     ingest = Ingest(cfg)
     import threading
@@ -145,7 +145,7 @@ def _ingest(cfg, ready_q) -> None:
 
 
 def run_durable(n_robots: int, steps: int, chunk: int, workdir: Path) -> dict:
-    from vlac.cloud.ingest import IngestConfig
+    from vlac.cloud.ingest.service import IngestConfig
     from vlac.edge.sender import SenderConfig
     from vlac.shared import keys
 
@@ -182,7 +182,7 @@ def run_durable(n_robots: int, steps: int, chunk: int, workdir: Path) -> dict:
     ingest.terminate()
     ingest.join(30)
     assert all(e[1] for e in ends), "a robot did not drain"
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.store.episodes import EpisodeStore
 
     stats = EpisodeStore(work / "store").stats()
     assert stats["steps"] == n_robots * steps, stats

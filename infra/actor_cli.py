@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vlac.cloud.actor_train import ActorPretrainConfig, train
-from vlac.cloud.critic import write_json
+from vlac.cloud.actor.pretrain import ActorPretrainConfig, train
+from vlac.cloud.critic.model import write_json
 from vlac.infra.evaluate import ActorPolicy, evaluate
 
 

@@ -58,7 +58,7 @@ class _Collect:
 
 
 def main(cfg: DemosCollectConfig) -> dict[str, dict]:
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.store.episodes import EpisodeStore
     from vlac.edge.agent import run_episode
     from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig, task_names
     from vlac.edge.operator import ScriptedExpert

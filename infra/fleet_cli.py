@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from vlac.cloud.fleet import FleetState
+from vlac.cloud.fleet.state import FleetState
 from vlac.shared.config import check, check_id, opt
 
 
@@ -74,7 +74,7 @@ def _ago(t: float | None) -> str:
 
 
 def recent_success(store_root: Path, n: int) -> dict[str, tuple[int, int]]:
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.store.episodes import EpisodeStore
 
     out: dict[str, list[bool]] = {}
     for e in EpisodeStore(store_root, read_only=True).list_episodes():

@@ -59,7 +59,7 @@ def free_port() -> int:
 def _run_ingest(cfg) -> None:  # in a child process
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
-    from vlac.cloud.ingest import main
+    from vlac.cloud.ingest.service import main
     main(cfg)
 
 
@@ -76,8 +76,8 @@ def _run_robot(cfg) -> None:  # in a child process
 
 
 def main(cfg: StackConfig) -> dict:
-    from vlac.cloud.ingest import IngestConfig
-    from vlac.cloud.store_cli import StoreLsConfig, ls_main
+    from vlac.cloud.ingest.service import IngestConfig
+    from vlac.cloud.store.cli import StoreLsConfig, ls_main
     from vlac.edge.metaworld_robot import MetaWorldRobotConfig
     from vlac.edge.sender import SenderConfig
     from vlac.edge.sim_agent import SimAgentConfig

@@ -167,7 +167,7 @@ class Paths:
 # ----------------------------------------------------------------------------- prepare
 def prepare(cfg: TrainConfig, p: Paths, console: Console) -> tuple[Path, Path, Path]:
     """Keys, demos, critic, actor, v0 export + publication. Returns (critic, actor, v0)."""
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.store.episodes import EpisodeStore
     from vlac.shared import keys
 
     keys.generate(p.keys, [f"robot-{i}" for i in range(len(cfg.tasks))])
@@ -186,8 +186,8 @@ def prepare(cfg: TrainConfig, p: Paths, console: Console) -> tuple[Path, Path, P
                                    store_root=p.store, max_steps=cfg.max_steps))
     critic = cfg.critic or p.critic_dir / "critic.pt"
     if not critic.exists():
-        from vlac.cloud.critic_train import CriticTrainConfig
-        from vlac.cloud.critic_train import main as train_critic
+        from vlac.cloud.critic.train import CriticTrainConfig
+        from vlac.cloud.critic.train import main as train_critic
 
         console.rule(f"critic: {cfg.critic_steps} steps on {len(cfg.tasks)} tasks")
         train_critic(CriticTrainConfig(store_root=p.store, out=p.critic_dir,
@@ -195,15 +195,15 @@ def prepare(cfg: TrainConfig, p: Paths, console: Console) -> tuple[Path, Path, P
                                        steps=cfg.critic_steps))
     actor = cfg.actor or p.actor_dir / "actor.pt"
     if not actor.exists():
-        from vlac.cloud.actor_train import ActorPretrainConfig, train
+        from vlac.cloud.actor.pretrain import ActorPretrainConfig, train
 
         console.rule(f"imitation actor: {cfg.actor_demos_per_task} demos per task")
         train(ActorPretrainConfig(store_root=p.store, out=p.actor_dir, features=p.features,
                                   tasks=cfg.tasks, demos_per_task=cfg.actor_demos_per_task,
                                   steps=cfg.actor_steps))
     if cfg.precision == "int8":
-        from vlac.cloud.actor import TorchActor
-        from vlac.cloud.export import int8_parity_warning
+        from vlac.cloud.actor.export import int8_parity_warning
+        from vlac.cloud.actor.model import TorchActor
 
         warning = int8_parity_warning(TorchActor.load(actor))
         if warning:
@@ -211,13 +211,13 @@ def prepare(cfg: TrainConfig, p: Paths, console: Console) -> tuple[Path, Path, P
                           f"{p.export} to pretrain it again, or run with --precision fp32")
     v0 = p.export / f"actor_{cfg.precision}.onnx"
     if not v0.exists():
-        from vlac.cloud.export import ActorExportConfig
-        from vlac.cloud.export import main as export
+        from vlac.cloud.actor.export import ActorExportConfig
+        from vlac.cloud.actor.export import main as export
 
         console.rule("export of version 0 (fp32 and INT8)")
         export(ActorExportConfig(actor=actor, out=p.export, store_root=p.store,
                                  tasks=cfg.tasks, calibration_frames=64, version=0))
-    from vlac.cloud.publisher import Publisher
+    from vlac.cloud.fleet.publisher import Publisher
 
     pub = Publisher(publisher_config(p, precision=cfg.precision))
     if pub.fleet.latest_version() is None:
@@ -227,7 +227,7 @@ def prepare(cfg: TrainConfig, p: Paths, console: Console) -> tuple[Path, Path, P
 
 
 def publisher_config(p: Paths, bind: str = "tcp://127.0.0.1:0", precision: str = "int8"):
-    from vlac.cloud.publisher import PublisherConfig
+    from vlac.cloud.fleet.publisher import PublisherConfig
 
     return PublisherConfig(fleet_dir=p.fleet, object_store=p.objects, signing_key=p.signing,
                            bind=bind, resend_s=2.0, precision=precision)
@@ -246,16 +246,16 @@ def _child(kind: str, cfg) -> None:
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         os.environ.pop(var, None)
     if kind == "ingest":
-        from vlac.cloud.ingest import main
+        from vlac.cloud.ingest.service import main
     elif kind == "critic":
-        from vlac.cloud.reward_service import main
+        from vlac.cloud.critic.service import main
     elif kind == "publisher":
-        from vlac.cloud.publisher import serve_main as main
+        from vlac.cloud.fleet.publisher import serve_main as main
     elif kind == "learner":
         import contextlib
         import io
 
-        from vlac.cloud.learner import main
+        from vlac.cloud.learner.process import main
         with contextlib.redirect_stdout(io.StringIO()):  # the parent shows progress
             main(cfg)
         return
@@ -266,7 +266,7 @@ def _child(kind: str, cfg) -> None:
 
 def wait_for_critic(address: str, timeout_s: float = 300.0) -> None:
     """Block until the critic service answers (it binds once its encoders are loaded)."""
-    from vlac.cloud.reward_service import RewardClient
+    from vlac.cloud.critic.service import RewardClient
 
     client = RewardClient(address, timeout_s=timeout_s)
     try:
@@ -277,9 +277,9 @@ def wait_for_critic(address: str, timeout_s: float = 300.0) -> None:
 
 def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
               done_before: int) -> dict[str, mp.Process]:
-    from vlac.cloud.ingest import IngestConfig
-    from vlac.cloud.learner import LearnerConfig
-    from vlac.cloud.reward_service import RewardServiceConfig
+    from vlac.cloud.critic.service import RewardServiceConfig
+    from vlac.cloud.ingest.service import IngestConfig
+    from vlac.cloud.learner.process import LearnerConfig
     from vlac.edge.metaworld_robot import MetaWorldRobotConfig
     from vlac.edge.sender import SenderConfig
     from vlac.edge.sim_agent import SimAgentConfig
@@ -347,7 +347,7 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
 
 
 def policy_episodes(store_root: Path) -> list[dict]:
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.store.episodes import EpisodeStore
 
     if not (store_root / "episodes").exists():
         return []
@@ -398,7 +398,7 @@ def watch(cfg: TrainConfig, p: Paths, procs: dict[str, mp.Process], stop: thread
           console: Console, t0: float) -> None:
     from rich.live import Live
 
-    from vlac.cloud.fleet import FleetState
+    from vlac.cloud.fleet.state import FleetState
 
     fleet = FleetState(p.fleet / "fleet.db")
     robots = [n for n in procs if n.startswith("robot")]
@@ -456,7 +456,7 @@ def _evaluate(job: tuple[str, list[str], int, int]) -> tuple[int, dict]:
     import torch
 
     torch.set_num_threads(1)
-    from vlac.cloud.actor import TorchActor
+    from vlac.cloud.actor.model import TorchActor
     from vlac.infra.evaluate import ActorPolicy, evaluate
 
     path, tasks, episodes, max_steps = job
@@ -504,8 +504,8 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Conso
     import matplotlib.pyplot as plt
     from rich.table import Table
 
-    from vlac.cloud.fleet import FleetState
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.fleet.state import FleetState
+    from vlac.cloud.store.episodes import EpisodeStore
 
     p.report.mkdir(parents=True, exist_ok=True)
     eps = policy_episodes(p.store)
@@ -564,8 +564,8 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Conso
     fleet.close()
     voc = None
     try:
-        from vlac.cloud.critic_eval import CriticEvalConfig
-        from vlac.cloud.critic_eval import main as critic_eval
+        from vlac.cloud.critic.evaluate import CriticEvalConfig
+        from vlac.cloud.critic.evaluate import main as critic_eval
 
         res = critic_eval(CriticEvalConfig(store_root=p.store, critic=critic,
                                            out=p.report / "critic", features=p.features,

@@ -186,7 +186,7 @@ def _honest(kr, address: str, root: Path, robot: str, stop: threading.Event,
 def run(root: Path, n_frames: int, honest_robots: int = len(ROBOTS), min_episodes: int = 3,
         seed: int | None = None, progress=None) -> FuzzReport:
     """Fuzz a live ingest with ``n_frames`` hostile frames; see the module docstring."""
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.store.episodes import EpisodeStore
 
     root.mkdir(parents=True, exist_ok=True)
     keys.generate(root / "keys", [*ROBOTS, FUZZER])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from vlac.cloud.ingest import Ingest, IngestConfig
+from vlac.cloud.ingest.service import Ingest, IngestConfig
 from vlac.edge.sender import SenderConfig
 from vlac.shared import keys, wire
 from vlac.shared.episode import StepColumns
@@ -239,7 +239,7 @@ def read_paths_agree(root):
     """pandas over episodes/ and load_episode hold the same rows, each step once."""
     import pandas as pd
 
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.store.episodes import EpisodeStore
 
     store = EpisodeStore(root, read_only=True)
     eps = store.list_episodes()

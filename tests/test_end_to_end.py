@@ -19,7 +19,7 @@ from tests.helpers import (
     sender_config,
     wait_for,
 )
-from vlac.cloud.store import EpisodeStore
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.edge.recorder import EpisodeRecorder
 from vlac.edge.sender import Sender
 from vlac.shared import wire

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import hypothesis.strategies as hs
 import msgspec
@@ -166,15 +167,21 @@ def racing_chunks(draw, spec: wire.RobotSpec, robot_id: str) -> tuple[str, bytes
 def _typed_array(draw, valid: wire.Array) -> wire.Array:
     """An array that decodes (an allowed dtype, a bounded shape) but may not fit its field:
     other dtype, other shape, a byte count off by a little, any bytes (NaN, huge tokens)."""
-    if draw(hs.booleans()):
+    kind = draw(hs.sampled_from(["valid", "other", "other", "empty_by_huge"]))
+    if kind == "valid":
         dtype, shape = valid.dtype, valid.shape
     else:
         dtype = draw(hs.sampled_from(sorted(wire.ALLOWED_DTYPES)))
         shape = tuple(draw(hs.lists(hs.integers(0, 6), max_size=6)))
+    if kind == "empty_by_huge":  # no elements, yet axes far beyond any memory
+        huge = [b for b in BOUNDARY_INTS if b > 2**30]
+        shape = tuple(draw(hs.permutations([0, *draw(hs.lists(hs.sampled_from(huge),
+                                                               min_size=1, max_size=4))])))
     size = len(valid.data) if (dtype, shape) == (valid.dtype, valid.shape) else \
-        int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        math.prod(shape) * np.dtype(dtype).itemsize
     size = max(0, size + draw(hs.sampled_from([0, 0, 0, -1, 1])))
-    data = draw(hs.binary(min_size=size, max_size=size)) if size <= 4096 else bytes(size)
+    data = draw(hs.binary(min_size=size, max_size=size)) if size <= 4096 else \
+        bytes(size) if size <= 2**20 else b"\x00" * draw(hs.integers(0, 64))
     return wire.Array(dtype, shape, memoryview(data))
 
 
@@ -197,7 +204,7 @@ def typed_chunk(draw, spec: wire.RobotSpec, robot_id: str) -> tuple[str, bytes]:
     chunk = wire.EpisodeChunk(
         robot_id=robot_id, episode_id=draw(hs.sampled_from(["fz-t", "fz-u"])),
         seq=draw(hs.integers(0, wire.MAX_SEQ)), task="t", final=final,
-        first_step=draw(hs.sampled_from([0, 1, wire.MAX_STEP_INDEX])),
+        first_step=draw(hs.sampled_from([0, 1, wire.MAX_STEP_INDEX, 2**63 - 1, 2**64 - 1])),
         steps=wire.Steps(images=images, **fields))
     return "typed_chunk", wire.encode(chunk)
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from tests.helpers import ThreadIngest, ingest_config, sender_config
-from vlac.cloud.actor import TorchActor
-from vlac.cloud.actor_train import ActorPretrainConfig, train
-from vlac.cloud.export import ActorExportConfig, example_inputs, int8_parity_warning
-from vlac.cloud.export import main as export_main
-from vlac.cloud.store import EpisodeStore
+from vlac.cloud.actor.export import ActorExportConfig, example_inputs, int8_parity_warning
+from vlac.cloud.actor.export import main as export_main
+from vlac.cloud.actor.model import TorchActor
+from vlac.cloud.actor.pretrain import ActorPretrainConfig, train
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.edge.metaworld_robot import MetaWorldRobotConfig
 from vlac.edge.runtime import OnnxPolicy, PolicyLoadError, choose_providers
 from vlac.edge.sim_agent import SimAgentConfig
@@ -175,7 +175,8 @@ def test_an_fp32_encoder_actor_exports_as_one_quantized_graph(exported, tmp_path
 
 
 def test_publisher_ships_int8_or_the_exact_fp32_graph(exported, tmp_path):
-    from vlac.cloud.publisher import Publisher, PublisherConfig
+    from vlac.cloud.actor.export import ActorPublisher
+    from vlac.cloud.fleet.publisher import Publisher, PublisherConfig
     from vlac.shared import manifest as mf
 
     root = exported[0]
@@ -186,7 +187,8 @@ def test_publisher_ships_int8_or_the_exact_fp32_graph(exported, tmp_path):
             fleet_dir=tmp_path / precision, object_store=str(tmp_path / "objects"),
             signing_key=tmp_path / "keys" / "publisher.ed25519", precision=precision))
         version = 7 if precision == "int8" else 8
-        m = pub.publish(actor, version, root / "store", ["reach-v3"], calibration_frames=8)
+        m = ActorPublisher(pub, root / "store", ["reach-v3"], calibration_frames=8).publish(
+            actor, version)
         assert m.artifact == f"weights/v00000{version}/actor_{precision}.onnx"
         assert pub.fleet.version(version)["artifact_key"] == m.artifact
         path = tmp_path / "objects" / m.artifact
@@ -302,7 +304,7 @@ def test_a_new_version_continues_the_robots_sampling_noise(exported):
 
 
 def test_torch_actor_round_trip(exported, tmp_path):
-    from vlac.cloud.encoders import ImageEncoder
+    from vlac.cloud.models.encoders import ImageEncoder
 
     _, actor, _, _ = exported
     actor.save(tmp_path / "a.pt")
@@ -318,7 +320,7 @@ def test_torch_actor_round_trip(exported, tmp_path):
 
 
 def test_feature_noise_is_relative_and_off_by_default():
-    from vlac.cloud.actor_train import _noisy
+    from vlac.cloud.actor.pretrain import _noisy
 
     f = np.full((64, 16, 1280), 2.0, np.float32)
     gen = np.random.default_rng(0)

@@ -7,17 +7,17 @@ import threading
 import numpy as np
 import pytest
 
-from vlac.cloud.critic import SmallVLACCritic, accumulated_progress
-from vlac.cloud.critic_eval import CriticEvalConfig
-from vlac.cloud.critic_eval import main as eval_main
-from vlac.cloud.critic_train import CriticTrainConfig
-from vlac.cloud.critic_train import main as train_main
-from vlac.cloud.reward_service import (
+from vlac.cloud.critic.evaluate import CriticEvalConfig
+from vlac.cloud.critic.evaluate import main as eval_main
+from vlac.cloud.critic.model import SmallVLACCritic, accumulated_progress
+from vlac.cloud.critic.service import (
     InProcessRewards,
     RewardClient,
     RewardServer,
 )
-from vlac.cloud.store import EpisodeStore
+from vlac.cloud.critic.train import CriticTrainConfig
+from vlac.cloud.critic.train import main as train_main
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.infra.demos import DemosCollectConfig
 from vlac.infra.demos import main as collect
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlac.cloud.encoders import ImageEncoder
+from vlac.cloud.models.encoders import ImageEncoder
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_a_corrupt_cached_graph_leaves_auto_on_torch(tmp_path, monkeypatch, fram
 
 
 def test_int8_encoder_is_calibrated_close_to_fp32_and_kept_apart(tmp_path, frames):
-    from vlac.cloud.encoders import FeatureCache, Int8ImageEncoder
+    from vlac.cloud.models.encoders import FeatureCache, Int8ImageEncoder
 
     calib = np.random.default_rng(1).integers(0, 256, (16, 128, 128, 3), dtype=np.uint8)
     int8 = Int8ImageEncoder.calibrate(calib)

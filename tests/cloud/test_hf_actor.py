@@ -11,7 +11,7 @@ import torch
 from transformers import InternVLForConditionalGeneration
 
 from tests.cloud.test_hf_critic import NO_TILES, raw_and_prepared, tiny_internvl
-from vlac.cloud.hf_actor import (
+from vlac.cloud.models.hf_actor import (
     ACTION_BINS,
     ACTION_TOKENS,
     VALUE_HEAD_FILE,
@@ -20,7 +20,7 @@ from vlac.cloud.hf_actor import (
     actor_target_text,
     prepare_actor_checkpoint,
 )
-from vlac.cloud.hf_critic import (
+from vlac.cloud.models.hf_critic import (
     CRITIC_TOKENS,
     TransformersCritic,
     load_processor,

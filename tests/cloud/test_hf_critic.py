@@ -24,7 +24,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from vlac.cloud.hf_critic import (
+from vlac.cloud.models.hf_critic import (
     CRITIC_TOKENS,
     DONE_TOKENS,
     PROGRESS_TOKENS,
@@ -35,7 +35,7 @@ from vlac.cloud.hf_critic import (
     prepare_checkpoint,
     target_text,
 )
-from vlac.cloud.vlac_model import token_to_delta
+from vlac.cloud.models.vlac import token_to_delta
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -190,7 +190,7 @@ def test_heartbeats_update_robot_status(ingest, keyring):
 
 def test_an_unforeseen_exception_in_one_frame_is_an_error_reply_not_a_dead_ingest(
         ingest, keyring, monkeypatch, caplog):
-    import vlac.cloud.ingest as ingest_module
+    import vlac.cloud.ingest.service as ingest_module
 
     real = ingest_module.validate_chunk
 
@@ -233,8 +233,8 @@ def test_a_chunk_the_store_raises_on_is_refused_and_its_batch_mates_are_stored(
 
 
 def test_commit_isolates_the_chunk_the_store_raises_on(tmp_path, keyring, monkeypatch):
-    from vlac.cloud.ingest import Ingest, RobotStatus, _Pending
-    from vlac.cloud.store import ChunkWrite
+    from vlac.cloud.ingest.service import Ingest, RobotStatus, _Pending
+    from vlac.cloud.store.episodes import ChunkWrite
 
     ing = Ingest(ingest_config(keyring, tmp_path / "store"))
     batch = []

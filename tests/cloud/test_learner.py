@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from tests.helpers import free_port
-from vlac.cloud.actor import TorchActor
-from vlac.cloud.critic import SmallVLACCritic
-from vlac.cloud.encoders import ImageEncoder, TextEncoder
-from vlac.cloud.learner import (
+from vlac.cloud.actor.model import TorchActor
+from vlac.cloud.critic.model import SmallVLACCritic
+from vlac.cloud.learner.process import (
     EpisodeData,
     Learner,
     LearnerConfig,
@@ -29,8 +28,9 @@ from vlac.cloud.learner import (
     shape_rewards,
     window_sums,
 )
-from vlac.cloud.store import EpisodeStore
-from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
+from vlac.cloud.models.encoders import ImageEncoder, TextEncoder
+from vlac.cloud.models.vlac import SmallVLAC, VLACConfig
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.infra.cli import main as cli
 from vlac.shared.config import ConfigError, from_dict
 from vlac.shared.episode import StepColumns
@@ -512,7 +512,7 @@ RANK_SCRIPT = textwrap.dedent("""
     root, repo = Path(sys.argv[1]), sys.argv[2]
     sys.path.insert(0, repo)
     from tests.cloud.test_learner import TokenRewards
-    from vlac.cloud.learner import Learner, LearnerConfig
+    from vlac.cloud.learner.process import Learner, LearnerConfig
 
     calls = []
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from vlac.cloud.lerobot import (
+from vlac.cloud.store.episodes import EpisodeStore
+from vlac.cloud.store.lerobot import (
     LeRobotExportConfig,
     LeRobotFormatError,
     LeRobotImportConfig,
@@ -21,7 +22,6 @@ from vlac.cloud.lerobot import (
     import_main,
     lerobot_episode_id,
 )
-from vlac.cloud.store import EpisodeStore
 from vlac.shared.config import ConfigError
 from vlac.shared.episode import synthetic_steps
 from vlac.shared.tokenizer import ActionTokenizer

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlac.cloud.ppo import gae, ppo_loss, truncated_importance
+from vlac.cloud.learner.ppo import gae, ppo_loss, truncated_importance
 
 
 def gae_loop(rewards, values, dones, last_value, gamma, lam):

@@ -7,7 +7,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.helpers import assert_same_steps
-from vlac.cloud.store import EpisodeStore
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.shared.episode import concat_steps as concat
 from vlac.shared.episode import synthetic_steps
 from vlac.shared.wire import DEFAULT_SPEC, Outcome, WireError

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from rich.console import Console
 
 from tests.helpers import read_paths_agree
-from vlac.cloud.store import ChunkWrite, EpisodeStore, StoreBusy
-from vlac.cloud.store_cli import StoreGcConfig, StoreLsConfig, gc_main, ls_main
+from vlac.cloud.store.cli import StoreGcConfig, StoreLsConfig, gc_main, ls_main
+from vlac.cloud.store.episodes import ChunkWrite, EpisodeStore, StoreBusy
 from vlac.shared import wire
 from vlac.shared.config import ConfigError
 from vlac.shared.episode import make_chunk, synthetic_steps
@@ -151,7 +151,7 @@ def test_gc_drops_only_what_stayed_incomplete_too_long(tmp_path, caplog):
     ages = {i["episode_id"]: i for i in store.incomplete()}
     assert ages["old"]["age_s"] > 7000 and ages["new"]["age_s"] < 600
     assert ages["old"]["bytes"] > 0 and ages["old"]["chunks"] == [0, 1]
-    with caplog.at_level(logging.WARNING, "vlac.cloud.store"):
+    with caplog.at_level(logging.WARNING, "vlac.cloud.store.episodes"):
         dropped = store.collect_staging(3600)
     assert [d["episode_id"] for d in dropped] == ["old"]
     assert "dropped incomplete episode r1/old" in caplog.text

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlac.cloud.critic_data import EpisodeFeatures, PairMix, PairSampler
-from vlac.cloud.vlac_model import (
+from vlac.cloud.critic.data import EpisodeFeatures, PairMix, PairSampler
+from vlac.cloud.models.vlac import (
     PROGRESS_BINS,
     SmallVLAC,
     VLACConfig,

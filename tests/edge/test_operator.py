@@ -199,7 +199,7 @@ def test_critic_progress_asks_the_service_without_blocking(robot):
     import threading
     import time
 
-    from vlac.cloud.reward_service import RewardServer
+    from vlac.cloud.critic.service import RewardServer
     from vlac.edge.progress import CriticProgress
 
     class Brightness:

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from tests.helpers import tiny_policy_onnx, wait_for
-from vlac.cloud.publisher import Publisher, PublisherConfig, artifact_keys, topic
+from vlac.cloud.fleet.publisher import Publisher, PublisherConfig, artifact_keys, topic
 from vlac.edge.runtime import OnnxPolicy
 from vlac.edge.updater import UpdaterConfig, WeightUpdater
 from vlac.shared import manifest as mf

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from tests.helpers import make_keyring
-from vlac.cloud.store import EpisodeStore
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.infra.cli import COMMANDS, main
 from vlac.shared.episode import synthetic_steps
 from vlac.shared.wire import DEFAULT_SPEC, Outcome

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vlac.cloud.store import EpisodeStore
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.infra.cli import main as cli
 from vlac.infra.demos import DemosCollectConfig, main
 from vlac.shared.config import ConfigError

@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 from tests.helpers import tiny_policy_onnx, wait_for
-from vlac.cloud.fleet import FleetError, FleetState, in_fraction
-from vlac.cloud.publisher import Announcer, Publisher, PublisherConfig, artifact_keys
+from vlac.cloud.fleet.publisher import Announcer, Publisher, PublisherConfig, artifact_keys
+from vlac.cloud.fleet.state import FleetError, FleetState, in_fraction
 from vlac.edge.runtime import OnnxPolicy
 from vlac.edge.updater import UpdaterConfig, WeightUpdater
 from vlac.shared import manifest as mf
@@ -477,8 +477,8 @@ def test_a_streaming_robot_swaps_versions_between_episodes_and_reports_them(tmp_
 def test_the_learner_publishes_versions_that_a_robot_verifies_and_runs(tmp_path):
     """learner -> export -> INT8 QDQ -> signed upload -> announcement -> robot's updater."""
     from tests.cloud.test_learner import config, tiny_actor, write_episode
-    from vlac.cloud.learner import main as learner_main
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.learner.process import main as learner_main
+    from vlac.cloud.store.episodes import EpisodeStore
 
     tiny_actor(tmp_path / "init.pt")
     store = EpisodeStore(tmp_path / "store", fsync=False)

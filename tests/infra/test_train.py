@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vlac.cloud.fleet import FleetState
+from vlac.cloud.fleet.state import FleetState
 from vlac.infra.train import HitlConfig, TrainConfig, main
 
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.timeout(900)]

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.helpers import read_paths_agree
 from tests.wire_strategies import frames
-from vlac.cloud.store import ChunkWrite, EpisodeStore
+from vlac.cloud.store.episodes import ChunkWrite, EpisodeStore
 from vlac.shared import wire
 from vlac.shared.episode import validate_chunk
 

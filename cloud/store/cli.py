@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vlac.cloud.store import EpisodeStore, StoreBusy
+from vlac.cloud.store.episodes import EpisodeStore, StoreBusy
 from vlac.shared.config import ConfigError, opt, parse_duration
 
 

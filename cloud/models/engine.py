@@ -22,7 +22,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "infra" / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
 
 
 def _free_port() -> int:

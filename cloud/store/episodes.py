@@ -54,8 +54,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlac.cloud.staging import Staged
-from vlac.cloud.store_format import META_KEY, steps_to_table, table_to_steps
+from vlac.cloud.store.parquet import META_KEY, steps_to_table, table_to_steps
+from vlac.cloud.store.staging import Staged
 from vlac.shared.episode import StepColumns, slice_steps
 from vlac.shared.fsutil import fsync_path
 from vlac.shared.wire import Outcome, WireError, check_id
@@ -206,7 +206,7 @@ class EpisodeStore:
     def write_chunks(self, chunks: list[ChunkWrite]) -> list[bool | WireError]:
         """Durably store a batch of chunks (group commit). Per chunk: True where stored,
         False for a duplicate, a WireError (nothing written) where it contradicts what its
-        episode already holds (``vlac.cloud.staging``). All files are written, then fsynced
+        episode already holds (``vlac.cloud.store.staging``). All files are written, then fsynced
         together, then renamed into place and each folder fsynced once, so a batch costs
         little more than one chunk. If writing raises, nothing of the batch is indexed or
         acknowledged (a robot resends it) and no temporary file is left behind."""

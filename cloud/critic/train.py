@@ -1,6 +1,6 @@
 """`vlac critic train`: the small VLAC critic on pairs from stored demonstrations.
 
-Runs on the DeepSpeed engine wrapper the learner shares (``vlac.cloud.engine``), checkpoints
+Runs on the DeepSpeed engine wrapper the learner shares (``vlac.cloud.models.engine``), checkpoints
 every ``checkpoint_every`` steps and resumes from the latest checkpoint in ``out``, shows
 progress, and writes ``out/critic.pt`` (what ``vlac critic eval`` and the reward service
 load), ``out/train_log.json`` and ``out/train_loss.png``.
@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlac.cloud import engine as eng
-from vlac.cloud.critic import SmallVLACCritic, write_json
-from vlac.cloud.critic_data import PairSampler, load_episodes, split_holdout
-from vlac.cloud.encoders import FeatureCache, TextEncoder
-from vlac.cloud.store import EpisodeStore
-from vlac.cloud.vlac_model import SmallVLAC, VLACConfig, cosine_lr, critic_loss, param_count
+from vlac.cloud.critic.data import PairSampler, load_episodes, split_holdout
+from vlac.cloud.critic.model import SmallVLACCritic, write_json
+from vlac.cloud.models import engine as eng
+from vlac.cloud.models.encoders import FeatureCache, TextEncoder
+from vlac.cloud.models.vlac import SmallVLAC, VLACConfig, cosine_lr, critic_loss, param_count
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.shared.config import check, describe, opt
 
 TRAIN_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "drawer-close-v3",

@@ -3,7 +3,7 @@
 ``TransformersCritic`` implements the same ``Critic`` protocol as ``SmallVLACCritic``
 (``critique(tasks, obs_a, obs_b, reference=None) -> (delta, done_prob)``) and the same
 ``episode_rewards``, but the scoring is done by a vision-language model that was fine-tuned to
-answer with two tokens, exactly as in the VLAC paper and ``vlac.cloud.vlac_model``:
+answer with two tokens, exactly as in the VLAC paper and ``vlac.cloud.models.vlac``:
 
 - a progress token ``<vlac_pKKK>`` (K = 0..200; token k means delta = -1 + 2k/200): the
   decoded delta is the expectation of the next-token distribution restricted to these 201
@@ -23,7 +23,7 @@ InternVL3-8B-hf, already on local disk)::
 
     import torch
     from transformers import AutoModelForImageTextToText
-    from vlac.cloud.hf_critic import TransformersCritic, load_processor, prepare_checkpoint
+    from vlac.cloud.models.hf_critic import TransformersCritic, load_processor, prepare_checkpoint
 
     model = AutoModelForImageTextToText.from_pretrained("/models/InternVL3-2B-hf")
     prepare_checkpoint(model, load_processor("/models/InternVL3-2B-hf"), "/models/vlac-2b-init")
@@ -75,8 +75,8 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
-from vlac.cloud.critic import _check_frames, pair_indices
-from vlac.cloud.vlac_model import (
+from vlac.cloud.critic.model import _check_frames, pair_indices
+from vlac.cloud.models.vlac import (
     PROGRESS_BINS,
     CriticOutput,
     delta_to_token,
@@ -319,7 +319,8 @@ class TransformersCritic:
         self.use_cache = use_cache
 
         c = open_checkpoint(path, CRITIC_TOKENS, "progress/done",
-                            "vlac.cloud.hf_critic.prepare_checkpoint(model, processor, out_dir)",
+                            "vlac.cloud.models.hf_critic.prepare_checkpoint(model, processor, "
+                            "out_dir)",
                             "critic", self.device, dtype)
         self.processor, self.model, self._opened = c.processor, c.model, c
         self._accepts, self._positions = c.accepts, c.positions

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vlac.cloud.encoders import FeatureCache, TextEncoder
-from vlac.cloud.store import EpisodeStore
+from vlac.cloud.models.encoders import FeatureCache, TextEncoder
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.shared import tasks as task_text
 
 REF_FRAMES = 4

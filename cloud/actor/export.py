@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -42,10 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlac.cloud.actor import TorchActor
-from vlac.cloud.encoders import Feeds, ImageEncoder, quantize_qdq
+from vlac.cloud.actor.model import TorchActor
+from vlac.cloud.models.encoders import Feeds, ImageEncoder, quantize_qdq
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, describe, opt
+
+log = logging.getLogger(__name__)
 
 KEEP_FP32_CONVS = 2
 INPUTS = ("image", "proprio", "text", "gumbel", "temperature")
@@ -291,7 +294,7 @@ def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]],
 def calibration_samples(actor: TorchActor, store_root: Path, tasks: list[str], n: int,
                         seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Frames, proprio and sentences from stored demonstrations of the tasks."""
-    from vlac.cloud.store import EpisodeStore
+    from vlac.cloud.store.episodes import EpisodeStore
 
     store = EpisodeStore(store_root)
     rng = np.random.default_rng(seed)
@@ -310,6 +313,34 @@ def calibration_samples(actor: TorchActor, store_root: Path, tasks: list[str], n
         if len(out) >= n:
             break
     return out[:n]
+
+
+class ActorPublisher:
+    """The learner's publish hook: export a TorchActor (INT8 unless the publisher's
+    ``precision`` is fp32) and upload it as a new version through a fleet ``Publisher``.
+    Calibration samples are drawn once and reused for every later version."""
+
+    def __init__(self, publisher, store_root: Path, tasks: list[str],
+                 calibration_frames: int = 64) -> None:
+        self.publisher, self.store_root, self.tasks = publisher, Path(store_root), tasks
+        self.calibration_frames = calibration_frames
+        self.samples: list[dict[str, np.ndarray]] | None = None
+
+    def publish(self, actor: TorchActor, version: int):
+        precision = self.publisher.cfg.precision
+        if self.samples is None:
+            warning = int8_parity_warning(actor) if precision == "int8" else None
+            if warning:
+                log.warning("publishing INT8: %s (--publisher.precision fp32)", warning)
+            self.samples = calibration_samples(actor, self.store_root, self.tasks,
+                                               self.calibration_frames)
+        sentences = sorted({s for t in self.tasks for s in task_text.instructions(t)})
+        actor.version = version
+        meta = metadata(actor, sentences, version, self.samples[0]["image"].shape[1:])
+        with tempfile.TemporaryDirectory(prefix="vlac-publish-") as tmp:
+            path = export_artifacts(actor, Path(tmp), meta, self.samples,
+                                    (precision,))[precision]
+            return self.publisher.upload(path, version, meta=dict(meta, precision=precision))
 
 
 def sha256(path: Path) -> str:

@@ -24,7 +24,7 @@ import yaml
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from vlac.cloud.store import ChunkWrite, EpisodeStore
+from vlac.cloud.store.episodes import ChunkWrite, EpisodeStore
 from vlac.shared import keys, wire
 from vlac.shared.config import check, describe, opt
 from vlac.shared.episode import validate_chunk
@@ -111,7 +111,7 @@ class Ingest:
         self.robots: dict[str, RobotStatus] = {}
         self.fleet = None
         if cfg.fleet_dir is not None:
-            from vlac.cloud.fleet import FleetState
+            from vlac.cloud.fleet.state import FleetState
 
             self.fleet = FleetState(Path(cfg.fleet_dir) / "fleet.db")
         self.errors: Counter = Counter()
@@ -132,7 +132,7 @@ class Ingest:
             return self._serve()
 
     def _serve(self) -> dict:
-        auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("vlac.cloud.ingest.auth"))
+        auth = ThreadAuthenticator(self._ctx, log=logging.getLogger(f"{__name__}.auth"))
         auth.start()
         auth.configure_curve(domain="*", location=str(self.cfg.allowed_keys_dir))
         sock = self._ctx.socket(zmq.ROUTER)

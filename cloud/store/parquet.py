@@ -1,6 +1,6 @@
 """The episode store's file format: one Parquet table per chunk, a row per step.
 
-See ``vlac.cloud.store`` for the layout on disk and the columns; everything here converts
+See ``vlac.cloud.store.episodes`` for the layout on disk and the columns; everything here converts
 between a chunk's numpy columns and that table, and needs nothing but pyarrow to read.
 """
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlac.cloud.encoders import ImageEncoder, Int8ImageEncoder, LazyEncoders, TextEncoder
-from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
+from vlac.cloud.models.encoders import ImageEncoder, Int8ImageEncoder, LazyEncoders, TextEncoder
+from vlac.cloud.models.vlac import SmallVLAC, VLACConfig
 from vlac.shared.tokenizer import ActionTokenizer
 
 

@@ -1,7 +1,7 @@
 """The critic: one interface, ``critique(tasks, obs_a, obs_b) -> (delta, done_prob)``.
 
 ``SmallVLACCritic`` is the default (frozen EfficientNet-Lite0 + MiniLM, a small transformer
-that emits progress and done tokens; see ``vlac.cloud.vlac_model``). ``episode_rewards`` turns
+that emits progress and done tokens; see ``vlac.cloud.models.vlac``). ``episode_rewards`` turns
 an episode's frames into the dense rewards the learner uses: r_t = delta(o_t, o_t+k).
 """
 
@@ -14,8 +14,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from vlac.cloud.encoders import ImageEncoder, LazyEncoders, TextEncoder
-from vlac.cloud.vlac_model import SmallVLAC, VLACConfig
+from vlac.cloud.models.encoders import ImageEncoder, LazyEncoders, TextEncoder
+from vlac.cloud.models.vlac import SmallVLAC, VLACConfig
 
 
 class Critic(Protocol):

@@ -1,6 +1,6 @@
 """An actor backed by a transformers image-text-to-text checkpoint (InternVL in production).
 
-``TransformersActor`` has the interface of ``vlac.cloud.actor.TorchActor`` where callers touch
+``TransformersActor`` has the interface of ``vlac.cloud.actor.model.TorchActor`` where callers touch
 it (``tokenizer``, ``camera``, ``version``, ``rng``, ``act``) plus the teacher-forced
 ``action_logprobs`` that PPO needs (as ``SmallVLAC.action_logprobs``), but the policy is a
 vision-language model fine-tuned to answer with one action token per action dimension: the
@@ -26,8 +26,8 @@ local disk)::
 
     import torch
     from transformers import AutoModelForImageTextToText
-    from vlac.cloud.hf_actor import TransformersActor, prepare_actor_checkpoint
-    from vlac.cloud.hf_critic import load_processor
+    from vlac.cloud.models.hf_actor import TransformersActor, prepare_actor_checkpoint
+    from vlac.cloud.models.hf_critic import load_processor
 
     model = AutoModelForImageTextToText.from_pretrained("/models/InternVL3-2B-hf")
     prepare_actor_checkpoint(model, load_processor("/models/InternVL3-2B-hf"),
@@ -38,13 +38,13 @@ local disk)::
     action, tokens, logp, value = actor.act(image, proprio, "push the red button")
 
 ``prepare_actor_checkpoint`` is needed once: it adds the 256 action tokens (keeping any others,
-e.g. the critic's from ``vlac.cloud.hf_critic.prepare_checkpoint``, so one checkpoint can carry
-both), grows the embeddings / LM head and writes a zero-initialised value head. A checkpoint
-without them is refused at load time. A freshly prepared checkpoint loads and runs, but acts
-at random until fine-tuned.
+e.g. the critic's from ``vlac.cloud.models.hf_critic.prepare_checkpoint``, so one checkpoint
+can carry both), grows the embeddings / LM head and writes a zero-initialised value head. A
+checkpoint without them is refused at load time. A freshly prepared checkpoint loads and runs,
+but acts at random until fine-tuned.
 
 ``path`` is a local directory; nothing is fetched from a model hub (importing
-``vlac.cloud.hf_critic`` sets ``HF_HUB_OFFLINE=1`` unless it is already set).
+``vlac.cloud.models.hf_critic`` sets ``HF_HUB_OFFLINE=1`` unless it is already set).
 
 GPU: pass ``device="cuda"`` and ``dtype=torch.bfloat16`` when available; restricted logits are
 converted to float32 before the softmax and the value head runs in float32. What the tests
@@ -65,8 +65,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlac.cloud.critic import _check_frames
-from vlac.cloud.hf_critic import (
+from vlac.cloud.critic.model import _check_frames
+from vlac.cloud.models.hf_critic import (
     add_tokens,
     cached_step,
     model_inputs,
@@ -96,7 +96,7 @@ __all__ = [
     "prepare_actor_checkpoint",
 ]
 
-_PREPARE = "vlac.cloud.hf_actor.prepare_actor_checkpoint(model, processor, out_dir)"
+_PREPARE = "vlac.cloud.models.hf_actor.prepare_actor_checkpoint(model, processor, out_dir)"
 
 
 # ---------------------------------------------------------------------------------- prompt
@@ -117,7 +117,7 @@ def actor_messages(task: str, proprio: Sequence[float] | np.ndarray) -> list[dic
 
 def actor_prompt(processor, task: str, proprio: Sequence[float] | np.ndarray) -> str:
     """The prompt text for one observation, ending where the first action token is to be
-    predicted (``vlac.cloud.hf_critic.user_prompt``)."""
+    predicted (``vlac.cloud.models.hf_critic.user_prompt``)."""
     def plain(bos: str, image: str) -> str:
         return (f"{bos}Camera: {image}\nTask: {task}\n"
                 f"Robot state (proprioception): {_proprio_text(proprio)}\n"

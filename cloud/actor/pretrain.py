@@ -8,9 +8,9 @@ Runs on the shared DeepSpeed engine wrapper.
 
 ``encoder="int8"`` (the default) first quantizes the image encoder to static INT8, calibrated on
 frames of the demonstrations used, and trains on that encoder's features: the actor is then the
-same function on the robot's INT8 graph as in the learner (``vlac.cloud.encoders``). The graph
-is kept as ``OUT/image_encoder_int8.onnx`` (a run resuming from OUT's checkpoint reuses it)
-and inside ``actor.pt``.
+same function on the robot's INT8 graph as in the learner (``vlac.cloud.models.encoders``).
+The graph is kept as ``OUT/image_encoder_int8.onnx`` (a run resuming from OUT's checkpoint
+reuses it) and inside ``actor.pt``.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlac.cloud import engine as eng
-from vlac.cloud.actor import TorchActor
-from vlac.cloud.critic import write_json
-from vlac.cloud.encoders import FeatureCache, ImageEncoder, Int8ImageEncoder, TextEncoder
-from vlac.cloud.store import EpisodeStore
-from vlac.cloud.vlac_model import SmallVLAC, VLACConfig, bc_loss, cosine_lr, param_count
+from vlac.cloud.actor.model import TorchActor
+from vlac.cloud.critic.model import write_json
+from vlac.cloud.models import engine as eng
+from vlac.cloud.models.encoders import FeatureCache, ImageEncoder, Int8ImageEncoder, TextEncoder
+from vlac.cloud.models.vlac import SmallVLAC, VLACConfig, bc_loss, cosine_lr, param_count
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, describe, opt
 

@@ -87,7 +87,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from rich.console import Console
 
-from vlac.cloud.store import Episode, EpisodeStore
+from vlac.cloud.store.episodes import Episode, EpisodeStore
 from vlac.shared.config import ConfigError, check, check_id, opt
 from vlac.shared.episode import StepColumns
 from vlac.shared.tokenizer import ActionTokenizer

@@ -2,9 +2,10 @@
 
 Two halves, both holding the publisher's ed25519 key:
 
-- ``Publisher.publish(actor, version)`` (called by the learner every N updates, or
-  ``vlac publisher publish`` for an artifact exported by hand): exports the actor to ONNX,
-  quantizes it to INT8 QDQ (calibrated on demonstration frames; ``precision: fp32`` skips
+- ``Publisher.upload(artifact, version)`` (through ``vlac.cloud.actor.export.ActorPublisher``
+  from the learner every N updates, or ``vlac publisher publish`` for an artifact exported by
+  hand; the export itself, which needs torch, stays in the actor package): the actor in ONNX,
+  quantized to INT8 QDQ (calibrated on demonstration frames; ``precision: fp32`` skips
   this and ships the exact fp32 graph, ``actor_fp32.onnx``), uploads the artifact and its
   signed manifest to the object store under ``weights/vNNNNNN/``, records the version in the
   fleet state and, by default, promotes it (``promote: production | canary | none``).
@@ -27,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ from typing import Literal
 import msgspec
 import zmq
 
-from vlac.cloud.fleet import FleetState
+from vlac.cloud.fleet.state import FleetState
 from vlac.shared import manifest as mf
 from vlac.shared import wire
 from vlac.shared.config import check, describe, opt
@@ -118,7 +118,6 @@ class Publisher(_PublisherSide):
 
     def __init__(self, cfg: PublisherConfig, fleet: FleetState | None = None) -> None:
         super().__init__(cfg, fleet)
-        self.export_samples: list | None = None
 
     def upload(self, artifact: Path, version: int, parent: int | None = None,
                meta: dict | None = None) -> mf.Manifest:
@@ -142,28 +141,6 @@ class Publisher(_PublisherSide):
             self.fleet.start_canary(version, fraction=self.cfg.canary_fraction)
         log.info("published version %d (%d bytes) as %s", version, m.size, art_key)
         return m
-
-    def publish(self, actor, version: int, store_root: Path, tasks: list[str],
-                calibration_frames: int = 64) -> mf.Manifest:
-        """Export ``actor`` (a TorchActor) to ONNX (INT8 unless ``precision`` is fp32) and
-        upload it as ``version``."""
-        from vlac.cloud import export
-        from vlac.shared import tasks as task_text
-
-        if self.export_samples is None:
-            warning = export.int8_parity_warning(actor) if self.cfg.precision == "int8" else None
-            if warning:
-                log.warning("publishing INT8: %s (--publisher.precision fp32)", warning)
-            self.export_samples = export.calibration_samples(actor, Path(store_root), tasks,
-                                                             calibration_frames)
-        samples = self.export_samples
-        sentences = sorted({s for t in tasks for s in task_text.instructions(t)})
-        actor.version = version
-        meta = export.metadata(actor, sentences, version, samples[0]["image"].shape[1:])
-        with tempfile.TemporaryDirectory(prefix="vlac-publish-") as tmp:
-            path = export.export_artifacts(actor, Path(tmp), meta, samples,
-                                           (self.cfg.precision,))[self.cfg.precision]
-            return self.upload(path, version, meta=dict(meta, precision=self.cfg.precision))
 
 
 class Announcer(_PublisherSide):

@@ -29,12 +29,12 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import spearmanr
 
-from vlac.cloud.critic import SmallVLACCritic, accumulated_progress, write_json
-from vlac.cloud.critic_data import EpisodeFeatures, done_from, load_episodes, split_holdout
-from vlac.cloud.critic_train import TRAIN_TASKS, UNSEEN_TASKS
-from vlac.cloud.encoders import FeatureCache
-from vlac.cloud.store import EpisodeStore
-from vlac.cloud.vlac_model import PROGRESS_BINS
+from vlac.cloud.critic.data import EpisodeFeatures, done_from, load_episodes, split_holdout
+from vlac.cloud.critic.model import SmallVLACCritic, accumulated_progress, write_json
+from vlac.cloud.critic.train import TRAIN_TASKS, UNSEEN_TASKS
+from vlac.cloud.models.encoders import FeatureCache
+from vlac.cloud.models.vlac import PROGRESS_BINS
+from vlac.cloud.store.episodes import EpisodeStore
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, opt
 

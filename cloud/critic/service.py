@@ -21,7 +21,7 @@ import msgspec
 import numpy as np
 import zmq
 
-from vlac.cloud.critic import SmallVLACCritic
+from vlac.cloud.critic.model import SmallVLACCritic
 from vlac.shared.config import check, describe, opt
 from vlac.shared.critic_wire import (
     ENCODER,

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlac.cloud.encoders import GRID, IMAGE_DIM, TEXT_DIM
+from vlac.cloud.models.encoders import GRID, IMAGE_DIM, TEXT_DIM
 
 PROGRESS_BINS = 201
 

@@ -14,7 +14,7 @@ One update, top to bottom:
    default); otherwise the value of the last observation bootstraps it. ``sparse`` gives
    ``success_reward`` at the last step of a successful episode and 0 elsewhere.
 3. Image features once per frame (the encoders are frozen), then one pass of the learner's own
-   weights over every step: the PPO anchor log-probs and the values (``vlac.cloud.ppo``
+   weights over every step: the PPO anchor log-probs and the values (``vlac.cloud.learner.ppo``
    explains why the robot's INT8 log-probs are never the anchor), then GAE per episode (the
    value targets). The advantages are ``group_advantages`` by default: every step of an
    episode gets its return minus the mean return of the batch's episodes of the same task,
@@ -63,15 +63,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlac.cloud import engine as eng
-from vlac.cloud.actor import TorchActor
-from vlac.cloud.critic import write_json
-from vlac.cloud.encoders import FeatureCache, ImageEncoder, TextEncoder
-from vlac.cloud.ppo import gae, ppo_loss
-from vlac.cloud.publisher import PublisherConfig
-from vlac.cloud.reward_service import RewardSource
-from vlac.cloud.store import Episode, EpisodeStore
-from vlac.cloud.vlac_model import SmallVLAC, bc_loss
+from vlac.cloud.actor.model import TorchActor
+from vlac.cloud.critic.model import write_json
+from vlac.cloud.critic.service import RewardSource
+from vlac.cloud.fleet.publisher import PublisherConfig
+from vlac.cloud.learner.ppo import gae, ppo_loss
+from vlac.cloud.models import engine as eng
+from vlac.cloud.models.encoders import FeatureCache, ImageEncoder, TextEncoder
+from vlac.cloud.models.vlac import SmallVLAC, bc_loss
+from vlac.cloud.store.episodes import Episode, EpisodeStore
 from vlac.shared.config import ConfigError, check, describe, opt
 from vlac.shared.objstore import open_store
 
@@ -244,12 +244,12 @@ def reward_source(cfg: LearnerConfig) -> RewardSource | None:
     if cfg.reward == "sparse":
         return None
     if cfg.reward_service:
-        from vlac.cloud.reward_service import RewardClient
+        from vlac.cloud.critic.service import RewardClient
 
         return RewardClient(cfg.reward_service, cfg.reward_timeout_s)
     if cfg.critic is not None:
-        from vlac.cloud.critic import SmallVLACCritic
-        from vlac.cloud.reward_service import InProcessRewards
+        from vlac.cloud.critic.model import SmallVLACCritic
+        from vlac.cloud.critic.service import InProcessRewards
 
         return InProcessRewards(SmallVLACCritic.load(cfg.critic))
     raise ConfigError("config field `critic`: reward=critic needs --critic CRITIC.pt or "
@@ -964,12 +964,11 @@ def main(cfg: LearnerConfig, on_publish: Callable[[TorchActor, int], None] | Non
         print(describe(cfg), flush=True)
     publisher = None
     if cfg.publish and on_publish is None and rank0:
-        from vlac.cloud.publisher import Publisher
+        from vlac.cloud.actor.export import ActorPublisher
+        from vlac.cloud.fleet.publisher import Publisher
 
         publisher = Publisher(cfg.publisher)
-
-        def on_publish(actor: TorchActor, version: int) -> None:
-            publisher.publish(actor, version, cfg.store_root, cfg.publish_tasks)
+        on_publish = ActorPublisher(publisher, cfg.store_root, cfg.publish_tasks).publish
 
     learner = Learner(cfg, on_publish=on_publish)
     if publisher is not None and publisher.fleet.latest_version() is None:
