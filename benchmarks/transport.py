@@ -28,6 +28,8 @@ from pathlib import Path
 
 import zmq
 
+from vlac.shared.net import free_port
+
 OUT = Path(__file__).parent / "out"
 
 
@@ -84,7 +86,7 @@ def _raw_sink(address: str, total_msgs: int, result) -> None:
 
 def run_raw(n_robots: int, steps: int, chunk: int) -> dict:
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     start, ready, result = ctx.Event(), ctx.Semaphore(0), ctx.Queue()
     n_msgs = n_robots * (steps // chunk)
@@ -193,14 +195,6 @@ def run_durable(n_robots: int, steps: int, chunk: int, workdir: Path) -> dict:
             "seconds": dt, "steps_per_s": n_robots * steps / dt,
             "mb_per_s": n_robots * wire_bytes / dt / 1e6,
             "store_mb": stats["bytes"] / 1e6}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing as mp
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from vlac.shared import keys
 from vlac.shared.config import check, describe, opt
+from vlac.shared.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,6 @@ class StackConfig:
         check(self.episodes_per_robot >= 1, "episodes_per_robot", "must be >= 1")
         check(0 <= self.port < 65536, "port", "must be a TCP port number or 0")
         check(len(self.tasks) > 0, "tasks", "name at least one Meta-World task")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_ingest(cfg) -> None:  # in a child process

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from vlac.cloud.ingest.service import Ingest, IngestConfig
 from vlac.edge.sender import SenderConfig
 from vlac.shared import keys, wire
 from vlac.shared.episode import StepColumns
+from vlac.shared.net import free_port  # noqa: F401 (re-exported)
 
 ROBOTS = ["robot-0", "robot-1", "robot-2", "robot-3"]
 
@@ -50,12 +50,6 @@ def make_keyring(tmp: Path) -> Keyring:
     keys.generate(tmp / "keys", ROBOTS)
     keys.generate(tmp / "outsider", ["intruder"])
     return Keyring(tmp / "keys", tmp / "outsider")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ingest_config(kr: Keyring, store: Path, bind: str = "tcp://127.0.0.1:0") -> IngestConfig:

@@ -14,21 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vlac.shared.net import free_port
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_single_process_env() -> None:
@@ -37,7 +32,7 @@ def ensure_single_process_env() -> None:
         return
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
                        "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": os.environ.get("MASTER_PORT", str(_free_port()))})
+                       "MASTER_PORT": os.environ.get("MASTER_PORT", str(free_port()))})
 
 
 def load_ds_config(zero_stage: int, micro_batch: int, grad_clip: float = 1.0,
