@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vlac.shared.tasks import HEADLINE_TASKS
+
 OUT = Path(__file__).parent / "out"
 
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--actor", type=Path, default=Path(".cache/actor/actor.pt"))
     ap.add_argument("--store-root", type=Path, default=Path(".cache/store"))
     ap.add_argument("--export-dir", type=Path, default=None)
-    ap.add_argument("--tasks", default="reach-v3,button-press-v3,drawer-open-v3,push-v3")
+    ap.add_argument("--tasks", default=",".join(HEADLINE_TASKS))
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--loop-steps", type=int, default=150)

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import random
 
+HEADLINE_TASKS = ("reach-v3", "button-press-v3", "drawer-open-v3", "push-v3")
+"""The four tasks of the headline (about 30% -> 90% success within 200 episodes): what the
+main job, the actor's pretraining and export, the learner's publishing and the learning
+benchmark run by default."""
+
 INSTRUCTIONS: dict[str, list[str]] = {
     "reach-v3": ["reach the target position", "move the gripper to the goal",
                  "bring the robot hand to the marked spot", "go to the target"],

@@ -85,7 +85,7 @@ class ActorExportConfig:
     actor: Path = opt(Path(".cache/actor/actor.pt"), "Actor checkpoint to export.")
     out: Path = opt(Path(".cache/actor/export"), "Folder for the .onnx files and metadata.")
     store_root: Path = opt(Path(".cache/store"), "Episode store: calibration frames.")
-    tasks: list[str] = opt(["reach-v3", "button-press-v3", "drawer-open-v3", "push-v3"],
+    tasks: list[str] = opt(list(task_text.HEADLINE_TASKS),
                            "Tasks whose sentences the policy is exported with.")
     calibration_frames: int = opt(128, "Demonstration frames used to calibrate INT8 (an "
                                   "actor with its own INT8 encoder needs them only as "

@@ -35,7 +35,6 @@ from vlac.cloud.store.episodes import EpisodeStore
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, describe, opt
 
-BENCH_TASKS = ["reach-v3", "button-press-v3", "drawer-open-v3", "push-v3"]
 
 
 @dataclass
@@ -43,7 +42,7 @@ class ActorPretrainConfig:
     store_root: Path = opt(Path(".cache/store"), "Episode store with demonstrations.")
     out: Path = opt(Path(".cache/actor"), "Output folder: actor.pt, checkpoints, logs.")
     features: Path = opt(Path(".cache/critic/features"), "Image feature cache (shared).")
-    tasks: list[str] = opt(BENCH_TASKS, "Tasks (task ids) to imitate.")
+    tasks: list[str] = opt(list(task_text.HEADLINE_TASKS), "Tasks (task ids) to imitate.")
     demos_per_task: int = opt(10, "Successful demonstrations used per task (the knob).")
     steps: int = opt(2000, "Optimizer steps.")
     batch_size: int = opt(128, "Steps per batch.")
