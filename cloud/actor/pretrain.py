@@ -36,7 +36,6 @@ from vlac.shared import tasks as task_text
 from vlac.shared.config import check, describe, opt
 
 
-
 @dataclass
 class ActorPretrainConfig:
     store_root: Path = opt(Path(".cache/store"), "Episode store with demonstrations.")
