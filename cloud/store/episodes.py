@@ -54,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlac.cloud.store.parquet import META_KEY, steps_to_table, table_to_steps
+from vlac.cloud.store.parquet import META_KEY, arrow_to_numpy, steps_to_table, table_to_steps
 from vlac.cloud.store.staging import Staged
 from vlac.shared.episode import StepColumns, slice_steps
 from vlac.shared.fsutil import fsync_path
@@ -430,15 +430,7 @@ class EpisodeStore:
                      columns: list[str]) -> dict[str, np.ndarray]:
         """Some step columns of a complete episode (no image decoding), as numpy arrays."""
         _, table = self._episode_table(robot_id, episode_id, columns)
-        out = {}
-        for c in columns:
-            col = table.column(c).combine_chunks()
-            if pa.types.is_fixed_size_list(col.type):
-                out[c] = col.flatten().to_numpy(zero_copy_only=False).reshape(
-                    len(col), col.type.list_size)
-            else:
-                out[c] = col.to_numpy(zero_copy_only=False)
-        return out
+        return {c: arrow_to_numpy(table.column(c)) for c in columns}
 
     def stats(self) -> dict[str, Any]:
         eps = self.list_episodes()
