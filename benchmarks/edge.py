@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes.setdefault("fp32 network", sizes["fp32"])
     # control loop with rendering
     from vlac.edge.agent import run_episode
-    from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
+    from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
     from vlac.edge.runtime import OnnxPolicy
 
     class Null:

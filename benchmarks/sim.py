@@ -26,7 +26,7 @@ def _worker(task: str, size: int, steps: int, mode: str, seed: int, start, out) 
     warnings.filterwarnings("ignore")
     import numpy as np
 
-    from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
+    from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
 
     robot = MetaWorldRobot(MetaWorldRobotConfig(task=task, image_size=size, seed=seed,
                                                 max_steps=500))

@@ -111,8 +111,8 @@ def run_raw(n_robots: int, steps: int, chunk: int) -> dict:
 # ----------------------------------------------------------------------------- durable
 def _durable_robot(sender_cfg, robot: int, steps: int, chunk: int, start, ready,
                    result) -> None:
-    from vlac.edge.recorder import EpisodeRecorder
-    from vlac.edge.sender import Sender
+    from vlac.edge.transport.recorder import EpisodeRecorder
+    from vlac.edge.transport.sender import Sender
     from vlac.shared.wire import DEFAULT_SPEC
 
     parts = _make_steps(robot, steps, chunk)
@@ -148,7 +148,7 @@ def _ingest(cfg, ready_q) -> None:
 
 def run_durable(n_robots: int, steps: int, chunk: int, workdir: Path) -> dict:
     from vlac.cloud.ingest.service import IngestConfig
-    from vlac.edge.sender import SenderConfig
+    from vlac.edge.transport.sender import SenderConfig
     from vlac.shared import keys
 
     work = Path(tempfile.mkdtemp(dir=workdir))

@@ -15,9 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
-from vlac.edge.operator import Operator, RequestReset, ReturnTo, TakeOver
+from vlac.edge.hitl.operator import Operator, RequestReset, ReturnTo, TakeOver
 from vlac.edge.policy import Policy
-from vlac.edge.robot import Observation, Robot, Snapshot
+from vlac.edge.robots.robot import Observation, Robot, Snapshot
 from vlac.shared.episode import StepColumns
 from vlac.shared.tokenizer import ActionTokenizer
 

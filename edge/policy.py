@@ -1,14 +1,16 @@
-"""Policies the edge agent can run. The ONNX Runtime actor (issue: VLA actor) implements the
-same ``act(obs) -> PolicyStep``; until it exists, robots run a scripted or random policy."""
+"""Policies the edge agent can run: ``act(obs) -> PolicyStep``. The exported actor under ONNX
+Runtime is ``vlac.edge.runtime.OnnxPolicy``; here are the random policy and the scripted
+expert with action noise (for tests and bootstrapping)."""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from vlac.edge.robot import Observation
+from vlac.edge.robots.robot import Observation
 from vlac.shared.tokenizer import ActionTokenizer
 from vlac.shared.wire import RobotSpec
 
@@ -47,13 +49,14 @@ class RandomPolicy(Policy):
 
 
 class ScriptedPolicy(Policy):
-    """Meta-World's scripted expert with Gaussian action noise, tokenized like a learned
-    policy would be. Its log-probability is that of the noise model's token bins only
-    approximately, so it is recorded as 0; do not use these rollouts as PPO samples."""
+    """A scripted expert (a Meta-World task name, or a robot's ``expert_action``; see
+    ``ScriptedExpert``) with Gaussian action noise, tokenized like a learned policy would be.
+    Its log-probability is that of the noise model's token bins only approximately, so it is
+    recorded as 0; do not use these rollouts as PPO samples."""
 
-    def __init__(self, task: str, spec: RobotSpec, noise: float = 0.3, seed: int = 0,
-                 version: int = 0) -> None:
-        from vlac.edge.operator import ScriptedExpert
+    def __init__(self, task: str | Callable[[Observation], np.ndarray], spec: RobotSpec,
+                 noise: float = 0.3, seed: int = 0, version: int = 0) -> None:
+        from vlac.edge.hitl.operator import ScriptedExpert
 
         self.expert = ScriptedExpert(task, always=True, noise=noise, seed=seed)
         self.tok = ActionTokenizer(spec.action_low, spec.action_high, spec.action_bins)

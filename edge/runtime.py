@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vlac.edge.policy import Policy, PolicyStep
-from vlac.edge.robot import Observation
+from vlac.edge.robots.robot import Observation
 from vlac.shared.tokenizer import ActionTokenizer
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ import numpy as np
 import zmq
 
 from vlac.edge.policy import Policy
-from vlac.edge.robot import Observation
+from vlac.edge.robots.robot import Observation
 from vlac.shared import manifest as mf
 from vlac.shared import wire
 from vlac.shared.config import check, opt

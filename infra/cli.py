@@ -3,7 +3,11 @@ calls that process's ``main(cfg)``; nothing else happens here. Imports are lazy 
 subcommand, so an edge-only install (no torch, no cloud extras) still runs `vlac edge ...`.
 
 Every config field is a flag (``--field-name``; nested configs as ``--sender.robot-id``);
-``--config FILE.yaml`` loads a file first and flags override it.
+``--config FILE.yaml`` loads a file first and flags override it. A section whose fields
+depend on a type (``robot``, annotated with a class that has ``config_for(name)``) gets a
+``--robot.type NAME`` flag; the type named on the command line (or as ``robot: {type: NAME}``
+in the file) is resolved before parsing, and its config class's fields become the other
+``--robot.*`` flags.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                       "Drop episodes that stayed incomplete in staging (never complete ones)."),
     ("store", "show"): ("vlac.cloud.store.cli", "StoreShowConfig", "show_main",
                         "Show one episode, step by step."),
-    ("edge", "synthetic"): ("vlac.edge.synthetic", "SyntheticRobotConfig", "main",
+    ("edge", "synthetic"): ("vlac.edge.transport.stream", "SyntheticStreamConfig", "main",
                             "Stream synthetic episodes through the spool and sender."),
     ("demos", "collect"): ("vlac.infra.demos", "DemosCollectConfig", "main",
                           "Record scripted-expert Meta-World demonstrations into the store."),
@@ -40,8 +44,11 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                          "Export store episodes as a LeRobotDataset v3.0 folder."),
     ("demos", "import"): ("vlac.cloud.store.lerobot", "LeRobotImportConfig", "import_main",
                          "Import a LeRobotDataset v3.0 folder into the store."),
-    ("edge", "run"): ("vlac.edge.sim_agent", "SimAgentConfig", "main",
-                      "Run the edge agent: a Meta-World robot, a policy, streaming to ingest."),
+    ("edge", "run"): ("vlac.edge.process", "EdgeAgentConfig", "main",
+                      "Run the edge agent: a robot (--robot.type), a policy, streaming to "
+                      "ingest."),
+    ("edge", "spec"): ("vlac.edge.process", "EdgeSpecConfig", "spec_main",
+                       "Print a robot type's spec (for ingest's --spec-file)."),
     ("actor", "export"): ("vlac.cloud.actor.export", "ActorExportConfig", "main",
                           "Export the actor to ONNX (fp32 and static INT8 QDQ)."),
     ("critic", "train"): ("vlac.cloud.critic.train", "CriticTrainConfig", "main",
@@ -89,14 +96,23 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                chosen: dict[str, str] | None = None) -> None:
+    """``chosen``: section -> type name, for sections whose fields depend on a type."""
+    chosen = chosen or {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, optional = _base_type(hints[f.name])
         name = prefix + f.name
         helptext = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help
         if dataclasses.is_dataclass(tp):
-            _add_fields(parser, tp, name + ".")
+            _add_fields(parser, tp, name + ".", chosen)
+            continue
+        if hasattr(tp, "config_for"):  # e.g. robot: --robot.type NAME, then NAME's fields
+            parser.add_argument("--" + name.replace("_", "-") + ".type", dest=name + ".type",
+                                default=argparse.SUPPRESS, metavar="NAME",
+                                help=tp.type_help().replace("%", "%%"))
+            _add_fields(parser, tp.config_for(chosen.get(name)), name + ".", chosen)
             continue
         flag = "--" + name.replace("_", "-")
         kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": helptext}
@@ -112,6 +128,31 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "") ->
             kw["type"] = (lambda s, b=base: None if s.lower() == "none" else b(s)) \
                 if optional else base
         parser.add_argument(flag, **kw)
+
+
+def _chosen_types(argv: list[str], data: dict[str, Any]) -> dict[str, str]:
+    """The section types named before parsing: ``robot: {type: NAME}`` in the YAML file, and
+    ``--robot.type NAME`` (or ``=NAME``) over it."""
+    out: dict[str, str] = {}
+
+    def visit(node: dict[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                if isinstance(v.get("type"), str):
+                    out[prefix + k] = v["type"]
+                visit(v, prefix + k + ".")
+
+    visit(data, "")
+    for i, a in enumerate(argv):
+        flag, eq, value = a.partition("=")
+        if not (flag.startswith("--") and flag.endswith(".type")):
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                continue
+            value = argv[i + 1]
+        out[flag[2:-5].replace("-", "_")] = value
+    return out
 
 
 def _merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -169,14 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--config", type=Path, default=None,
                      help="YAML file with config values; flags override it.")
     sub.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
-    _add_fields(sub, cls)
+    config_file = known.config
+    try:  # the file first: a section's type (robot: {type: NAME}) decides its flags
+        data = load_yaml_dict(config_file) if config_file else {}
+        _add_fields(sub, cls, chosen=_chosen_types(argv, data))
+    except ConfigError as e:
+        print(f"vlac: bad config: {e}", file=sys.stderr)
+        return 2
     args = vars(sub.parse_args(_strip_path(argv, path)))
     logging.basicConfig(level=logging.DEBUG if args.pop("verbose") or known.verbose
                         else logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
                         "%(message)s", datefmt="%H:%M:%S")
-    config_file = args.pop("config")
+    args.pop("config")
     try:
-        data = load_yaml_dict(config_file) if config_file else {}
         cfg = from_dict(cls, _merge(data, args), str(config_file or "flags"))
         getattr(module, fn_name)(cfg)
     except ConfigError as e:

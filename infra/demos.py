@@ -60,9 +60,9 @@ class _Collect:
 def main(cfg: DemosCollectConfig) -> dict[str, dict]:
     from vlac.cloud.store.episodes import EpisodeStore
     from vlac.edge.agent import run_episode
-    from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig, task_names
-    from vlac.edge.operator import ScriptedExpert
+    from vlac.edge.hitl.operator import ScriptedExpert
     from vlac.edge.policy import RandomPolicy
+    from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig, task_names
 
     console = Console(width=110)
     console.print(describe(cfg))

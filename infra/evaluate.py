@@ -15,9 +15,9 @@ from rich.table import Table
 from tqdm import tqdm
 
 from vlac.edge.agent import run_episode
-from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
 from vlac.edge.policy import Policy, PolicyStep
-from vlac.edge.robot import Observation
+from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
+from vlac.edge.robots.robot import Observation
 from vlac.shared.episode import StepColumns
 
 EVAL_SEED = 100_000

@@ -62,20 +62,20 @@ def _run_robot(cfg) -> None:  # in a child process
     import warnings
 
     warnings.filterwarnings("ignore")  # gymnasium's env checker nags about Meta-World spaces
-    if type(cfg).__name__ == "SimAgentConfig":
-        from vlac.edge.sim_agent import main
+    if type(cfg).__name__ == "EdgeAgentConfig":
+        from vlac.edge.process import main
     else:
-        from vlac.edge.synthetic import main
+        from vlac.edge.transport.stream import main
     main(cfg)
 
 
 def main(cfg: StackConfig) -> dict:
     from vlac.cloud.ingest.service import IngestConfig
     from vlac.cloud.store.cli import StoreLsConfig, ls_main
-    from vlac.edge.metaworld_robot import MetaWorldRobotConfig
-    from vlac.edge.sender import SenderConfig
-    from vlac.edge.sim_agent import SimAgentConfig
-    from vlac.edge.synthetic import SyntheticRobotConfig
+    from vlac.edge.process import EdgeAgentConfig
+    from vlac.edge.robots.metaworld import MetaWorldRobotConfig
+    from vlac.edge.transport.sender import SenderConfig
+    from vlac.edge.transport.stream import SyntheticStreamConfig
 
     console = Console(width=120)
     console.print(describe(cfg))
@@ -99,7 +99,7 @@ def main(cfg: StackConfig) -> dict:
                                   server_public_key=kdir / "server/ingest.key",
                                   spool_dir=cfg.workdir / "spool" / name)
             if cfg.robot == "synthetic":
-                rcfg = SyntheticRobotConfig(
+                rcfg = SyntheticStreamConfig(
                     sender=sender, episodes=cfg.episodes_per_robot,
                     steps_per_episode=cfg.steps_per_episode, chunk_steps=cfg.chunk_steps,
                     seed=i, step_hz=cfg.step_hz, quiet=True,
@@ -107,7 +107,7 @@ def main(cfg: StackConfig) -> dict:
                           "press the button", "pick up the block and place it"][i % 4])
             else:
                 task = cfg.tasks[i % len(cfg.tasks)]
-                rcfg = SimAgentConfig(
+                rcfg = EdgeAgentConfig(
                     sender=sender, robot=MetaWorldRobotConfig(task=task, seed=1000 + i,
                                                               max_steps=cfg.max_steps),
                     policy_noise=cfg.policy_noise, takeover_prob=cfg.takeover_prob,

@@ -31,8 +31,8 @@ from tests.helpers import (
     sender_config,
 )
 from tests.wire_strategies import frames
-from vlac.edge.recorder import EpisodeRecorder
-from vlac.edge.sender import Sender
+from vlac.edge.transport.recorder import EpisodeRecorder
+from vlac.edge.transport.sender import Sender
 from vlac.shared import keys, wire
 from vlac.shared.episode import make_chunk, synthetic_steps
 

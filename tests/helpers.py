@@ -15,7 +15,7 @@ import numpy as np
 import zmq
 
 from vlac.cloud.ingest.service import Ingest, IngestConfig
-from vlac.edge.sender import SenderConfig
+from vlac.edge.transport.sender import SenderConfig
 from vlac.shared import keys, wire
 from vlac.shared.episode import StepColumns
 from vlac.shared.net import free_port  # noqa: F401 (re-exported)

@@ -20,8 +20,8 @@ from tests.helpers import (
     wait_for,
 )
 from vlac.cloud.store.episodes import EpisodeStore
-from vlac.edge.recorder import EpisodeRecorder
-from vlac.edge.sender import Sender
+from vlac.edge.transport.recorder import EpisodeRecorder
+from vlac.edge.transport.sender import Sender
 from vlac.shared import wire
 from vlac.shared.episode import concat_steps, make_chunk, synthetic_steps
 

@@ -9,8 +9,8 @@ import pytest
 import zmq
 
 from tests.helpers import RawClient, ThreadIngest, ingest_config, sender_config, wait_for
-from vlac.edge.recorder import EpisodeRecorder
-from vlac.edge.sender import Sender
+from vlac.edge.transport.recorder import EpisodeRecorder
+from vlac.edge.transport.sender import Sender
 from vlac.shared import wire
 from vlac.shared.episode import make_chunk, synthetic_steps
 

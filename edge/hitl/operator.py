@@ -8,7 +8,8 @@ Every control step the agent asks the operator ``poll(obs)``; the answer is one 
 - ``ReturnTo(name)``: send the robot back to a saved state (return-and-explore);
 - ``None``: let the policy act.
 
-``ScriptedExpert`` is the operator in simulation (Meta-World's scripted policies).
+``ScriptedExpert`` is the operator in simulation (Meta-World's scripted policies, or a robot
+type's own ``expert_action``).
 ``KeyboardTeleop`` and ``SpaceMouseTeleop`` are the operators for people; each reads an
 input source (a live device, or a recorded stream in tests) through the same interface.
 """
@@ -24,7 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from vlac.edge.robot import Observation
+from vlac.edge.robots.robot import Observation
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ class Operator(abc.ABC):
 
 # ----------------------------------------------------------------------------- simulation
 class ScriptedExpert(Operator):
-    """Meta-World's scripted policy as the operator.
+    """A scripted expert as the operator: Meta-World's scripted policy for ``task``, or
+    ``task`` as a function from an observation to the expert's action (a robot type's own
+    ``Robot.expert_action``).
 
     ``always=True`` acts every step (demonstration collection); otherwise it acts only while
     engaged: ``engage(steps)`` takes over for that many steps (human-guided exploration),
@@ -70,13 +73,18 @@ class ScriptedExpert(Operator):
     Gaussian noise to its actions (diverse demonstrations, with some failures).
     """
 
-    def __init__(self, task: str, *, always: bool = False, noise: float = 0.0,
-                 takeover_prob: float = 0.0, takeover_steps: int = 20, seed: int = 0) -> None:
-        from metaworld.policies import ENV_POLICY_MAP
+    def __init__(self, task: str | Callable[[Observation], np.ndarray], *,
+                 always: bool = False, noise: float = 0.0, takeover_prob: float = 0.0,
+                 takeover_steps: int = 20, seed: int = 0) -> None:
+        if callable(task):  # a robot's own expert (Robot.expert_action)
+            self._act = task
+        else:
+            from metaworld.policies import ENV_POLICY_MAP
 
-        if task not in ENV_POLICY_MAP:
-            raise ValueError(f"no scripted expert for task {task!r}")
-        self.policy = ENV_POLICY_MAP[task]()
+            if task not in ENV_POLICY_MAP:
+                raise ValueError(f"no scripted expert for task {task!r}")
+            policy = ENV_POLICY_MAP[task]()
+            self._act = lambda obs: policy.get_action(obs.state)
         self.always = always
         self.noise = noise
         self.takeover_prob = takeover_prob
@@ -98,7 +106,7 @@ class ScriptedExpert(Operator):
         if obs.state is None:
             raise RuntimeError("the scripted expert needs simulator state (obs.state); it "
                                "only works with simulated robots")
-        a = np.asarray(self.policy.get_action(obs.state), np.float64)
+        a = np.asarray(self._act(obs), np.float64)
         if self.noise:
             a = a + self._rng.normal(0.0, self.noise, a.shape)
         return np.clip(a, -1.0, 1.0).astype(np.float32)
@@ -119,7 +127,7 @@ class StallWatch(Operator):
 
     Every ``check_every`` steps it asks ``progress(first_obs, obs)``: the critic's progress
     delta from the episode's first frame to now (injected, so the edge never imports the
-    critic; ``vlac.edge.progress.CriticProgress`` asks the critic service without blocking,
+    critic; ``vlac.edge.hitl.progress.CriticProgress`` asks the critic service without blocking,
     and None means "no answer yet": the check is skipped). A new best marks the state as
     promising (``wants_snapshot``). When progress has not beaten the best by ``min_gain`` for
     ``patience`` checks in a row, or fell more than ``regress`` below it, the episode has

@@ -5,6 +5,7 @@ task and one of the task's paraphrased instructions, from the robot's own seeded
 rendering is set up here (``MUJOCO_GL=egl`` unless already set) with fast render settings
 (no multisampling, shadows or reflections: ~10x faster, measured in benchmarks/sim.py).
 The ``corner*`` cameras render upside down in Meta-World; images are flipped upright here.
+Robot type ``metaworld`` (the default of ``vlac edge run``): snapshots and a scripted expert.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vlac.edge.robot import Observation, Robot, Snapshot, StepResult
+from vlac.edge.robots.robot import Observation, Robot, RobotConfig, Snapshot, StepResult
 from vlac.shared import tasks
 from vlac.shared.config import check, opt
 from vlac.shared.wire import RobotSpec
@@ -27,7 +28,7 @@ _FLIPPED = {"corner", "corner2", "corner3", "corner4"}
 
 
 @dataclass
-class MetaWorldRobotConfig:
+class MetaWorldRobotConfig(RobotConfig):
     task: str = opt("push-v3", "Meta-World task name (ends in -v3).")
     camera: str = opt("corner", "Camera to render: " + ", ".join(CAMERAS) + ".")
     image_size: int = opt(128, "Square image size in pixels.")
@@ -69,9 +70,13 @@ def task_names() -> list[str]:
 
 
 class MetaWorldRobot(Robot):
+    config_class = MetaWorldRobotConfig
+
     def __init__(self, cfg: MetaWorldRobotConfig) -> None:
         self.cfg = cfg
         self.spec = cfg.spec()
+        self.task_id = cfg.task
+        self._expert: Any = None
         self._env: Any = None
         self._rng = random.Random(cfg.seed)
         self._step = 0
@@ -173,6 +178,19 @@ class MetaWorldRobot(Robot):
         done = truncated or (success and self.cfg.terminate_on_success)
         return StepResult(self._obs, success, done, truncated and not success,
                           {"step": self._step})
+
+    def expert_action(self, obs: Observation) -> np.ndarray:
+        """Meta-World's scripted policy for the task (raw: noise and clipping are the
+        caller's)."""
+        if self._expert is None:
+            from metaworld.policies import ENV_POLICY_MAP
+
+            if self.cfg.task not in ENV_POLICY_MAP:
+                raise ValueError(f"no scripted expert for task {self.cfg.task!r}")
+            self._expert = ENV_POLICY_MAP[self.cfg.task]()
+        if obs.state is None:
+            raise RuntimeError("the scripted expert needs simulator state (obs.state)")
+        return np.asarray(self._expert.get_action(obs.state), np.float64)
 
     # ------------------------------------------------------------------ snapshots
     def save_state(self) -> Snapshot:

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from vlac.edge.agent import run_episode
-from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
-from vlac.edge.operator import (
+from vlac.edge.hitl.operator import (
     KeyboardTeleop,
     Recorded,
     RequestReset,
@@ -19,7 +18,8 @@ from vlac.edge.operator import (
     random_keys,
 )
 from vlac.edge.policy import RandomPolicy
-from vlac.edge.robot import Observation
+from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
+from vlac.edge.robots.robot import Observation
 from vlac.shared.episode import concat_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -200,7 +200,7 @@ def test_critic_progress_asks_the_service_without_blocking(robot):
     import time
 
     from vlac.cloud.critic.service import RewardServer
-    from vlac.edge.progress import CriticProgress
+    from vlac.edge.hitl.progress import CriticProgress
 
     class Brightness:
         def episode_rewards(self, task, frames, stride=1, reference=None, from_first=False):

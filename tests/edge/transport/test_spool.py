@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from vlac.edge.spool import Spool, SpoolFull
+from vlac.edge.transport.spool import Spool, SpoolFull
 
 
 def test_put_persists_across_restart_in_order(tmp_path):

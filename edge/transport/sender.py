@@ -24,7 +24,7 @@ from typing import Literal
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from vlac.edge.spool import Spool
+from vlac.edge.transport.spool import Spool
 from vlac.shared import keys, wire
 from vlac.shared.config import check, check_id, opt
 

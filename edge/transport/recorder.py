@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from vlac.edge.spool import Spool
+from vlac.edge.transport.spool import Spool
 from vlac.shared import wire
 from vlac.shared.episode import StepColumns, concat_steps, make_chunk, split_steps
 

@@ -1,6 +1,8 @@
-"""A stand-in robot that streams synthetic episodes (image-like frames) through the real
-spool and sender. It is what the local stack and the transport benchmark run until the
-Meta-World robots take over; the frames are deterministic so tests can compare them."""
+"""`vlac edge synthetic`: synthetic episodes (deterministic image-like frames, no robot loop,
+no policy) streamed through the real spool and sender, as fast as they go or at ``step_hz``.
+A load generator for the transport: what `vlac stack --robot synthetic` and the transport
+benchmark run; the frames are deterministic so tests can compare them. (A synthetic *robot*
+that the edge process drives is ``vlac edge run --robot.type synthetic``.)"""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from vlac.edge.recorder import EpisodeRecorder
-from vlac.edge.sender import Sender, SenderConfig
+from vlac.edge.transport.recorder import EpisodeRecorder
+from vlac.edge.transport.sender import Sender, SenderConfig
 from vlac.shared import wire
 from vlac.shared.config import check, describe, opt
 from vlac.shared.episode import synthetic_steps
@@ -18,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SyntheticRobotConfig:
+class SyntheticStreamConfig:
     sender: SenderConfig = field(default_factory=SenderConfig,
                                  metadata={"help": "Connection and spool settings."})
     episodes: int = opt(3, "Episodes to stream, then drain the spool and exit.")
@@ -37,7 +39,7 @@ class SyntheticRobotConfig:
         check(self.step_hz >= 0, "step_hz", "must be >= 0")
 
 
-def main(cfg: SyntheticRobotConfig) -> dict:
+def main(cfg: SyntheticStreamConfig) -> dict:
     if not cfg.quiet:
         print(describe(cfg), flush=True)
     spec = wire.DEFAULT_SPEC

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
-from vlac.edge.operator import ScriptedExpert
+from vlac.edge.hitl.operator import ScriptedExpert
+from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
 from vlac.shared import tasks
 from vlac.shared.config import ConfigError
 

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import zmq
 
-from vlac.edge.robot import Observation
+from vlac.edge.robots.robot import Observation
 from vlac.shared.critic_wire import ENCODER, REPLY_DECODER, RewardError, RewardRequest
 from vlac.shared.wire import Array
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import ThreadIngest, ingest_config, sender_config, wait_for
-from vlac.edge.recorder import EpisodeRecorder
-from vlac.edge.sender import Sender, SenderError
+from vlac.edge.transport.recorder import EpisodeRecorder
+from vlac.edge.transport.sender import Sender, SenderError
 from vlac.shared import wire
 from vlac.shared.config import ConfigError
 from vlac.shared.episode import make_chunk, synthetic_steps
@@ -79,10 +79,10 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="`robot_id`: 'bad/id' is not a valid id"):
         sender_config_robot("bad/id", tmp_path)
     with pytest.raises(ConfigError, match="`ingest_address`"):
-        from vlac.edge.sender import SenderConfig
+        from vlac.edge.transport.sender import SenderConfig
         SenderConfig(ingest_address="localhost:5555")
 
 
 def sender_config_robot(robot, tmp_path):
-    from vlac.edge.sender import SenderConfig
+    from vlac.edge.transport.sender import SenderConfig
     return SenderConfig(robot_id=robot, spool_dir=tmp_path)
