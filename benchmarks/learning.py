@@ -9,7 +9,7 @@ Four variants, measured in the same run from the same starting weights:
   episode), so the two differ by the critic's dense part;
 - ``hitl``: critic rewards plus the human-in-the-loop protocols: offline demonstration replay
   (behaviour cloning on stored demos), and human-guided exploration triggered when the
-  critic's progress stalls (``vlac.edge.operator.StallWatch``; the scripted expert stands in
+  critic's progress stalls (``vlac.edge.hitl.operator.StallWatch``; the scripted expert stands in
   for the person and keeps control to the end of the episode (``--guide-steps``: fewer);
   its steps are marked interventions and only ever used for behaviour cloning, aggregated
   over the last ``--takeover-replay`` such episodes and trained with ``--bc-steps`` extra
@@ -89,12 +89,14 @@ def run_variant(args: dict) -> list[dict]:
     torch.set_num_threads(1)
     from vlac.cloud.critic.model import SmallVLACCritic
     from vlac.cloud.critic.service import InProcessRewards
-    from vlac.cloud.learner.process import Learner, LearnerConfig
+    from vlac.cloud.learner.algorithms import PPOConfig
+    from vlac.cloud.learner.config import BCConfig, LearnerConfig, RewardsConfig
+    from vlac.cloud.learner.process import Learner
     from vlac.cloud.models.encoders import ImageEncoder, TextEncoder
     from vlac.cloud.store.episodes import EpisodeStore
     from vlac.edge.agent import run_episode
-    from vlac.edge.metaworld_robot import MetaWorldRobot, MetaWorldRobotConfig
-    from vlac.edge.operator import ScriptedExpert, StallWatch
+    from vlac.edge.hitl.operator import ScriptedExpert, StallWatch
+    from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
     from vlac.infra.evaluate import ActorPolicy
     from vlac.shared.episode import concat_steps
 
@@ -116,21 +118,22 @@ def run_variant(args: dict) -> list[dict]:
     img = ImageEncoder(args["encoder"], memo=args["encoder_memo"])
     txt = TextEncoder()
     critic = SmallVLACCritic.load(args["critic"], image_encoder=img, text_encoder=txt)
-    cfg = LearnerConfig(store_root=store_root, init=Path(args["init"]), out=work / "learner",
-                        features=work / "features", object_store=str(work / "objects"),
-                        reward="critic" if variant in ("critic", "hitl") else "sparse",
-                        episodes_per_update=args["per_update"], lr=args["lr"],
-                        advantage=args["advantage"], kl_ref_coef=args["kl_ref_coef"],
-                        negative_scale=args["negative_scale"],
-                        takeover_replay=args["takeover_replay"] if variant == "hitl" else 0,
-                        bc_steps=args["bc_steps"] if variant == "hitl" or args["success_replay"]
-                        else 0, bc_lr=args["bc_lr"],
-                        temperature=args["temperature"],
-                        bc_coef=args["bc_coef"] if variant == "hitl" or args["success_replay"]
-                        else 0.0, success_replay=args["success_replay"],
-                        demo_episodes=args["demos"] * len(tasks), seed=seed, threads=1,
-                        checkpoint_every=10_000)
-    learner = Learner(cfg, InProcessRewards(critic) if cfg.reward == "critic" else None,
+    cloned = variant == "hitl" or args["success_replay"]
+    cfg = LearnerConfig(
+        store_root=store_root, init=Path(args["init"]), out=work / "learner",
+        features=work / "features", object_store=str(work / "objects"),
+        episodes_per_update=args["per_update"], seed=seed, threads=1, checkpoint_every=10_000,
+        rewards=RewardsConfig(mode="critic" if variant in ("critic", "hitl") else "sparse"),
+        algorithm=PPOConfig(lr=args["lr"], advantage=args["advantage"],
+                            kl_ref_coef=args["kl_ref_coef"],
+                            negative_scale=args["negative_scale"],
+                            temperature=args["temperature"]),
+        bc=BCConfig(coef=args["bc_coef"] if cloned else 0.0,
+                    steps=args["bc_steps"] if cloned else 0, lr=args["bc_lr"],
+                    takeover_replay=args["takeover_replay"] if variant == "hitl" else 0,
+                    success_replay=args["success_replay"],
+                    demo_episodes=args["demos"] * len(tasks)))
+    learner = Learner(cfg, InProcessRewards(critic) if cfg.rewards.mode == "critic" else None,
                       image_encoder=img, text_encoder=txt)
 
     def progress(a, b) -> float:
@@ -242,17 +245,19 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--bc-coef", type=float, default=1.0,
                     help="weight of the BC term (hitl, or with --success-replay)")
     ap.add_argument("--advantage", default="group", choices=["group", "horizon", "gae"],
-                    help="the learner's advantage estimator (vlac learner run --advantage)")
+                    help="the learner's advantage estimator (vlac learner run "
+                    "--algorithm.advantage)")
     ap.add_argument("--kl-ref-coef", type=float, default=0.0,
-                    help="weight of the KL to the starting policy (learner kl_ref_coef)")
+                    help="weight of the KL to the starting policy (learner "
+                    "algorithm.kl_ref_coef)")
     ap.add_argument("--negative-scale", type=float, default=1.0,
-                    help="factor on negative advantages (learner negative_scale)")
+                    help="factor on negative advantages (learner algorithm.negative_scale)")
     ap.add_argument("--success-replay", type=int, default=0,
-                    help="successful episodes behaviour-cloned (learner success_replay; "
+                    help="successful episodes behaviour-cloned (learner bc.success_replay; "
                     "turns the BC term on in every variant)")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="sampling temperature of the rollouts (the learner scores tokens at "
-                    "the same one: learner temperature)")
+                    "the same one: learner algorithm.temperature)")
     ap.add_argument("--final-eval", type=int, default=20,
                     help="after training, each variant's final policy acts greedily on this "
                     "many fixed evaluation layouts per task (the same for every variant, "
@@ -270,10 +275,10 @@ def parser() -> argparse.ArgumentParser:
                     "starts from its most promising saved state)")
     ap.add_argument("--takeover-replay", type=int, default=1000,
                     help="hitl: takeovers of the last N episodes that had one stay in the BC "
-                    "pool (learner takeover_replay; 0: only the current update's)")
+                    "pool (learner bc.takeover_replay; 0: only the current update's)")
     ap.add_argument("--bc-steps", type=int, default=100,
                     help="hitl: extra behaviour-cloning-only steps per update at --bc-lr "
-                    "(learner bc_steps)")
+                    "(learner bc.steps)")
     ap.add_argument("--bc-lr", type=float, default=3e-4)
     ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",

@@ -260,7 +260,7 @@ def _child(kind: str, cfg) -> None:
             main(cfg)
         return
     else:
-        from vlac.edge.sim_agent import main
+        from vlac.edge.process import main
     main(cfg)
 
 
@@ -279,10 +279,11 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
               done_before: int) -> dict[str, mp.Process]:
     from vlac.cloud.critic.service import RewardServiceConfig
     from vlac.cloud.ingest.service import IngestConfig
-    from vlac.cloud.learner.process import LearnerConfig
-    from vlac.edge.metaworld_robot import MetaWorldRobotConfig
-    from vlac.edge.sender import SenderConfig
-    from vlac.edge.sim_agent import SimAgentConfig
+    from vlac.cloud.learner.algorithms import PPOConfig
+    from vlac.cloud.learner.config import BCConfig, LearnerConfig, PublishConfig, RewardsConfig
+    from vlac.edge.process import EdgeAgentConfig
+    from vlac.edge.robots.metaworld import MetaWorldRobotConfig
+    from vlac.edge.transport.sender import SenderConfig
     from vlac.edge.updater import UpdaterConfig
 
     ingest_addr = f"tcp://127.0.0.1:{free_port()}"
@@ -309,16 +310,16 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
     updates = max(1, -(-cfg.episodes // cfg.episodes_per_update))
     lcfg = LearnerConfig(
         store_root=p.store, init=actor, out=p.root / "learner", object_store=p.objects,
-        features=p.features, reward="critic", reward_service=critic_addr,
-        episodes_per_update=cfg.episodes_per_update, lr=cfg.lr, temperature=cfg.temperature,
-        bc_coef=cfg.hitl.bc_coef if cfg.hitl.cloned else 0.0,
-        demo_episodes=20 if cfg.hitl.demo_replay else 0,
-        takeover_replay=cfg.hitl.takeover_replay,
-        bc_steps=cfg.hitl.bc_steps if cfg.hitl.cloned else 0, bc_lr=cfg.hitl.bc_lr,
-        publish=True,
-        publish_every=cfg.publish_every, publish_tasks=cfg.tasks, max_updates=updates,
+        features=p.features, episodes_per_update=cfg.episodes_per_update, max_updates=updates,
         idle_timeout_s=60.0, poll_s=1.0, checkpoint_every=5, threads=1,
-        publisher=publisher_config(p, pub_addr, cfg.precision))
+        rewards=RewardsConfig(mode="critic", service=critic_addr),
+        algorithm=PPOConfig(lr=cfg.lr, temperature=cfg.temperature),
+        bc=BCConfig(coef=cfg.hitl.bc_coef if cfg.hitl.cloned else 0.0,
+                    demo_episodes=20 if cfg.hitl.demo_replay else 0,
+                    takeover_replay=cfg.hitl.takeover_replay,
+                    steps=cfg.hitl.bc_steps if cfg.hitl.cloned else 0, lr=cfg.hitl.bc_lr),
+        publish=PublishConfig(enabled=True, every=cfg.publish_every, tasks=cfg.tasks,
+                              publisher=publisher_config(p, pub_addr, cfg.precision)))
     start("learner", "learner", lcfg)
     per_robot = -(-left // len(cfg.tasks))
     for i, task in enumerate(cfg.tasks):
@@ -327,7 +328,7 @@ def start_all(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, v0: Path,
                               robot_secret_key=p.keys / f"robots/{name}.key_secret",
                               server_public_key=p.keys / "server/ingest.key",
                               spool_dir=p.root / "spool" / name)
-        start(name, "robot", SimAgentConfig(
+        start(name, "robot", EdgeAgentConfig(
             sender=sender, robot=MetaWorldRobotConfig(task=task, seed=2000 + 97 * done_before
                                                       + i, max_steps=cfg.max_steps),
             updater=UpdaterConfig(publisher_address=pub_addr, object_store=p.objects,

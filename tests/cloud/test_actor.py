@@ -15,10 +15,10 @@ from vlac.cloud.actor.export import main as export_main
 from vlac.cloud.actor.model import TorchActor
 from vlac.cloud.actor.pretrain import ActorPretrainConfig, train
 from vlac.cloud.store.episodes import EpisodeStore
-from vlac.edge.metaworld_robot import MetaWorldRobotConfig
+from vlac.edge.process import EdgeAgentConfig
+from vlac.edge.process import main as edge_run
+from vlac.edge.robots.metaworld import MetaWorldRobotConfig
 from vlac.edge.runtime import OnnxPolicy, PolicyLoadError, choose_providers
-from vlac.edge.sim_agent import SimAgentConfig
-from vlac.edge.sim_agent import main as edge_run
 from vlac.infra.demos import DemosCollectConfig
 from vlac.infra.demos import main as collect
 from vlac.shared.config import ConfigError
@@ -227,7 +227,7 @@ def test_sampling_uses_temperature_and_gumbel(exported):
 
 def test_learner_scores_tokens_at_the_robots_temperature(exported):
     """Behaviour log-probs from a robot sampling at T are what the learner recomputes at T
-    (LearnerConfig.temperature), and not what it computes at 1."""
+    (LearnerConfig.algorithm.temperature), and not what it computes at 1."""
     root, actor, _, res = exported
     task, frames, proprio = _frames(root, 2)
     policy = OnnxPolicy(res["fp32"], temperature=2.0, seed=3)
@@ -270,7 +270,7 @@ def test_provider_fallback_without_gpus():
 def test_edge_agent_drives_a_robot_with_the_int8_actor(exported, tmp_path, keyring):
     res = exported[3]
     with ThreadIngest(ingest_config(keyring, tmp_path / "store")) as ingest:
-        cfg = SimAgentConfig(
+        cfg = EdgeAgentConfig(
             sender=sender_config(keyring, "robot-2", ingest.address, tmp_path / "spool"),
             robot=MetaWorldRobotConfig(task="reach-v3", seed=9, max_steps=20, instruction=0),
             policy="onnx", policy_path=res["int8"], episodes=2, chunk_steps=8, quiet=True)
@@ -286,12 +286,12 @@ def test_edge_agent_drives_a_robot_with_the_int8_actor(exported, tmp_path, keyri
 def test_a_new_version_continues_the_robots_sampling_noise(exported):
     """Each weight swap loads a new policy; with the robot's one noise stream handed over it
     does not replay the previous version's Gumbel draws from the start."""
-    from vlac.edge.sim_agent import load_onnx
+    from vlac.edge.process import load_onnx
 
     root, _, _, res = exported
     task, frames, proprio = _frames(root, 2)
-    cfg = SimAgentConfig(robot=MetaWorldRobotConfig(task="reach-v3", seed=4),
-                         policy="onnx", policy_path=res["fp32"], temperature=5.0)
+    cfg = EdgeAgentConfig(robot=MetaWorldRobotConfig(task="reach-v3", seed=4),
+                          policy="onnx", policy_path=res["fp32"], temperature=5.0)
 
     def first_draws(policy):
         return [tuple(policy.run(frames[0], proprio[0], task)[0]) for _ in range(4)]

@@ -136,7 +136,7 @@ def test_heartbeats_carry_announcement_counts_to_fleet_status(tmp_path, keyring)
     """Sender -> real ingest (recording heartbeats in the fleet state) -> `vlac fleet
     status`."""
     from tests.helpers import ThreadIngest, ingest_config, sender_config
-    from vlac.edge.sender import Sender
+    from vlac.edge.transport.sender import Sender
 
     counts = {"robot-1": (0, 0), "robot-2": (4, 1)}
     icfg = ingest_config(keyring, tmp_path / "store")
@@ -432,9 +432,9 @@ def test_a_streaming_robot_swaps_versions_between_episodes_and_reports_them(tmp_
     """`vlac edge run` with the updater: Meta-World robot, real ingest (recording heartbeats
     in the fleet state), live announcer; `vlac fleet status` sees the running version."""
     from tests.helpers import ThreadIngest, ingest_config, sender_config
-    from vlac.edge.metaworld_robot import MetaWorldRobotConfig
-    from vlac.edge.sim_agent import SimAgentConfig
-    from vlac.edge.sim_agent import main as edge_run
+    from vlac.edge.process import EdgeAgentConfig
+    from vlac.edge.process import main as edge_run
+    from vlac.edge.robots.metaworld import MetaWorldRobotConfig
     from vlac.infra.fleet_cli import FleetConfig, status_main, versions_main
     from vlac.shared import tasks
 
@@ -447,7 +447,7 @@ def test_a_streaming_robot_swaps_versions_between_episodes_and_reports_them(tmp_
         icfg = ingest_config(keyring, tmp_path / "store")
         icfg.fleet_dir = f.cfg.fleet_dir
         with ThreadIngest(icfg) as ingest:
-            cfg = SimAgentConfig(
+            cfg = EdgeAgentConfig(
                 sender=sender_config(keyring, "robot-1", ingest.address, tmp_path / "spool"),
                 robot=MetaWorldRobotConfig(task="reach-v3", seed=1, max_steps=30),
                 updater=UpdaterConfig(publisher_address=f.announcer.address,
@@ -488,8 +488,8 @@ def test_the_learner_publishes_versions_that_a_robot_verifies_and_runs(tmp_path)
     f = Fleet(tmp_path)
     try:
         robot = f.robot("robot-0")
-        cfg = config(tmp_path, reward="sparse", publish=True, publish_tasks=["button-v3"],
-                     publisher=f.cfg)
+        cfg = config(tmp_path, rewards={"mode": "sparse"},
+                     publish={"enabled": True, "tasks": ["button-v3"], "publisher": f.cfg})
         result = learner_main(cfg)
         assert result["version"] == 1
         assert [v["version"] for v in f.publisher.fleet.versions()] == [0, 1]

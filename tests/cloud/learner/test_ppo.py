@@ -1,13 +1,27 @@
-"""The PPO maths pinned on hand-computed cases (issue 6 builds the learner on these)."""
+"""PPO's maths pinned on hand-computed cases (GAE against the plain loop, the clipped loss,
+the importance weights, the KL term) and its advantage estimators."""
 
 import math
+import typing
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlac.cloud.learner.ppo import gae, ppo_loss, truncated_importance
+from vlac.cloud.learner.algorithms.ppo import (
+    ADVANTAGES,
+    PPOConfig,
+    build_batch,
+    gae,
+    group_advantages,
+    ppo_loss,
+    truncated_importance,
+    window_sums,
+)
+from vlac.cloud.learner.episodes import EpisodeData
+from vlac.cloud.learner.rewards import shape_rewards
 
 
 def gae_loop(rewards, values, dones, last_value, gamma, lam):
@@ -105,3 +119,51 @@ def test_kl_to_the_reference_by_hand():
     loss.backward()
     assert m["kl_ref"] == 0.0 and new.grad.abs().item() < 1e-6
     assert "kl_ref" not in ppo_loss(new, **args)[1]
+
+
+def test_window_sums_look_ahead_horizon_steps():
+    r = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(window_sums(r, 2, 4), [3, 5, 7, 4])
+    np.testing.assert_allclose(window_sums(r, 10, 5), [10, 9, 7, 4, 0])  # past the end: 0
+    np.testing.assert_allclose(window_sums(r[:2], 1, 4), [1, 2, 0, 0])
+
+
+def _episode(n, success, task="t"):
+    rewards, terminal = shape_rewards("sparse", n, success)
+    return EpisodeData(key=f"{task}-{n}", success=success, text=np.zeros(384, np.float32),
+                       feat=np.zeros((n, 1), np.float16), proprio=np.zeros((n, 4), np.float32),
+                       tokens=np.zeros((n, 4), np.int64), logprob=np.zeros(n, np.float32),
+                       policy_version=np.zeros(n, np.int64), intervention=np.zeros(n, bool),
+                       rewards=rewards, terminal=terminal, task=task)
+
+
+def test_group_advantages_weigh_every_episode_the_same():
+    """A 150-step failure and a 50-step success: equal and opposite advantage mass, so the
+    failure's many steps do not turn the update into pushing sampled tokens down."""
+    eps = [_episode(150, False), _episode(50, True)]
+    anchors = [(np.zeros(len(e)), np.zeros(len(e))) for e in eps]
+    b = build_batch(eps, anchors, 0, PPOConfig())
+    fail, win = b["b_advantages"][:149], b["b_advantages"][149:]
+    assert len(fail) == 149 and len(win) == 50  # the failure bootstraps: one step fewer
+    assert fail.sum() == pytest.approx(-win.sum(), rel=1e-5) and win.sum() > 0
+    assert np.ptp(fail) == 0 and np.ptp(win) == 0
+    # negative_scale shrinks only the failure's side
+    half = build_batch(eps, anchors, 0, PPOConfig(negative_scale=0.5))
+    np.testing.assert_allclose(half["b_advantages"][:149], fail * 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(half["b_advantages"][149:], win)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the empty batch
+def test_group_advantages_compare_episodes_of_the_same_task():
+    adv = group_advantages([1.0, 0.0, 0.5, 0.5, 3.0], ["a", "a", "b", "b", "c"])
+    # a: +-0.5 around its mean; b: both equal, 0; c alone: against the batch mean (1.0)
+    raw = np.array([0.5, -0.5, 0.0, 0.0, 2.0])
+    np.testing.assert_allclose(adv, raw / raw.std(), atol=1e-6)
+    np.testing.assert_array_equal(group_advantages([0.2, 0.2], ["a", "a"]), [0, 0])
+    assert group_advantages([], []).size == 0
+
+
+def test_every_advantage_option_is_a_registered_estimator():
+    choices = typing.get_args(typing.get_type_hints(PPOConfig)["advantage"])
+    assert set(choices) == set(ADVANTAGES) == {"gae", "group", "horizon"}
+    assert [n for n, e in ADVANTAGES.items() if e.uses_values] == ["gae"]

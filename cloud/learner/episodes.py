@@ -1,0 +1,75 @@
+"""The store's episodes as the learner sees them: which ones are new, and each one featurised.
+
+``EpisodeData`` is what an algorithm trains on (``algorithms.base.UpdateBatch``): the steps'
+image features (the encoders are frozen, so once per frame), the robot's behaviour log-probs,
+policy versions and intervention flags, and the rewards of ``rewards.shape_rewards``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlac.cloud.actor.model import TorchActor
+from vlac.cloud.store.episodes import Episode, EpisodeStore
+
+
+def episode_key(info: dict) -> str:
+    return f"{info['robot_id']}/{info['episode_id']}"
+
+
+@dataclass
+class EpisodeData:
+    """One consumed episode, featurised, with its rewards."""
+
+    key: str
+    success: bool
+    text: np.ndarray  # (384,) the task sentence
+    feat: np.ndarray  # (T, 16, 1280) float16
+    proprio: np.ndarray
+    tokens: np.ndarray  # (T, A) int64
+    logprob: np.ndarray  # behaviour log-probs (T,)
+    policy_version: np.ndarray
+    intervention: np.ndarray
+    rewards: np.ndarray  # (n_used,)
+    terminal: bool
+    task: str = ""  # the group of ``group_advantages``
+
+    def __len__(self) -> int:
+        return len(self.proprio)
+
+
+class EpisodeLoader:
+    """Reads episodes from the (read-only) store and featurises them with the actor's
+    frozen encoders, seeing through ``camera``."""
+
+    def __init__(self, store: EpisodeStore, actor: TorchActor, camera: str) -> None:
+        self.store, self.actor, self.camera = store, actor, camera
+
+    def unconsumed(self, consumed: set[str]) -> list[dict]:
+        """Complete fleet episodes (not demonstrations) not in ``consumed``, oldest first."""
+        new = [e for e in self.store.list_episodes()
+               if e.get("source") != "demo" and episode_key(e) not in consumed]
+        return sorted(new, key=lambda e: (e["completed_at"], episode_key(e)))
+
+    def frames(self, info: dict) -> tuple[Episode, np.ndarray]:
+        ep = self.store.load_episode(info["robot_id"], info["episode_id"])
+        if self.camera not in ep.steps.images:
+            raise ValueError(f"episode {episode_key(info)} has no camera {self.camera!r} "
+                             f"(it has {sorted(ep.steps.images)}); set --camera")
+        return ep, ep.steps.images[self.camera]
+
+    def text(self, task: str) -> np.ndarray:
+        return self.actor.text_encoder.encode([task])[0]
+
+    def featurise(self, info: dict, ep: Episode, frames: np.ndarray, rewards: np.ndarray,
+                  terminal: bool) -> EpisodeData:
+        s = ep.steps
+        return EpisodeData(
+            key=episode_key(info), success=bool(info["outcome"]["success"]),
+            task=info.get("task_id") or ep.task, text=self.text(ep.task),
+            feat=self.actor.image_encoder.encode(frames), proprio=s.proprio,
+            tokens=s.action_tokens.astype(np.int64), logprob=s.logprob,
+            policy_version=s.policy_version, intervention=s.intervention.astype(bool),
+            rewards=rewards, terminal=terminal)
