@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import InternVLForConditionalGeneration
 
-from tests.cloud.test_hf_critic import NO_TILES, raw_and_prepared, tiny_internvl
+from tests.cloud.models.test_hf_critic import NO_TILES, raw_and_prepared, tiny_internvl
 from vlac.cloud.models.hf_actor import (
     ACTION_BINS,
     ACTION_TOKENS,

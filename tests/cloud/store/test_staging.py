@@ -81,7 +81,7 @@ def test_chunk_zero_starts_at_step_zero(tmp_path):
 
 
 def test_ingest_refuses_a_contradicting_chunk_by_name(tmp_path, keyring):
-    from tests.cloud.test_ingest import chunk_bytes
+    from tests.cloud.ingest.test_service import chunk_bytes
     from tests.helpers import RawClient, ThreadIngest, ingest_config
 
     with ThreadIngest(ingest_config(keyring, tmp_path / "store")) as ingest:
