@@ -62,14 +62,7 @@ def validate_chunk(chunk: EpisodeChunk, spec: RobotSpec) -> StepColumns:
     Raises WireError naming the field: wrong dtype or shape, inconsistent step counts, NaN or
     infinite values, out-of-range tokens, a final chunk whose counts do not add up.
     """
-    steps = chunk.steps
-    cols: dict[str, np.ndarray] = {}
-    for f in STEP_FIELDS:
-        arr = getattr(steps, f).to_numpy(f"steps.{f}")
-        if arr.dtype.name != _DTYPES[f]:
-            raise WireError("bad_dtype", f"expected {_DTYPES[f]}, got {arr.dtype.name}",
-                            f"steps.{f}.dtype")
-        cols[f] = arr
+    cols = _step_arrays(chunk.steps)
     t = cols["timestamp"].shape[0] if cols["timestamp"].ndim == 1 else -1
     if t < 1:
         raise WireError("bad_shape", "a chunk needs at least one step and timestamp must be "
@@ -83,6 +76,27 @@ def validate_chunk(chunk: EpisodeChunk, spec: RobotSpec) -> StepColumns:
         if cols[f].shape != shape:
             raise WireError("bad_shape", f"expected shape {list(shape)}, got "
                             f"{list(cols[f].shape)}", f"steps.{f}.shape")
+    images = _images(chunk.steps, spec, t)
+    _check_values(cols, spec)
+    if chunk.final is not None and chunk.final.n_chunks != chunk.seq + 1:
+        raise WireError("bad_value", f"final chunk has seq {chunk.seq} but says the episode "
+                        f"has {chunk.final.n_chunks} chunks (should be seq + 1)",
+                        "final.n_chunks")
+    return StepColumns(images=images, **cols)
+
+
+def _step_arrays(steps: Steps) -> dict[str, np.ndarray]:
+    cols: dict[str, np.ndarray] = {}
+    for f in STEP_FIELDS:
+        arr = getattr(steps, f).to_numpy(f"steps.{f}")
+        if arr.dtype.name != _DTYPES[f]:
+            raise WireError("bad_dtype", f"expected {_DTYPES[f]}, got {arr.dtype.name}",
+                            f"steps.{f}.dtype")
+        cols[f] = arr
+    return cols
+
+
+def _images(steps: Steps, spec: RobotSpec, t: int) -> dict[str, np.ndarray]:
     if set(steps.images) != set(spec.cameras):
         raise WireError("bad_cameras", f"expected cameras {sorted(spec.cameras)}, got "
                         f"{sorted(steps.images)}", "steps.images")
@@ -97,6 +111,10 @@ def validate_chunk(chunk: EpisodeChunk, spec: RobotSpec) -> StepColumns:
                             f" width, channels), got {list(img.shape)}",
                             f"steps.images.{cam}.shape")
         images[cam] = img
+    return images
+
+
+def _check_values(cols: dict[str, np.ndarray], spec: RobotSpec) -> None:
     for f in ("proprio", "action", "logprob", "timestamp"):
         if not np.isfinite(cols[f]).all():
             raise WireError("not_finite", "contains NaN or infinity", f"steps.{f}")
@@ -106,11 +124,6 @@ def validate_chunk(chunk: EpisodeChunk, spec: RobotSpec) -> StepColumns:
     if toks.size and (toks.min() < 0 or toks.max() >= spec.action_bins):
         raise WireError("bad_value", f"tokens must lie in [0, {spec.action_bins})",
                         "steps.action_tokens")
-    if chunk.final is not None and chunk.final.n_chunks != chunk.seq + 1:
-        raise WireError("bad_value", f"final chunk has seq {chunk.seq} but says the episode "
-                        f"has {chunk.final.n_chunks} chunks (should be seq + 1)",
-                        "final.n_chunks")
-    return StepColumns(images=images, **cols)
 
 
 def concat_steps(parts: list[StepColumns]) -> StepColumns:

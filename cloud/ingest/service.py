@@ -135,6 +135,34 @@ class Ingest:
         auth = ThreadAuthenticator(self._ctx, log=logging.getLogger(f"{__name__}.auth"))
         auth.start()
         auth.configure_curve(domain="*", location=str(self.cfg.allowed_keys_dir))
+        sock = self._socket()
+        log.info("ingest listening on %s, %d robots allowed, store %s", self.address,
+                 len(self.allowed), self.cfg.store_root)
+        self._ready.set()
+        started = time.monotonic()
+        next_status = started + self.cfg.status_every_s
+        next_gc = started
+        try:
+            while not self._stop.is_set():
+                if self.cfg.duration_s and time.monotonic() - started > self.cfg.duration_s:
+                    break
+                if self.cfg.staging_max_age_s and time.monotonic() >= next_gc:
+                    self._collect_staging()
+                    next_gc = time.monotonic() + min(600.0, self.cfg.staging_max_age_s / 4)
+                if sock.poll(100):
+                    self._turn(sock)
+                if self.cfg.status_every_s and time.monotonic() > next_status:
+                    log.info("ingest: %s", self.summary())
+                    next_status = time.monotonic() + self.cfg.status_every_s
+        finally:
+            sock.close(linger=0)
+            auth.stop()
+            if self._own_ctx:
+                self._ctx.term()
+        return self.summary()
+
+    def _socket(self) -> zmq.Socket:
+        """The CURVE ROUTER socket, bound (to a random port when ``bind`` ends in :0)."""
         sock = self._ctx.socket(zmq.ROUTER)
         sock.curve_server = True
         sock.curve_secretkey = self._pair.secret
@@ -149,46 +177,27 @@ class Ingest:
             self.address = f"{self.cfg.bind.rsplit(':', 1)[0]}:{port}"
         else:
             sock.bind(self.cfg.bind)
-        log.info("ingest listening on %s, %d robots allowed, store %s", self.address,
-                 len(self.allowed), self.cfg.store_root)
-        self._ready.set()
-        started = time.monotonic()
-        next_status = started + self.cfg.status_every_s
-        next_gc = started
-        try:
-            while not self._stop.is_set():
-                if self.cfg.duration_s and time.monotonic() - started > self.cfg.duration_s:
-                    break
-                if self.cfg.staging_max_age_s and time.monotonic() >= next_gc:
-                    self._collect_staging()
-                    next_gc = time.monotonic() + min(600.0, self.cfg.staging_max_age_s / 4)
-                if not sock.poll(100):
-                    continue
-                replies: list[tuple[zmq.Frame, wire.Message | _Pending]] = []
-                for _ in range(self.cfg.batch_max):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    reply = self._handle(frames)
-                    if reply is not None:
-                        replies.append((frames[0], reply))
-                self._commit([r for _, r in replies if isinstance(r, _Pending)])
-                for ident, reply in replies:
-                    msg = reply.reply if isinstance(reply, _Pending) else reply
-                    try:
-                        sock.send_multipart([ident, wire.encode(msg)], zmq.NOBLOCK)
-                    except zmq.ZMQError as e:  # peer gone or its queue full: it resends
-                        log.debug("reply to a robot dropped: %s", e)
-                if self.cfg.status_every_s and time.monotonic() > next_status:
-                    log.info("ingest: %s", self.summary())
-                    next_status = time.monotonic() + self.cfg.status_every_s
-        finally:
-            sock.close(linger=0)
-            auth.stop()
-            if self._own_ctx:
-                self._ctx.term()
-        return self.summary()
+        return sock
+
+    def _turn(self, sock: zmq.Socket) -> None:
+        """One loop turn: up to ``batch_max`` messages in, their chunks written together
+        (group commit), then every reply out."""
+        replies: list[tuple[zmq.Frame, wire.Message | _Pending]] = []
+        for _ in range(self.cfg.batch_max):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            reply = self._handle(frames)
+            if reply is not None:
+                replies.append((frames[0], reply))
+        self._commit([r for _, r in replies if isinstance(r, _Pending)])
+        for ident, reply in replies:
+            msg = reply.reply if isinstance(reply, _Pending) else reply
+            try:
+                sock.send_multipart([ident, wire.encode(msg)], zmq.NOBLOCK)
+            except zmq.ZMQError as e:  # peer gone or its queue full: it resends
+                log.debug("reply to a robot dropped: %s", e)
 
     def _collect_staging(self) -> None:
         try:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -88,6 +88,16 @@ class SenderStats:
 
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_DISCONNECTED)
+
+
+@dataclass
+class _Link:
+    """The sender thread's view of its connection."""
+
+    inflight: dict[tuple[str, int], float] = field(default_factory=dict)
+    """(episode, seq) -> when to resend it if no ack came."""
+    hs_sent_at: float = -1e9
+    auth_refused: bool = False
 
 
 class Sender:
@@ -177,56 +187,27 @@ class Sender:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
-        inflight: dict[tuple[str, int], float] = {}
-        hs_sent_at = -1e9
+        link = _Link()
         next_hb = 0.0
-        auth_refused = False
         self._state = "handshake"
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if self._state == "handshake" and now - hs_sent_at > self.cfg.handshake_timeout_s:
-                    if hs_sent_at > 0 and not auth_refused:
-                        self._note(f"no handshake reply from {self.cfg.ingest_address} within "
-                                   f"{self.cfg.handshake_timeout_s}s; is ingest running and "
-                                   "is server_public_key its key? Retrying")
-                    hs = wire.Handshake(protocol=wire.PROTOCOL_VERSION,
-                                        robot_id=self.cfg.robot_id,
-                                        config_hash=self.spec.config_hash(), spec=self.spec,
-                                        software="vlac-fleet")
-                    if self._send(sock, wire.encode(hs)):
-                        hs_sent_at = now
-                    else:
-                        hs_sent_at = now - self.cfg.handshake_timeout_s + 0.2
+                if self._state == "handshake" and \
+                        now - link.hs_sent_at > self.cfg.handshake_timeout_s:
+                    self._handshake(sock, link, now)
                 if self._state == "ready":
-                    self._fill(sock, inflight, now)
+                    self._fill(sock, link.inflight, now)
                 if now >= next_hb and self._state == "ready":
                     self._send(sock, wire.encode(self._heartbeat()))
                     next_hb = now + self.cfg.heartbeat_s
                 events = dict(poller.poll(20))
                 if monitor in events:
                     while monitor.poll(0):
-                        ev = recv_monitor_message(monitor)["event"]
-                        if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                            auth_refused = False
-                            # A new connection (first, or after ingest restarted): its
-                            # session must be set up again and unacked chunks resent.
-                            self._state, hs_sent_at = "handshake", -1e9
-                            inflight.clear()
-                        elif ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                            auth_refused = True
-                            self._note(f"ingest at {self.cfg.ingest_address} refused this "
-                                       f"robot's key: add {self.cfg.robot_id}.key to its "
-                                       "allow-list (KEYS/robots); retrying")
-                        elif ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                            self._note("CURVE handshake failed: the server public key is "
-                                       "probably wrong")
-                        elif ev == zmq.EVENT_DISCONNECTED:
-                            self._state = "handshake"
-                            inflight.clear()
+                        self._on_event(recv_monitor_message(monitor)["event"], link)
                 if sock in events:
                     while sock.poll(0):
-                        self._handle(sock.recv(copy=False).buffer, inflight)
+                        self._handle(sock.recv(copy=False).buffer, link.inflight)
                         if self._fatal:
                             return
         except Exception as e:  # surface, never swallow
@@ -236,6 +217,38 @@ class Sender:
             sock.disable_monitor()
             monitor.close(linger=0)
             sock.close(linger=0)
+
+    def _handshake(self, sock: zmq.Socket, link: _Link, now: float) -> None:
+        """Send (or resend, after ``handshake_timeout_s`` without a reply) the handshake."""
+        if link.hs_sent_at > 0 and not link.auth_refused:
+            self._note(f"no handshake reply from {self.cfg.ingest_address} within "
+                       f"{self.cfg.handshake_timeout_s}s; is ingest running and "
+                       "is server_public_key its key? Retrying")
+        hs = wire.Handshake(protocol=wire.PROTOCOL_VERSION, robot_id=self.cfg.robot_id,
+                            config_hash=self.spec.config_hash(), spec=self.spec,
+                            software="vlac-fleet")
+        if self._send(sock, wire.encode(hs)):
+            link.hs_sent_at = now
+        else:  # nothing took it: try again shortly
+            link.hs_sent_at = now - self.cfg.handshake_timeout_s + 0.2
+
+    def _on_event(self, ev: int, link: _Link) -> None:
+        """A socket monitor event: connections made, refused and lost."""
+        if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            link.auth_refused = False
+            # A new connection (first, or after ingest restarted): its session must be set
+            # up again and unacked chunks resent.
+            self._state, link.hs_sent_at = "handshake", -1e9
+            link.inflight.clear()
+        elif ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            link.auth_refused = True
+            self._note(f"ingest at {self.cfg.ingest_address} refused this robot's key: add "
+                       f"{self.cfg.robot_id}.key to its allow-list (KEYS/robots); retrying")
+        elif ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            self._note("CURVE handshake failed: the server public key is probably wrong")
+        elif ev == zmq.EVENT_DISCONNECTED:
+            self._state = "handshake"
+            link.inflight.clear()
 
     def _heartbeat(self) -> wire.Heartbeat:
         refused, replayed = self.announcements()
