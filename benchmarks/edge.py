@@ -30,11 +30,17 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vlac.shared.tasks import HEADLINE_TASKS
+
+if TYPE_CHECKING:
+    from vlac.cloud.actor.export import ActorGraph, ActorHead
+    from vlac.cloud.actor.model import TorchActor
 
 OUT = Path(__file__).parent / "out"
 
@@ -50,8 +56,39 @@ def latencies(fn, inputs, repeats: int) -> np.ndarray:
     return np.array(out) * 1e3
 
 
-def main(argv: list[str] | None = None) -> dict:
-    warnings.filterwarnings("ignore")
+@dataclass
+class Actors:
+    """The learner's actor, the graphs the rows run and the files ``vlac actor export`` wrote."""
+
+    actor: TorchActor  # the learner's actor (torch head on its own image encoder)
+    full: TorchActor  # the same actor on the fp32 torch image encoder
+    graph: ActorGraph  # ActorGraph(full): the whole network in fp32 (the torch fp32 eager row)
+    head: ActorHead  # ActorHead(actor): the torch head alone, on precomputed image features
+    export_dir: Path
+    fp32: Path
+    int8: Path
+
+
+@dataclass
+class Measured:
+    """Per row: latencies (ms), artifact sizes, agreement with the learner's actor."""
+
+    latency: dict[str, np.ndarray]
+    sizes: dict[str, int]
+    agree: dict[str, float]  # share of greedy tokens equal to the learner's
+    agree_frame: dict[str, float]  # share of frames with all 4 tokens equal
+    lp_gap: dict[str, float]  # mean over frames of the max |log-prob difference|
+
+
+class _NullRecorder:
+    def add(self, s):
+        pass
+
+    def end(self, *a, **k):
+        pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--actor", type=Path, default=Path(".cache/actor/actor.pt"))
     ap.add_argument("--store-root", type=Path, default=Path(".cache/store"))
@@ -62,41 +99,35 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--loop-steps", type=int, default=150)
     ap.add_argument("--fp32-convs", type=int, default=2,
                     help="leading convolutions kept fp32 when exporting (vlac actor export)")
-    args = ap.parse_args(argv)
-    import onnxruntime as ort
-    import torch
-    from rich.console import Console
-    from rich.table import Table
+    return ap.parse_args(argv)
 
-    from vlac.cloud.actor.export import (
-        ActorExportConfig,
-        ActorGraph,
-        ActorHead,
-        example_inputs,
-        export_fp32,
-        metadata,
-    )
+
+def load_actors(args: argparse.Namespace, tasks: list[str]) -> Actors:
+    """Exports the actor when ``--export-dir`` has no INT8 graph, then loads it."""
+    from vlac.cloud.actor.export import ActorExportConfig, ActorGraph, ActorHead
     from vlac.cloud.actor.export import main as export
     from vlac.cloud.actor.model import TorchActor
     from vlac.cloud.models.encoders import ImageEncoder
-    from vlac.cloud.store.episodes import EpisodeStore
-    from vlac.shared import tasks as task_text
 
-    torch.set_num_threads(1)
-    console = Console(width=110)
-    tasks = args.tasks.split(",")
     export_dir = args.export_dir or args.actor.parent / "export"
     if not (export_dir / "actor_int8.onnx").exists():
         export(ActorExportConfig(actor=args.actor, out=export_dir, store_root=args.store_root,
                                  tasks=tasks, fp32_convs=args.fp32_convs))
-    fp32, int8 = export_dir / "actor_fp32.onnx", export_dir / "actor_int8.onnx"
     actor = TorchActor.load(args.actor)
     full = TorchActor(actor.model, actor.tokenizer.low, actor.tokenizer.high,
                       image_encoder=ImageEncoder("torch"), text_encoder=actor.text_encoder)
-    graph = ActorGraph(full).eval()  # the whole network in fp32 (torch encoder)
-    head = ActorHead(actor).eval()
-    # held-out frames: the last episodes of each task (calibration takes the first ones)
-    store = EpisodeStore(args.store_root)
+    return Actors(actor=actor, full=full, graph=ActorGraph(full).eval(),
+                  head=ActorHead(actor).eval(), export_dir=export_dir,
+                  fp32=export_dir / "actor_fp32.onnx", int8=export_dir / "actor_int8.onnx")
+
+
+def held_out_inputs(actor: TorchActor, store_root: Path, tasks: list[str],
+                    frames: int) -> list[dict]:
+    """Graph inputs from the last 2 episodes of each task (calibration takes the first ones)."""
+    from vlac.cloud.actor.export import example_inputs
+    from vlac.cloud.store.episodes import EpisodeStore
+
+    store = EpisodeStore(store_root)
     inputs = []
     for t in tasks:
         eps = sorted([e for e in store.list_episodes() if e.get("task_id") == t],
@@ -104,42 +135,69 @@ def main(argv: list[str] | None = None) -> dict:
         for e in eps:
             ep = store.load_episode(e["robot_id"], e["episode_id"])
             text = actor.text_encoder.encode([e["task"]])[0]
-            for i in np.linspace(0, len(ep) - 1, args.frames // (2 * len(tasks))).astype(int):
+            for i in np.linspace(0, len(ep) - 1, frames // (2 * len(tasks))).astype(int):
                 inputs.append(example_inputs(actor, ep.steps.images[actor.camera][i],
                                              ep.steps.proprio[i], text))
-    network = export_dir / "actor_fp32_network.onnx"
+    return inputs
+
+
+def onnx_files(a: Actors, tasks: list[str], inputs: list[dict]) -> dict[str, Path]:
+    """The ONNX rows' files; exports the fp32 network for an INT8-encoder actor if missing."""
+    from vlac.cloud.actor.export import export_fp32, metadata
+    from vlac.shared import tasks as task_text
+
+    actor = a.actor
+    network = a.export_dir / "actor_fp32_network.onnx"
     if actor.int8_encoder is None:
-        network = fp32
+        network = a.fp32
     elif not network.exists():
         sentences = sorted({s for t in tasks for s in task_text.instructions(t)})
-        export_fp32(full, network, metadata(actor, sentences, actor.version,
-                                            inputs[0]["image"].shape[1:]), inputs[0])
+        export_fp32(a.full, network, metadata(actor, sentences, actor.version,
+                                              inputs[0]["image"].shape[1:]), inputs[0])
+    files = {"fp32 network": network, "fp32": a.fp32, "int8": a.int8}
+    if network == a.fp32:
+        del files["fp32 network"]
+    return files
+
+
+def sessions(files: dict[str, Path]) -> dict:
+    """One single-threaded CPU ONNX Runtime session per file."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
-    files = {"fp32 network": network, "fp32": fp32, "int8": int8}
-    if network == fp32:
-        del files["fp32 network"]
-    sess = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+    return {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
             for k, p in files.items()}
+
+
+def torch_runners(a: Actors):
+    """``(run_torch, run_learner)``: the torch fp32 eager row and the learner's actor."""
+    import torch
+
     names = ("image", "proprio", "text", "gumbel", "temperature")
 
     def run_torch(x):
         with torch.no_grad():
-            return [o.numpy() for o in graph(*(torch.from_numpy(x[k]) for k in names))]
+            return [o.numpy() for o in a.graph(*(torch.from_numpy(x[k]) for k in names))]
 
     def run_learner(x):  # the learner's actor: torch head on its own encoder's features
-        if actor.int8_encoder is None:
+        if a.actor.int8_encoder is None:
             return run_torch(x)
-        feat = torch.from_numpy(actor.image_encoder.encode(x["image"]).astype(np.float32))
+        feat = torch.from_numpy(a.actor.image_encoder.encode(x["image"]).astype(np.float32))
         with torch.no_grad():
-            return [o.numpy() for o in head(feat, *(torch.from_numpy(x[k])
-                                                    for k in names[1:]))]
+            return [o.numpy() for o in a.head(feat, *(torch.from_numpy(x[k])
+                                                      for k in names[1:]))]
 
-    results = {"torch fp32 eager": latencies(run_torch, inputs, args.repeats)}
+    return run_torch, run_learner
+
+
+def measure(a: Actors, sess: dict, files: dict[str, Path], inputs: list[dict],
+            repeats: int) -> Measured:
+    run_torch, run_learner = torch_runners(a)
+    results = {"torch fp32 eager": latencies(run_torch, inputs, repeats)}
     for k, s in sess.items():
-        results[f"onnxruntime {k}"] = latencies(lambda x, s=s: s.run(None, x), inputs,
-                                                args.repeats)
+        results[f"onnxruntime {k}"] = latencies(lambda x, s=s: s.run(None, x), inputs, repeats)
     ref = [run_learner(x) for x in inputs]
     agree, agree_frame, lp_gap = {}, {}, {}
     for k, s in sess.items():
@@ -151,48 +209,69 @@ def main(argv: list[str] | None = None) -> dict:
                                    zip(outs, ref, strict=True)]))
     sizes = {k: os.path.getsize(p) for k, p in files.items()}
     sizes.setdefault("fp32 network", sizes["fp32"])
-    # control loop with rendering
+    return Measured(latency=results, sizes=sizes, agree=agree, agree_frame=agree_frame,
+                    lp_gap=lp_gap)
+
+
+def control_loop_hz(int8: Path, task: str, loop_steps: int) -> float:
+    """Edge agent steps/s with Meta-World rendering and the greedy INT8 policy."""
     from vlac.edge.agent import run_episode
     from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
     from vlac.edge.runtime import OnnxPolicy
 
-    class Null:
-        def add(self, s):
-            pass
-
-        def end(self, *a, **k):
-            pass
-
     policy = OnnxPolicy(int8, greedy=True)
     steps, t0 = 0, time.perf_counter()
-    with MetaWorldRobot(MetaWorldRobotConfig(task=tasks[0], seed=5, max_steps=150,
+    with MetaWorldRobot(MetaWorldRobotConfig(task=task, seed=5, max_steps=150,
                                              instruction=0)) as robot:
-        while steps < args.loop_steps:
-            steps += run_episode(robot, policy, lambda _t: Null()).steps
-    loop_hz = steps / (time.perf_counter() - t0)
+        while steps < loop_steps:
+            steps += run_episode(robot, policy, lambda _t: _NullRecorder()).steps
+    return steps / (time.perf_counter() - t0)
+
+
+def print_table(console, m: Measured, int8_encoder: bool) -> None:
+    from rich.table import Table
 
     table = Table(title="actor on the edge: batch 1, 1 thread, 128x128 frame -> 4 tokens; "
                   "agreement with the learner's actor "
-                  f"({'INT8' if actor.int8_encoder else 'fp32'} encoder features)")
+                  f"({'INT8' if int8_encoder else 'fp32'} encoder features)")
     for col in ("runtime", "p50 ms", "p99 ms", "vs torch", "size MB", "token agreement",
                 "all 4 agree", "max |dlogp|"):
         table.add_column(col)
-    base = np.percentile(results["torch fp32 eager"], 50)
-    for k, lat in results.items():
+    base = np.percentile(m.latency["torch fp32 eager"], 50)
+    for k, lat in m.latency.items():
         key = k.split(" ", 1)[1] if k.startswith("onnx") else None
         table.add_row(k, f"{np.percentile(lat, 50):.2f}", f"{np.percentile(lat, 99):.2f}",
                       f"{base / np.percentile(lat, 50):.2f}x",
-                      f"{sizes[key or 'fp32 network'] / 1e6:.1f}",
-                      f"{agree[key]:.3f}" if key else "-",
-                      f"{agree_frame[key]:.3f}" if key else "-",
-                      f"{lp_gap[key]:.3f}" if key else "-")
+                      f"{m.sizes[key or 'fp32 network'] / 1e6:.1f}",
+                      f"{m.agree[key]:.3f}" if key else "-",
+                      f"{m.agree_frame[key]:.3f}" if key else "-",
+                      f"{m.lp_gap[key]:.3f}" if key else "-")
     console.print(table)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    warnings.filterwarnings("ignore")
+    args = parse_args(argv)
+    import torch
+    from rich.console import Console
+
+    torch.set_num_threads(1)
+    console = Console(width=110)
+    tasks = args.tasks.split(",")
+    a = load_actors(args, tasks)
+    inputs = held_out_inputs(a.actor, args.store_root, tasks, args.frames)
+    files = onnx_files(a, tasks, inputs)
+    m = measure(a, sessions(files), files, inputs, args.repeats)
+    loop_hz = control_loop_hz(a.int8, tasks[0], args.loop_steps)
+
+    print_table(console, m, a.actor.int8_encoder is not None)
     console.print(f"edge agent control loop with rendering (INT8): {loop_hz:.1f} steps/s; "
                   f"{len(inputs)} held-out frames")
     OUT.mkdir(exist_ok=True)
-    _plot(results, OUT / "edge.png")
-    speedup = base / np.percentile(results["onnxruntime int8"], 50)
-    ratio = sizes["int8"] / sizes["fp32 network"]
+    _plot(m.latency, OUT / "edge.png")
+    base = np.percentile(m.latency["torch fp32 eager"], 50)
+    speedup = base / np.percentile(m.latency["onnxruntime int8"], 50)
+    ratio, agree = m.sizes["int8"] / m.sizes["fp32 network"], m.agree
     print(f"int8_speedup={speedup:.2f} size_ratio={ratio:.2f} token_agreement={agree['int8']:.3f}")
     return {"speedup": speedup, "size_ratio": ratio, "agreement": agree, "loop_hz": loop_hz}
 

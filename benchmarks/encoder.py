@@ -43,7 +43,13 @@ def per_frame_ms(enc, frames: np.ndarray, batch: int, reps: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def main() -> None:
+# the learning loop, timed three ways: (row name, encoder backend, memo size)
+LOOP_VARIANTS = [("torch, no memo (before)", "torch", 0),
+                 ("onnxruntime, no memo", "onnxruntime", 0),
+                 ("onnxruntime + memo (now)", "onnxruntime", 2048)]
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default="reach-v3,drawer-open-v3")
     ap.add_argument("--episodes", type=int, default=8, help="episodes per task in the loop")
@@ -57,19 +63,16 @@ def main() -> None:
     for p in (a.init, a.critic):
         if not Path(p).exists():
             sys.exit(f"{p} does not exist: run `vlac train --quick` first")
-    warnings.filterwarnings("ignore")
-    import learning
-    import torch
-    from rich.console import Console
-    from rich.table import Table
+    return a
 
+
+def encoder_ms(reps: int) -> dict[tuple[str, int], float]:
+    """ms per frame per (backend, batch), and ("memo hit", 64): a batch the memo holds."""
     from vlac.cloud.models.encoders import ImageEncoder
 
-    torch.set_num_threads(1)
-    console = Console()
     frames = np.random.default_rng(0).integers(0, 256, (128, 128, 128, 3), dtype=np.uint8)
     enc = {"torch": ImageEncoder("torch", memo=0), "onnxruntime": ImageEncoder("onnxruntime")}
-    ms = {(k, b): per_frame_ms(e, frames, b, a.reps if b == 1 else 3)
+    ms = {(k, b): per_frame_ms(e, frames, b, reps if b == 1 else 3)
           for k, e in enc.items() for b in (1, 64)}
     hit = enc["onnxruntime"]
     hit.encode(frames[:64])
@@ -77,6 +80,12 @@ def main() -> None:
     for _ in range(10):
         hit.encode(frames[:64])
     ms["memo hit", 64] = 1000 * (time.perf_counter() - t0) / 640
+    return ms
+
+
+def loop_times(a: argparse.Namespace, console) -> tuple[dict, dict[str, tuple]]:
+    """The learning benchmark's job settings, and per variant (wall s, successes, steps)."""
+    import learning
 
     # the learning benchmark's own job, critic rewards, with its defaults and no final eval
     flags = learning.parser().parse_args(
@@ -84,15 +93,18 @@ def main() -> None:
          a.init, "--critic", a.critic, "--demo-store", a.demo_store, "--work", a.work])
     base = learning.job(flags, "critic", 0)
     loop = {}
-    for name, backend, memo in [("torch, no memo (before)", "torch", 0),
-                                ("onnxruntime, no memo", "onnxruntime", 0),
-                                ("onnxruntime + memo (now)", "onnxruntime", 2048)]:
+    for name, backend, memo in LOOP_VARIANTS:
         console.print(f"learning loop: {name} ...")
         t0 = time.perf_counter()
         log = learning.run_variant(dict(base, encoder=backend, encoder_memo=memo,
                                         work=f"{a.work}/{backend}-{memo}"))
         loop[name] = (time.perf_counter() - t0, [r["success"] for r in log],
                       sum(r["steps"] for r in log))
+    return base, loop
+
+
+def print_tables(console, ms: dict, loop: dict, episodes: int, n_tasks: int) -> None:
+    from rich.table import Table
 
     t = Table(title="image encoder, one thread (ms per frame)")
     for c in ("backend", "batch 1", "batch 64", "vs torch (batch 1)"):
@@ -102,7 +114,7 @@ def main() -> None:
     t.add_row("memo hit", "-", f"{ms['memo hit', 64]:.3f}", "-")
     console.print(t)
     names = list(loop)
-    t = Table(title=f"learning loop: {a.episodes} episodes x {len(base['tasks'])} tasks, "
+    t = Table(title=f"learning loop: {episodes} episodes x {n_tasks} tasks, "
                     "critic rewards, same seed")
     for c in ("encoder", "wall s", "steps", "ms per step", "vs before", "same rollouts"):
         t.add_column(c)
@@ -112,11 +124,14 @@ def main() -> None:
                   f"{loop[names[0]][0] / wall:.2f}x", str(succ == loop[names[0]][1]))
     console.print(t)
 
+
+def plot(ms: dict, loop: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = list(loop)
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     ax[0].bar(["torch b1", "ORT b1", "torch b64", "ORT b64"],
               [ms["torch", 1], ms["onnxruntime", 1], ms["torch", 64], ms["onnxruntime", 64]])
@@ -127,9 +142,23 @@ def main() -> None:
     ax[1].set_title("learning loop")
     ax[1].tick_params(axis="x", labelsize=7)
     fig.tight_layout()
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "encoder.png", dpi=120)
+
+
+def main() -> None:
+    a = parse_args()
+    warnings.filterwarnings("ignore")
+    import torch
+    from rich.console import Console
+
+    torch.set_num_threads(1)
+    console = Console()
+    ms = encoder_ms(a.reps)
+    base, loop = loop_times(a, console)
+    print_tables(console, ms, loop, a.episodes, len(base["tasks"]))
+    plot(ms, loop, Path(a.out))
+    names = list(loop)
     print(f"encoder_speedup={ms['torch', 1] / ms['onnxruntime', 1]:.2f} "
           f"loop_speedup={loop[names[0]][0] / loop[names[-1]][0]:.2f}")
 

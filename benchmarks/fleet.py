@@ -228,7 +228,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", type=Path, default=REAL_ARTIFACT,
                     help="exported INT8 actor to publish (a tiny generated graph when the "
@@ -245,13 +245,21 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.updates < 1 or args.robots_per_process < 1:
         ap.error("--updates and --robots-per-process must be >= 1")
-    counts = [int(c) for c in args.robots.split(",")]
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    OUT.mkdir(exist_ok=True)
-    from rich.console import Console
-    from rich.table import Table
+    return args
 
-    console = Console(width=110)
+
+def store_uri(args: argparse.Namespace, scratch: Path, k: int) -> str:
+    """A fresh object store for one K: a prefix of the S3 bucket, or a local folder."""
+    if args.s3_endpoint:
+        from vlac.shared.objstore import S3ObjectStore
+
+        S3ObjectStore(S3_BUCKET, endpoint_url=args.s3_endpoint, create_bucket=True)
+        return f"s3://{S3_BUCKET}/fleet-{time.time_ns()}?endpoint={args.s3_endpoint}"
+    return str(scratch / f"objects-k{k}")
+
+
+def run_all(args: argparse.Namespace, counts: list[int], console) -> list[dict]:
+    """The artifacts once, then ``run_fleet`` per K; one row per K."""
     scratch = Path(tempfile.mkdtemp(dir=args.workdir, prefix="fleet-"))
     rows = []
     try:
@@ -262,19 +270,19 @@ def main(argv: list[str] | None = None) -> dict:
         size = os.path.getsize(scratch / "artifacts" / "v1.onnx")
         console.print(f"artifact: {what}, {size:,} bytes per version")
         for k in counts:
-            if args.s3_endpoint:
-                from vlac.shared.objstore import S3ObjectStore
-
-                S3ObjectStore(S3_BUCKET, endpoint_url=args.s3_endpoint, create_bucket=True)
-                store = f"s3://{S3_BUCKET}/fleet-{time.time_ns()}?endpoint={args.s3_endpoint}"
-            else:
-                store = str(scratch / f"objects-k{k}")
+            store = store_uri(args, scratch, k)
             t = time.perf_counter()
             rows.append(run_fleet(k, args, scratch / "artifacts", args.workdir, store))
             console.print(f"K={k}: {rows[-1]['processes']} robot processes, "
                           f"{time.perf_counter() - t:.1f}s incl. start-up and warm-up")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return rows
+
+
+def print_table(console, rows: list[dict], args: argparse.Namespace) -> None:
+    """The latency and bytes table; adds ``p99`` and ``per_robot_b`` to each row."""
+    from rich.table import Table
 
     table = Table(title=f"publish -> K robots running it, {args.updates} updates per K, "
                         f"{'S3 ' + args.s3_endpoint if args.s3_endpoint else 'local-folder'} "
@@ -290,6 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{r['p99']:.3f}", f"{lat.max():.3f}", f"{r['upload_s']:.3f}",
                       f"{r['per_robot_b']:,.0f}", f"{r['per_robot_b'] * r['robots']:,.0f}")
     console.print(table)
+
+
+def print_breakdown(console, rows: list[dict], updates: int) -> None:
+    """Bytes per robot, where the time goes, and how many announcements were sent."""
     r = rows[-1]
     console.print(f"per robot per update: artifact {r['artifact_b']:,.0f} B (object store) + "
                   f"announcement {r['announcement_b']:,.0f} B (XPUB; it carries the signed "
@@ -300,9 +312,22 @@ def main(argv: list[str] | None = None) -> dict:
                       f"signed -> robot swapped (verify, download, load, health check): p50 "
                       f"{np.percentile(r['apply'], 50):.3f}s max {r['apply'].max():.3f}s")
     for r in rows:
-        sends = r["sent"] / (r["robots"] * (args.updates + 1))
+        sends = r["sent"] / (r["robots"] * (updates + 1))
         console.print(f"K={r['robots']}: announcer sent {r['sent']} messages, {sends:.1f} per "
                       f"robot per version (above 1: the 5 s re-sends, which robots ignore)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    counts = [int(c) for c in args.robots.split(",")]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(exist_ok=True)
+    from rich.console import Console
+
+    console = Console(width=110)
+    rows = run_all(args, counts, console)
+    print_table(console, rows, args)
+    print_breakdown(console, rows, args.updates)
     plot(rows, OUT / "fleet.png")
     console.print(f"plot: {OUT / 'fleet.png'}")
     at32 = next((r for r in rows if r["robots"] == 32), None)

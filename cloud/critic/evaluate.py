@@ -101,10 +101,29 @@ def negatives(critic, ep: EpisodeFeatures, sentence: str, other: str,
     return out
 
 
-def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
-    console = console or Console(width=110)
-    rng = random.Random(cfg.seed)
-    critic = SmallVLACCritic.load(cfg.critic)
+_NEGATIVE_KINDS = ("static", "reversed", "mismatched", "static_token", "reversed_token",
+                   "mismatched_token")
+
+
+@dataclass
+class _Episodes:
+    """The episodes one evaluation reads."""
+
+    seen_all: list[EpisodeFeatures]  # every episode of the training tasks
+    train: list[EpisodeFeatures]  # those training used (the seen references come from here)
+    held: list[EpisodeFeatures]  # those it held out
+    unseen: list[EpisodeFeatures]  # every episode of the tasks left out of training
+
+
+@dataclass
+class _Scores:
+    """What the per-episode pass collects beside the VOC rows."""
+
+    neg: dict[str, dict[str, list[bool]]]  # group -> negative kind -> judged correctly
+    curves: dict[str, tuple]  # plot name -> (episode, progress, done probabilities)
+
+
+def _load(cfg: CriticEvalConfig) -> _Episodes:
     store = EpisodeStore(cfg.store_root)
     cache = FeatureCache(cfg.features)
     seen_all = load_episodes(store, cache, cfg.seen_tasks, cfg.camera)
@@ -113,38 +132,37 @@ def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
     if not held:
         raise ValueError("no held-out episodes of the training tasks; collect more demos or "
                          "set --holdout")
-    groups = {"seen": held, "unseen": [e for e in unseen if e.success]}
-    refs_pool = {"seen": train_eps, "unseen": [e for e in unseen if e.success]}
-    results: dict = {"voc": {}, "negatives": {}, "done": {}}
-    kinds = ("static", "reversed", "mismatched", "static_token", "reversed_token",
-             "mismatched_token")
-    neg = {g: {k: [] for k in kinds} for g in groups}
-    curves = {}
-    for group, eps in groups.items():
-        per_task: dict[str, dict[str, list[float]]] = {}
-        for ep in eps:
-            sentence = ep.sentence
-            pool = [e for e in refs_pool[group] if e.task_id == ep.task_id and e is not ep
-                    and e.success]
-            ref = rng.choice(pool).reference() if pool else None
-            voc, prog, done = episode_voc(critic, ep, sentence)
-            row = per_task.setdefault(ep.task_id, {"voc": [], "voc_ref": [], "direct": []})
-            row["voc"].append(voc)
-            row["direct"].append(direct_voc(critic, ep, sentence))
-            if ref is not None:
-                row["voc_ref"].append(episode_voc(critic, ep, sentence, ref)[0])
-            curves.setdefault(f"{group}-success", (ep, prog, done))
-            others = [t for t in cfg.seen_tasks + cfg.unseen_tasks if t != ep.task_id]
-            n = negatives(critic, ep, sentence, task_text.instruction(rng.choice(others), rng),
-                          rng)
-            for k, v in n.items():
-                neg[group][k] += v
-        results["voc"][group] = {
-            t: {"voc": float(np.mean(v["voc"])),
+    return _Episodes(seen_all=seen_all, train=train_eps, held=held, unseen=unseen)
+
+
+def _score_group(critic, cfg: CriticEvalConfig, rng: random.Random, group: str,
+                 eps: list[EpisodeFeatures], refs: list[EpisodeFeatures],
+                 scores: _Scores) -> dict:
+    """VOC per task of one group's episodes; adds their negatives and first curve to scores."""
+    per_task: dict[str, dict[str, list[float]]] = {}
+    for ep in eps:
+        sentence = ep.sentence
+        pool = [e for e in refs if e.task_id == ep.task_id and e is not ep and e.success]
+        ref = rng.choice(pool).reference() if pool else None
+        voc, prog, done = episode_voc(critic, ep, sentence)
+        row = per_task.setdefault(ep.task_id, {"voc": [], "voc_ref": [], "direct": []})
+        row["voc"].append(voc)
+        row["direct"].append(direct_voc(critic, ep, sentence))
+        if ref is not None:
+            row["voc_ref"].append(episode_voc(critic, ep, sentence, ref)[0])
+        scores.curves.setdefault(f"{group}-success", (ep, prog, done))
+        others = [t for t in cfg.seen_tasks + cfg.unseen_tasks if t != ep.task_id]
+        n = negatives(critic, ep, sentence, task_text.instruction(rng.choice(others), rng), rng)
+        for k, v in n.items():
+            scores.neg[group][k] += v
+    return {t: {"voc": float(np.mean(v["voc"])),
                 "voc_ref": float(np.mean(v["voc_ref"])) if v["voc_ref"] else None,
                 "voc_direct": float(np.mean(v["direct"])),
                 "episodes": len(v["voc"])} for t, v in sorted(per_task.items())}
-    # done precision / recall
+
+
+def _done_metrics(critic, held: list[EpisodeFeatures], failed: list[EpisodeFeatures]) -> dict:
+    """Done precision/recall: (first, t) pairs of held-out successes, failed final frames."""
     tp = fp = fn = tn = 0
     for ep in held:
         t = len(ep)
@@ -155,23 +173,19 @@ def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
         fp += int((pred & ~truth).sum())
         fn += int((~pred & truth).sum())
         tn += int((~pred & ~truth).sum())
-    failed = [e for e in seen_all + unseen if not e.success]
     for ep in failed:
         _, p, _ = _critique(critic, ep.sentence, ep.feats[:1], ep.feats[-1:])
         fp += int(p[0] > 0.5)
         tn += int(p[0] <= 0.5)
-    if failed:
-        ep = failed[0]
-        voc, prog, done = episode_voc(critic, ep, ep.sentence)
-        curves["failed"] = (ep, prog, done)
-    results["done"] = {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
-                       "failed_final_frames": len(failed)}
-    results["negatives"] = {g: {k: (float(np.mean(v)) if v else None, len(v))
-                                for k, v in kv.items()} for g, kv in neg.items()}
+    return {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
+            "failed_final_frames": len(failed)}
+
+
+def _summary(results: dict, neg: dict[str, dict[str, list[bool]]]) -> dict:
     sr = [x for g in neg.values() for x in g["static"] + g["reversed"]]
     mm = [x for g in neg.values() for x in g["mismatched"]]
     unseen_rows = results["voc"].get("unseen", {})
-    summary = {
+    return {
         "voc_seen": _mean_voc(results["voc"]["seen"], "voc"),
         "voc_seen_ref": _mean_voc(results["voc"]["seen"], "voc_ref"),
         "voc_seen_direct": _mean_voc(results["voc"]["seen"], "voc_direct"),
@@ -183,11 +197,34 @@ def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
         "done_precision": results["done"]["precision"],
         "done_recall": results["done"]["recall"],
     }
-    results["summary"] = summary
+
+
+def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
+    console = console or Console(width=110)
+    rng = random.Random(cfg.seed)
+    critic = SmallVLACCritic.load(cfg.critic)
+    eps = _load(cfg)
+    unseen_ok = [e for e in eps.unseen if e.success]
+    groups = {"seen": eps.held, "unseen": unseen_ok}
+    refs_pool = {"seen": eps.train, "unseen": unseen_ok}
+    results: dict = {"voc": {}, "negatives": {}, "done": {}}
+    scores = _Scores(neg={g: {k: [] for k in _NEGATIVE_KINDS} for g in groups}, curves={})
+    for group, group_eps in groups.items():
+        results["voc"][group] = _score_group(critic, cfg, rng, group, group_eps,
+                                             refs_pool[group], scores)
+    failed = [e for e in eps.seen_all + eps.unseen if not e.success]
+    results["done"] = _done_metrics(critic, eps.held, failed)
+    if failed:
+        ep = failed[0]
+        _, prog, done = episode_voc(critic, ep, ep.sentence)
+        scores.curves["failed"] = (ep, prog, done)
+    results["negatives"] = {g: {k: (float(np.mean(v)) if v else None, len(v))
+                                for k, v in kv.items()} for g, kv in scores.neg.items()}
+    results["summary"] = _summary(results, scores.neg)
     _print(console, results)
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json(cfg.out / "eval.json", results)
-    _plot(curves, cfg.out / "progress_curves.png")
+    _plot(scores.curves, cfg.out / "progress_curves.png")
     console.print(f"plots and eval.json in {cfg.out}")
     return results
 
