@@ -10,14 +10,14 @@ Four variants, measured in the same run from the same starting weights:
 - ``hitl``: critic rewards plus the human-in-the-loop protocols: offline demonstration replay
   (behaviour cloning on stored demos), and human-guided exploration triggered when the
   critic's progress stalls (``vlac.edge.hitl.operator.StallWatch``; the scripted expert stands in
-  for the person and keeps control to the end of the episode (``--guide-steps``: fewer);
-  its steps are marked interventions and only ever used for behaviour cloning, aggregated
-  over the last ``--takeover-replay`` such episodes and trained with ``--bc-steps`` extra
-  BC steps per update at ``--bc-lr``: HG-DAgger's protocol); with
+  for the person and keeps control to the end of the episode (``--operator.guide-steps``:
+  fewer); its steps are marked interventions and only ever used for behaviour cloning,
+  aggregated over the last ``--bc.takeover-replay`` such episodes and trained with
+  ``--bc.steps`` extra BC steps per update at ``--bc.lr``: HG-DAgger's protocol); with
   ``--hitl-return`` also return-and-explore: a failed episode's next attempt starts from its
   most promising saved state (the critic's best progress) once per failure (off by default:
-  the restarted attempt inherits what is left of the simulator's step budget, and in #7's
-  run G every restarted reach attempt hit that limit and failed);
+  the restarted attempt inherits what is left of the simulator's step budget; see
+  docs/training.md);
 - ``frozen``: the starting policy, never updated: the control. Every variant meets the same
   layouts in the same order (the robots' seeds), and the layouts differ in difficulty, so a
   variant's change from first to last window means something only against this one's.
@@ -25,14 +25,17 @@ Four variants, measured in the same run from the same starting weights:
 Each variant runs in its own process (one torch thread): episodes are rolled out in
 Meta-World with the learner's current weights (sampling at ``--temperature``, 1 by default),
 stored in an episode store, and handed to ``vlac.cloud.learner.process.Learner.update`` every
-``--episodes-per-update`` episodes (round-robin over tasks). The success rate is that of the
-rollouts themselves (a rolling window of ``--window`` episodes per task), counting only what
-the policy did alone: an episode the expert took over, or one restarted from a saved state,
-counts as a failure. After training, each variant's final policy also acts greedily on
-``--final-eval`` fixed evaluation layouts per task, the same for every variant and never
-trained on; the second table gives those rates and each variant's paired difference from
-the frozen control, which removes both the layout drift and the sampling noise of the
-rollout windows.
+``--per-update`` episodes (round-robin over tasks). The ``--operator.*`` and ``--bc.*`` flags
+are the sections of ``vlac.shared.hitl`` with their defaults, the ones `vlac train` runs with
+(``vlac train --hitl.operator.*`` / ``--hitl.bc.*``); every variant gets the same sections and
+differs only in what feeds them. The success rate is that of the rollouts themselves (a
+rolling window of ``--window`` episodes per task), counting only what the policy did alone
+(``vlac.shared.hitl.unassisted``): an episode the expert took over, or one restarted from a
+saved state, counts as a failure. After training, each variant's final policy also acts
+greedily on ``--final-eval`` fixed evaluation layouts per task, the same for every variant
+and never trained on; the second table gives those rates and each variant's paired
+difference from the frozen control, which removes both the layout drift and the sampling
+noise of the rollout windows.
 
     python benchmarks/learning.py                      # 4 tasks, 1 seed, 4 variants: ~100 min
     python benchmarks/learning.py --seeds 3            # the full table
@@ -49,20 +52,26 @@ run that never gets there counts its full length, so the ratio is then a bound).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
+import typing
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from vlac.shared.config import ConfigError
+from vlac.shared.hitl import BCConfig, HitlConfig, OperatorConfig, unassisted
+from vlac.shared.tasks import HEADLINE_TASKS
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
-TASKS = ["reach-v3", "button-press-v3", "drawer-open-v3", "push-v3"]
+TASKS = list(HEADLINE_TASKS)
 VARIANTS = ["critic", "sparse", "hitl", "frozen"]
 
 
@@ -81,77 +90,105 @@ class Collect:
 
 
 def run_variant(args: dict) -> list[dict]:
+    """One variant and seed: roll out, learn, and evaluate the final policy. Returns its log
+    rows (one per rollout, then one per evaluation layout)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MUJOCO_GL", "egl")
     warnings.filterwarnings("ignore")
     import torch
 
     torch.set_num_threads(1)
+    from vlac.cloud.store.episodes import EpisodeStore
+
+    work, hitl = Path(args["work"]), args["hitl"]
+    shutil.rmtree(work, ignore_errors=True)
+    store = EpisodeStore(work / "store", fsync=False)
+    if hitl.demo_replay:  # offline demonstration replay: the stored demos of these tasks
+        copy_demos(EpisodeStore(args["demo_store"], read_only=True), store, args["tasks"],
+                   args["demos"])
+    learner, critic = make_learner(args, work, store.root)
+    log, actor = roll_out_and_learn(args, learner, critic, store)
+    actor.save(work / "actor.pt")  # the final policy, for evaluations after the fact
+    if args["final_eval"]:  # the final policy, greedy, on layouts no variant trained on
+        log += final_evaluation(args, actor, learner.version)
+    (work / "log.json").write_text(json.dumps(log))
+    (work / "learner_log.json").write_text(json.dumps(learner.log))
+    return log
+
+
+def copy_demos(demo_store, store, tasks: list[str], per_task: int) -> None:
+    """Up to ``per_task`` successful demonstrations of each task into ``store``."""
+    have: dict[str, int] = {}
+    for e in demo_store.list_episodes():
+        t = e.get("task_id")
+        if e.get("source") == "demo" and t in tasks and e["outcome"]["success"] and \
+                have.get(t, 0) < per_task:
+            have[t] = have.get(t, 0) + 1
+            ep = demo_store.load_episode(e["robot_id"], e["episode_id"])
+            store.write_episode("demo", e["episode_id"], e["task"], ep.steps, True,
+                                source="demo", task_id=t)
+
+
+def make_learner(args: dict, work: Path, store_root: Path):
+    """The learner (its ``bc`` section is the variant's, as it is) and the critic."""
     from vlac.cloud.critic.model import SmallVLACCritic
     from vlac.cloud.critic.service import InProcessRewards
     from vlac.cloud.learner.algorithms import PPOConfig
-    from vlac.cloud.learner.config import BCConfig, LearnerConfig, RewardsConfig
+    from vlac.cloud.learner.config import LearnerConfig, RewardsConfig
     from vlac.cloud.learner.process import Learner
     from vlac.cloud.models.encoders import ImageEncoder, TextEncoder
-    from vlac.cloud.store.episodes import EpisodeStore
-    from vlac.edge.agent import run_episode
-    from vlac.edge.hitl.operator import ScriptedExpert, StallWatch
-    from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
-    from vlac.infra.evaluate import ActorPolicy
-    from vlac.shared.episode import concat_steps
 
-    variant, seed, tasks, work = args["variant"], args["seed"], args["tasks"], Path(args["work"])
-    shutil.rmtree(work, ignore_errors=True)
-    store_root = work / "store"
-    store = EpisodeStore(store_root, fsync=False)
-    demo_store = EpisodeStore(args["demo_store"], read_only=True)
-    if variant == "hitl":  # offline demonstration replay: the stored demos of these tasks
-        per_task: dict[str, int] = {}
-        for e in demo_store.list_episodes():
-            t = e.get("task_id")
-            if e.get("source") == "demo" and t in tasks and e["outcome"]["success"] and \
-                    per_task.get(t, 0) < args["demos"]:
-                per_task[t] = per_task.get(t, 0) + 1
-                ep = demo_store.load_episode(e["robot_id"], e["episode_id"])
-                store.write_episode("demo", e["episode_id"], e["task"], ep.steps, True,
-                                    source="demo", task_id=t)
     img = ImageEncoder(args["encoder"], memo=args["encoder_memo"])
     txt = TextEncoder()
     critic = SmallVLACCritic.load(args["critic"], image_encoder=img, text_encoder=txt)
-    cloned = variant == "hitl" or args["success_replay"]
     cfg = LearnerConfig(
         store_root=store_root, init=Path(args["init"]), out=work / "learner",
         features=work / "features", object_store=str(work / "objects"),
-        episodes_per_update=args["per_update"], seed=seed, threads=1, checkpoint_every=10_000,
-        rewards=RewardsConfig(mode="critic" if variant in ("critic", "hitl") else "sparse"),
+        episodes_per_update=args["per_update"], seed=args["seed"], threads=1,
+        checkpoint_every=10_000,
+        rewards=RewardsConfig(mode="critic" if args["variant"] in ("critic", "hitl")
+                              else "sparse"),
         algorithm=PPOConfig(lr=args["lr"], advantage=args["advantage"],
                             kl_ref_coef=args["kl_ref_coef"],
                             negative_scale=args["negative_scale"],
                             temperature=args["temperature"]),
-        bc=BCConfig(coef=args["bc_coef"] if cloned else 0.0,
-                    steps=args["bc_steps"] if cloned else 0, lr=args["bc_lr"],
-                    takeover_replay=args["takeover_replay"] if variant == "hitl" else 0,
-                    success_replay=args["success_replay"],
-                    demo_episodes=args["demos"] * len(tasks)))
-    learner = Learner(cfg, InProcessRewards(critic) if cfg.rewards.mode == "critic" else None,
-                      image_encoder=img, text_encoder=txt)
+        bc=args["hitl"].bc)
+    rewards = InProcessRewards(critic) if cfg.rewards.mode == "critic" else None
+    return Learner(cfg, rewards, image_encoder=img, text_encoder=txt), critic
+
+
+def stall_watches(args: dict, learner, critic) -> dict:
+    """Per task, the stall trigger of the variant's operator section (guided exploration:
+    the scripted expert, with action noise 0.1, stands in for the person); {} without."""
+    from vlac.edge.hitl.operator import ScriptedExpert
+    from vlac.edge.process import stall_watch
+
+    operator = args["hitl"].operator
+    if operator.on_stall != "guide":
+        return {}
 
     def progress(a, b) -> float:
         cam = learner.camera
         d, _ = critic.critique([a.task], a.images[cam][None], b.images[cam][None])
         return float(d[0])
 
+    return {t: stall_watch(operator, progress, ScriptedExpert(t, noise=0.1, seed=args["seed"]))
+            for t in args["tasks"]}
+
+
+def roll_out_and_learn(args: dict, learner, critic, store) -> tuple[list[dict], object]:
+    """Rounds of one episode per task with the learner's current weights, an update every
+    ``per_update`` episodes (none for the frozen control). Returns the log rows and the
+    final policy."""
+    from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
+
+    variant, seed, tasks = args["variant"], args["seed"], args["tasks"]
     robots = {t: MetaWorldRobot(MetaWorldRobotConfig(task=t, seed=seed * 1000 + i,
                                                      max_steps=args["max_steps"]))
               for i, t in enumerate(tasks)}
     for r in robots.values():
         r.connect()
-    watch = {t: StallWatch(progress, on_stall="guide",
-                           guide=ScriptedExpert(t, noise=0.1, seed=seed), check_every=10,
-                           patience=args["stall_patience"], min_gain=args["stall_min_gain"],
-                           guide_steps=args["guide_steps"],
-                           max_triggers=1)
-             for t in tasks} if variant == "hitl" else {}
+    watch = stall_watches(args, learner, critic)
     retry: dict[str, object] = {}
     log, pending = [], []
     counts = dict.fromkeys(tasks, 0)
@@ -159,61 +196,70 @@ def run_variant(args: dict) -> list[dict]:
     actor = learner.snapshot()
     actor.rng = noise
     t0 = time.monotonic()
-    total = args["episodes"] * len(tasks)
     while min(counts.values()) < args["episodes"]:
         for t in tasks:
-            if counts[t] >= args["episodes"]:
-                continue
-            sink = Collect()
-            start = retry.pop(t, None)
-            res = run_episode(robots[t], ActorPolicy(actor, args["temperature"], greedy=False),
-                              lambda _, s=sink: s,
-                              operator=watch.get(t), start_from=start,
-                              snapshot_every=0)
-            if variant == "hitl" and args["hitl_return"] and not res.success and \
-                    start is None and res.snapshot is not None:
-                retry[t] = res.snapshot  # return and explore from the most promising state
-            steps = concat_steps(sink.parts)
-            eid = f"{variant}-s{seed}-{t}-{counts[t]:04d}"
-            store.write_episode("bench", eid, res.task, steps, res.success, source="policy",
-                                task_id=t)
-            pending.append(eid)
-            log.append({"variant": variant, "seed": seed, "task": t, "episode": counts[t],
-                        "success": bool(res.success), "steps": res.steps,
-                        "interventions": res.interventions, "returned": start is not None,
-                        "version": learner.version})
-            counts[t] += 1
+            if counts[t] < args["episodes"]:
+                row = episode(args, t, robots[t], actor, watch.get(t), retry, store,
+                              counts[t], learner.version)
+                pending.append(row.pop("episode_id"))
+                log.append(row)
+                counts[t] += 1
         if variant == "frozen":
             pending.clear()  # the control: the starting policy, never updated
         elif len(pending) >= args["per_update"]:
             infos = [e for e in store.list_episodes() if e["episode_id"] in set(pending)]
-            st = learner.update(infos, learner.demo_episodes() if variant == "hitl" else None)
+            st = learner.update(infos, learner.demo_episodes())
             pending.clear()
             actor = learner.snapshot()
             actor.rng = noise
-            done = sum(counts.values())
-            recent = [unassisted(r) for r in log[-4 * len(tasks):]]
-            print(f"[{variant} seed {seed}] {done}/{total} episodes, v{learner.version}, "
+            recent = [success_alone(r) for r in log[-4 * len(tasks):]]
+            print(f"[{variant} seed {seed}] {sum(counts.values())}/"
+                  f"{args['episodes'] * len(tasks)} episodes, v{learner.version}, "
                   f"recent success {np.mean(recent):.0%}, return {st['return_mean']:.2f}, "
                   f"kl {st['approx_kl']:.3f}, epochs {st['epochs']}, "
-                  f"{time.monotonic() - t0:.0f}s",
-                  flush=True)
+                  f"{time.monotonic() - t0:.0f}s", flush=True)
     for r in robots.values():
         r.close()
-    actor.save(work / "actor.pt")  # the final policy, for evaluations after the fact
-    if args["final_eval"]:  # the final policy, greedy, on layouts no variant trained on
-        from rich.console import Console
+    return log, actor
 
-        from vlac.infra.evaluate import evaluate
 
-        res = evaluate(lambda: ActorPolicy(actor, greedy=True), tasks, args["final_eval"],
-                       max_steps=args["max_steps"], console=Console(quiet=True))
-        log += [{"variant": variant, "seed": seed, "task": t, "eval": True, "layout": i,
-                 "success": ok, "version": learner.version}
-                for t in tasks for i, ok in enumerate(res[t]["outcomes"])]
-    (work / "log.json").write_text(json.dumps(log))
-    (work / "learner_log.json").write_text(json.dumps(learner.log))
-    return log
+def episode(args: dict, t: str, robot, actor, operator, retry: dict, store, k: int,
+            version: int) -> dict:
+    """Rollout ``k`` of task ``t`` into ``store``; returns its log row (and its
+    ``episode_id``). With ``--hitl-return`` a failed attempt's next one starts from its most
+    promising saved state."""
+    from vlac.edge.agent import run_episode
+    from vlac.infra.evaluate import ActorPolicy
+    from vlac.shared.episode import concat_steps
+
+    variant, seed = args["variant"], args["seed"]
+    sink = Collect()
+    start = retry.pop(t, None)
+    res = run_episode(robot, ActorPolicy(actor, args["temperature"], greedy=False),
+                      lambda _, s=sink: s, operator=operator, start_from=start,
+                      snapshot_every=0)
+    if variant == "hitl" and args["hitl_return"] and not res.success and \
+            start is None and res.snapshot is not None:
+        retry[t] = res.snapshot  # return and explore from the most promising state
+    eid = f"{variant}-s{seed}-{t}-{k:04d}"
+    store.write_episode("bench", eid, res.task, concat_steps(sink.parts), res.success,
+                        source="policy", task_id=t)
+    return {"variant": variant, "seed": seed, "task": t, "episode": k,
+            "success": bool(res.success), "steps": res.steps,
+            "interventions": res.interventions, "returned": start is not None,
+            "version": version, "episode_id": eid}
+
+
+def final_evaluation(args: dict, actor, version: int) -> list[dict]:
+    from rich.console import Console
+
+    from vlac.infra.evaluate import ActorPolicy, evaluate
+
+    res = evaluate(lambda: ActorPolicy(actor, greedy=True), args["tasks"], args["final_eval"],
+                   max_steps=args["max_steps"], console=Console(quiet=True))
+    return [{"variant": args["variant"], "seed": args["seed"], "task": t, "eval": True,
+             "layout": i, "success": ok, "version": version}
+            for t in args["tasks"] for i, ok in enumerate(res[t]["outcomes"])]
 
 
 def episodes_to(x: list[bool], w: int, level: float) -> int:
@@ -224,10 +270,31 @@ def episodes_to(x: list[bool], w: int, level: float) -> int:
     return int(hit[0] + 1) if len(hit) else len(x)
 
 
-def unassisted(r: dict) -> bool:
-    """A rollout counts as a success only if the policy did it alone: an episode the expert
-    took over, or one that started from a saved state (return and explore), does not."""
-    return bool(r["success"]) and not r.get("interventions") and not r.get("returned")
+def success_alone(r: dict) -> bool:
+    """A rollout's success by the one rule (``vlac.shared.hitl.unassisted``): an episode the
+    expert took over, or one that started from a saved state, does not count."""
+    return unassisted(r["success"], r.get("interventions", 0), r.get("returned", False))
+
+
+def add_section(ap: argparse.ArgumentParser, name: str, cls: type, skip: tuple = ()) -> None:
+    """``--NAME.FIELD`` flags for a config section, with its help texts; a flag left out
+    keeps the section's own default."""
+    hints, defaults = typing.get_type_hints(cls), cls()
+    group = ap.add_argument_group(f"--{name}.*: {cls.__module__}.{cls.__name__}")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        group.add_argument(f"--{name}.{f.name.replace('_', '-')}", dest=f"{name}.{f.name}",
+                           type=args[0] if args else tp, default=argparse.SUPPRESS,
+                           help=f"{f.metadata['help']} (default: "
+                           f"{getattr(defaults, f.name)})".replace("%", "%%"))
+
+
+def section(a: argparse.Namespace, name: str, cls: type):
+    return cls(**{k.split(".", 1)[1]: v for k, v in vars(a).items()
+                  if k.startswith(name + ".")})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -242,8 +309,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=3e-5)
-    ap.add_argument("--bc-coef", type=float, default=1.0,
-                    help="weight of the BC term (hitl, or with --success-replay)")
     ap.add_argument("--advantage", default="group", choices=["group", "horizon", "gae"],
                     help="the learner's advantage estimator (vlac learner run "
                     "--algorithm.advantage)")
@@ -252,9 +317,6 @@ def parser() -> argparse.ArgumentParser:
                     "algorithm.kl_ref_coef)")
     ap.add_argument("--negative-scale", type=float, default=1.0,
                     help="factor on negative advantages (learner algorithm.negative_scale)")
-    ap.add_argument("--success-replay", type=int, default=0,
-                    help="successful episodes behaviour-cloned (learner bc.success_replay; "
-                    "turns the BC term on in every variant)")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="sampling temperature of the rollouts (the learner scores tokens at "
                     "the same one: learner algorithm.temperature)")
@@ -262,25 +324,12 @@ def parser() -> argparse.ArgumentParser:
                     help="after training, each variant's final policy acts greedily on this "
                     "many fixed evaluation layouts per task (the same for every variant, "
                     "none trained on); 0: skip")
-    ap.add_argument("--guide-steps", type=int, default=0,
-                    help="steps the expert keeps control once the critic's progress stalls "
-                    "(hitl; 0: to the end of the episode, HG-DAgger style)")
-    ap.add_argument("--stall-patience", type=int, default=2,
-                    help="hitl: checks (every 10 steps) without a new best progress before "
-                    "the expert takes over")
-    ap.add_argument("--stall-min-gain", type=float, default=0.05,
-                    help="hitl: progress gain per check that counts as a new best")
     ap.add_argument("--hitl-return", action="store_true",
                     help="hitl: also return and explore (a failed episode's next attempt "
                     "starts from its most promising saved state)")
-    ap.add_argument("--takeover-replay", type=int, default=1000,
-                    help="hitl: takeovers of the last N episodes that had one stay in the BC "
-                    "pool (learner bc.takeover_replay; 0: only the current update's)")
-    ap.add_argument("--bc-steps", type=int, default=100,
-                    help="hitl: extra behaviour-cloning-only steps per update at --bc-lr "
-                    "(learner bc.steps)")
-    ap.add_argument("--bc-lr", type=float, default=3e-4)
-    ap.add_argument("--demos", type=int, default=2, help="demos per task replayed (hitl)")
+    ap.add_argument("--demos", type=int, default=2,
+                    help="hitl: demos per task copied into the variant's store (the learner "
+                    "replays up to --bc.demo-episodes of them)")
     ap.add_argument("--init", default=".cache/actor-bc2/actor.pt",
                     help="the ~30%% imitation policy (vlac actor pretrain --demos-per-task 2)")
     ap.add_argument("--critic", default=".cache/critic-data/critic/critic.pt")
@@ -292,22 +341,28 @@ def parser() -> argparse.ArgumentParser:
                     help="backend of the frozen image encoder (ImageEncoder backend)")
     ap.add_argument("--encoder-memo", type=int, default=2048,
                     help="frames whose features the image encoder remembers (0: none)")
+    # the hitl variant's operator (it guides when the critic's progress stalls) and every
+    # variant's behaviour cloning (fed only where there is something to clone)
+    add_section(ap, "operator", OperatorConfig, skip=("takeover_prob", "takeover_steps",
+                                                      "on_stall"))
+    add_section(ap, "bc", BCConfig)
     return ap
 
 
-def job(a: argparse.Namespace, variant: str, seed: int) -> dict:
-    """One variant-seed job for ``run_variant`` from the parsed flags."""
+def job(a: argparse.Namespace, variant: str, seed: int, operator: OperatorConfig,
+        bc: BCConfig) -> dict:
+    """One variant-seed job for ``run_variant`` from the parsed flags. The variants differ in
+    their human-in-the-loop switches: only hitl replays demonstrations and guides."""
+    helped = variant == "hitl"
     return {"variant": variant, "seed": seed, "tasks": a.tasks.split(","),
             "work": f"{a.work}/{variant}-s{seed}",
+            "hitl": HitlConfig(demo_replay=helped, guide_on_stall=helped, operator=operator,
+                               bc=bc),
             "episodes": a.episodes, "per_update": a.per_update, "max_steps": a.max_steps,
-            "lr": a.lr, "advantage": a.advantage, "bc_coef": a.bc_coef, "demos": a.demos,
+            "lr": a.lr, "advantage": a.advantage, "demos": a.demos,
             "kl_ref_coef": a.kl_ref_coef, "negative_scale": a.negative_scale,
-            "success_replay": a.success_replay, "temperature": a.temperature,
-            "final_eval": a.final_eval, "guide_steps": a.guide_steps,
-            "takeover_replay": a.takeover_replay, "stall_patience": a.stall_patience,
-            "stall_min_gain": a.stall_min_gain, "hitl_return": a.hitl_return,
-            "bc_steps": a.bc_steps, "bc_lr": a.bc_lr, "encoder": a.encoder,
-            "encoder_memo": a.encoder_memo,
+            "temperature": a.temperature, "final_eval": a.final_eval,
+            "hitl_return": a.hitl_return, "encoder": a.encoder, "encoder_memo": a.encoder_memo,
             "init": a.init, "critic": a.critic, "demo_store": a.demo_store}
 
 
@@ -318,8 +373,12 @@ def main() -> None:
         if not Path(p).exists():
             sys.exit(f"{p} does not exist: run `vlac train --quick` (or `vlac critic train` / "
                      "`vlac actor pretrain --demos-per-task 2`) first")
-    jobs = [job(a, v, s) for s in range(a.first_seed, a.first_seed + a.seeds)
-            for v in a.variants.split(",")]
+    try:
+        operator, bc = section(a, "operator", OperatorConfig), section(a, "bc", BCConfig)
+        jobs = [job(a, v, s, operator, bc) for s in range(a.first_seed, a.first_seed + a.seeds)
+                for v in a.variants.split(",")]
+    except ConfigError as e:
+        sys.exit(f"bad flag: {e}")
     t0 = time.monotonic()
     with mp.get_context("spawn").Pool(min(a.processes, len(jobs))) as pool:
         logs = pool.map(run_variant, jobs, chunksize=1)
@@ -345,7 +404,7 @@ def report(rows: list[dict], tasks: list[str], a, wall: float) -> None:
     seeds = sorted({r["seed"] for r in rows})
     evals = [r for r in rows if r.get("eval")]
     rows = [r for r in rows if not r.get("eval")]
-    series = {(v, s, t): [unassisted(r) for r in rows if (r["variant"], r["seed"], r["task"])
+    series = {(v, s, t): [success_alone(r) for r in rows if (r["variant"], r["seed"], r["task"])
                           == (v, s, t)] for v in variants for s in seeds for t in tasks}
     table = Table(title=f"learning: success of rollouts (window {w}), {len(seeds)} seed(s), "
                   f"{a.episodes} episodes per task, wall {wall / 60:.0f} min")

@@ -7,15 +7,16 @@ other packages register theirs: vlac.edge.robots.registry) with that type's sett
 other ``--robot.*`` flags. The policy is the exported actor under ONNX Runtime (``policy:
 onnx``, INT8 or fp32), or, for tests and bootstrapping, the robot's scripted expert with
 action noise (``scripted``) or uniform random tokens (``random``). The robot loop never waits
-on the network: chunks go to the spool and the sender thread ships them. ``takeover_prob``
-makes the simulated operator take over now and then (human-guided exploration; those steps
-are marked as interventions). SIGINT/SIGTERM finish the current step, end the episode, flush
-the spool and exit cleanly.
+on the network: chunks go to the spool and the sender thread ships them. The ``operator``
+section (``--operator.*``, ``vlac.shared.hitl.OperatorConfig``) makes the simulated operator
+take over at random or when the critic's progress stalls (those steps are marked as
+interventions), or return to a promising saved state. SIGINT/SIGTERM finish the current
+step, end the episode, flush the spool and exit cleanly.
 
 Features that need more than ``connect/observe/act/reset/close`` (the scripted expert for
-``--policy scripted``, ``--takeover-prob`` and ``--on-stall guide``; snapshots for
-``--on-stall return``) are checked against the robot type when the config is built, and a
-missing one is refused by name before the robot connects.
+``--policy scripted``, ``--operator.takeover-prob`` and ``--operator.on-stall guide``;
+snapshots for ``--operator.on-stall return``) are checked against the robot type when the
+config is built, and a missing one is refused by name before the robot connects.
 
 With ``--updater.publisher-address`` set, the robot's weight updater (``vlac.edge.updater``)
 runs beside the loop: new signed versions are verified and health-checked in the background
@@ -37,7 +38,7 @@ from typing import Literal
 import numpy as np
 
 from vlac.edge.agent import EpisodeResult, run_episode
-from vlac.edge.hitl.operator import Operator, ScriptedExpert
+from vlac.edge.hitl.operator import Operator, ScriptedExpert, StallWatch
 from vlac.edge.policy import Policy, RandomPolicy, ScriptedPolicy
 from vlac.edge.robots import registry
 from vlac.edge.robots.metaworld import MetaWorldRobotConfig
@@ -46,16 +47,17 @@ from vlac.edge.transport.recorder import EpisodeRecorder
 from vlac.edge.transport.sender import Sender, SenderConfig
 from vlac.edge.updater import UpdaterConfig, WeightUpdater
 from vlac.shared.config import ConfigError, check, describe, opt
+from vlac.shared.hitl import OperatorConfig
 from vlac.shared.wire import RobotSpec
 
 log = logging.getLogger(__name__)
 
 # what each optional robot feature is called in errors, and what to use without it
 _FEATURES = {"expert": ("scripted expert (Robot.expert_action)",
-                        "use --policy random or --policy onnx, --takeover-prob 0 and no "
-                        "--on-stall guide"),
+                        "use --policy random or --policy onnx, --operator.takeover-prob 0 "
+                        "and no --operator.on-stall guide"),
              "snapshots": ("snapshots (Robot.save_state / restore_state)",
-                           "use --on-stall guide or none")}
+                           "use --operator.on-stall guide or none")}
 
 
 @dataclass
@@ -73,20 +75,10 @@ class EdgeAgentConfig:
     temperature: float = opt(1.0, "Sampling temperature of the onnx policy.")
     greedy: bool = opt(False, "Pick the most likely token instead of sampling (onnx).")
     policy_noise: float = opt(0.3, "Action noise of the scripted policy.")
-    takeover_prob: float = opt(0.0, "Per-step chance that the simulated operator takes over.")
-    takeover_steps: int = opt(20, "Steps an operator takeover lasts.")
-    on_stall: Literal["none", "guide", "return"] = opt(
-        "none", "When the critic's progress stalls or regresses: guide = the (simulated) "
-        "operator takes over for guide_steps (human-guided exploration); return = go back "
-        "to the episode's most promising state and explore again (return and explore).")
-    guide_steps: int = opt(0, "Steps the operator keeps control after a stall (0: to the "
-                           "end of the episode, as in HG-DAgger).")
+    operator: OperatorConfig = field(default_factory=OperatorConfig, metadata={
+        "help": "The (simulated) operator: random takeovers and the stall response."})
     critic_address: str = opt("", "Critic service (`vlac critic serve`) for the stall "
                               "trigger; asked without ever blocking the robot.")
-    stall_check_every: int = opt(10, "Steps between progress checks.")
-    stall_patience: int = opt(2, "Checks without progress that count as a stall.")
-    stall_min_gain: float = opt(0.05, "Progress gain over the episode's best that counts as "
-                                "progress at a check.")
     sync_every: int = opt(0, "After this many episodes on one policy version, wait for a "
                           "newer one before going on (on-policy batches for a learner that is "
                           "slower than the fleet; 0: never wait).")
@@ -101,13 +93,10 @@ class EdgeAgentConfig:
         self.robot = registry.robot_config(self.robot)
         check(self.episodes >= 0, "episodes", "must be >= 0")
         check(self.chunk_steps >= 1, "chunk_steps", "must be >= 1")
-        check(0 <= self.takeover_prob <= 1, "takeover_prob", "must be in [0, 1]")
-        check(self.guide_steps >= 0, "guide_steps", "must be >= 0 (0: to the episode's end)")
-        check(self.stall_patience >= 1, "stall_patience", "must be >= 1")
         check(self.policy_noise >= 0, "policy_noise", "must be >= 0")
         check(self.temperature > 0, "temperature", "must be > 0")
-        check(self.on_stall == "none" or bool(self.critic_address), "critic_address",
-              "on_stall needs the critic service's address (vlac critic serve)")
+        check(self.operator.on_stall == "none" or bool(self.critic_address), "critic_address",
+              "operator.on_stall needs the critic service's address (vlac critic serve)")
         if self.policy == "onnx":
             check(self.policy_path is not None and Path(self.policy_path).exists(),
                   "policy_path", f"{self.policy_path} is not an exported actor; run "
@@ -119,12 +108,12 @@ class EdgeAgentConfig:
         out: dict[str, str] = {}
         if self.policy == "scripted":
             out.setdefault("expert", "policy=scripted")
-        if self.takeover_prob > 0:
-            out.setdefault("expert", "takeover_prob > 0 (the simulated operator)")
-        if self.on_stall == "guide":
-            out.setdefault("expert", "on_stall=guide (the scripted expert guides)")
-        if self.on_stall == "return":
-            out["snapshots"] = "on_stall=return"
+        if self.operator.takeover_prob > 0:
+            out.setdefault("expert", "operator.takeover_prob > 0 (the simulated operator)")
+        if self.operator.on_stall == "guide":
+            out.setdefault("expert", "operator.on_stall=guide (the scripted expert guides)")
+        if self.operator.on_stall == "return":
+            out["snapshots"] = "operator.on_stall=return"
         return out
 
     def _check_robot_features(self) -> None:
@@ -189,27 +178,30 @@ def make_policy(cfg: EdgeAgentConfig, robot: Robot,
 
 
 def make_operator(cfg: EdgeAgentConfig, robot: Robot):
-    """The simulated operator and the stall watch, as the config asks: (operator or None,
-    the critic progress client to close, or None)."""
-    seed = cfg.robot.seed
+    """The simulated operator and the stall watch, as the operator section asks: (operator or
+    None, the critic progress client to close, or None)."""
+    op, seed = cfg.operator, cfg.robot.seed
     operator: Operator | None = None
-    if cfg.takeover_prob > 0:
-        operator = ScriptedExpert(robot.expert_action, takeover_prob=cfg.takeover_prob,
-                                  takeover_steps=cfg.takeover_steps, seed=seed)
-    if cfg.on_stall == "none":
+    if op.takeover_prob > 0:
+        operator = ScriptedExpert(robot.expert_action, takeover_prob=op.takeover_prob,
+                                  takeover_steps=op.takeover_steps, seed=seed)
+    if op.on_stall == "none":
         return operator, None
-    from vlac.edge.hitl.operator import StallWatch
     from vlac.edge.hitl.progress import CriticProgress
 
     progress = CriticProgress(cfg.critic_address, next(iter(robot.spec.cameras)))
     guide = operator
     if guide is None and "expert" in registry.features(type(robot)):
         guide = ScriptedExpert(robot.expert_action, seed=seed)
-    watch = StallWatch(progress, on_stall=cfg.on_stall, guide=guide,
-                       check_every=cfg.stall_check_every, patience=cfg.stall_patience,
-                       min_gain=cfg.stall_min_gain, guide_steps=cfg.guide_steps,
-                       max_triggers=1)
-    return watch, progress
+    return stall_watch(op, progress, guide), progress
+
+
+def stall_watch(op: OperatorConfig, progress, guide: ScriptedExpert | None) -> StallWatch:
+    """The stall trigger the operator section describes (at most one stall per episode):
+    ``progress(first_obs, obs)`` is the critic's progress, ``guide`` who takes over."""
+    return StallWatch(progress, on_stall=op.on_stall, guide=guide,
+                      check_every=op.stall_check_every, patience=op.stall_patience,
+                      min_gain=op.stall_min_gain, guide_steps=op.guide_steps, max_triggers=1)
 
 
 class _Watched(Policy):

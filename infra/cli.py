@@ -86,6 +86,39 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
 }
 
 
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+VERBOSE_HELP = ("Debug logging, third-party log records included (`vlac train`: also its "
+                "warnings and its processes' output, otherwise in WORKDIR/logs/).")
+
+
+class LevelsByLogger(logging.Filter):
+    """Passes a record at or above the level of the longest logger-name prefix in ``levels``
+    that names its logger (``{"vlac": INFO}``: vlac's own loggers at INFO), any other at or
+    above ``others``."""
+
+    def __init__(self, levels: dict[str, int], others: int = logging.WARNING) -> None:
+        super().__init__()
+        self.levels = sorted(levels.items(), key=lambda kv: -len(kv[0]))
+        self.others = others
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for prefix, level in self.levels:
+            if record.name == prefix or record.name.startswith(prefix + "."):
+                return record.levelno >= level
+        return record.levelno >= self.others
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log records on stderr: with ``-v`` everything at DEBUG; otherwise vlac's own at INFO
+    and third-party ones (onnx_ir, the ONNX Runtime quantizer, ...) only from WARNING up.
+    Jobs with a log file of their own (``vlac train``) put the rest there."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+    if not verbose:
+        handler.addFilter(LevelsByLogger({"vlac": logging.INFO}))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 def _base_type(tp: Any) -> tuple[Any, bool]:
     """Strip Optional; returns (type, optional)."""
     origin = typing.get_origin(tp)
@@ -171,7 +204,7 @@ def _merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlac", description="vlac-fleet: real-world robot "
                                      "RL with a vision-language critic.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     groups: dict[str, argparse._SubParsersAction] = {}
     top = parser.add_subparsers(dest="command", required=True)
     for path, (_mod, _cls, _fn, helptext) in COMMANDS.items():
@@ -209,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog="vlac " + " ".join(path), description=helptext)
     sub.add_argument("--config", type=Path, default=None,
                      help="YAML file with config values; flags override it.")
-    sub.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    sub.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     config_file = known.config
     try:  # the file first: a section's type (robot: {type: NAME}) decides its flags
         data = load_yaml_dict(config_file) if config_file else {}
@@ -218,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlac: bad config: {e}", file=sys.stderr)
         return 2
     args = vars(sub.parse_args(_strip_path(argv, path)))
-    logging.basicConfig(level=logging.DEBUG if args.pop("verbose") or known.verbose
-                        else logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
-                        "%(message)s", datefmt="%H:%M:%S")
+    setup_logging(args.pop("verbose") or known.verbose)
     args.pop("config")
     try:
         cfg = from_dict(cls, _merge(data, args), str(config_file or "flags"))

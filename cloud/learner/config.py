@@ -3,7 +3,8 @@
 ``rewards`` (``--rewards.*``): where rewards come from and how they are shaped;
 ``algorithm`` (``--algorithm.*``): the RL algorithm by name and its settings (PPO's:
 ``algorithms.ppo.PPOConfig``); ``bc`` (``--bc.*``): the behaviour-cloning term and what feeds
-it; ``publish`` (``--publish.*``): versions out to the fleet. In YAML the sections are nested
+it (``vlac.shared.hitl.BCConfig``, the same section ``vlac train`` passes through); ``publish``
+(``--publish.*``): versions out to the fleet. In YAML the sections are nested
 mappings (``algorithm: {clip: 0.2}``). docs/training.md says why the defaults are what they
 are.
 """
@@ -18,6 +19,8 @@ from typing import Literal
 from vlac.cloud.fleet.publisher import PublisherConfig
 from vlac.cloud.learner.algorithms import PPOConfig, algorithm_class
 from vlac.shared.config import check, opt
+from vlac.shared.hitl import BCConfig
+from vlac.shared.tasks import HEADLINE_TASKS
 
 
 @dataclass
@@ -54,45 +57,13 @@ class RewardsConfig:
 
 
 @dataclass
-class BCConfig:
-    coef: float = opt(0.1, "Weight of behaviour cloning on takeovers and demonstrations "
-                      "(0: off).")
-    batch_size: int = opt(32, "Behaviour-cloning steps per minibatch.")
-    steps: int = opt(0, "Extra behaviour-cloning-only optimizer steps after each update's "
-                     "RL epochs, at --bc.lr (0: BC only rides along the RL minibatches, at "
-                     "the algorithm's lr x --bc.coef).")
-    lr: float = opt(3e-4, "Learning rate of the extra behaviour-cloning steps.")
-    demo_episodes: int = opt(20, "Stored demonstrations replayed in the BC term (offline "
-                             "demonstration replay; 0: only operator takeovers).")
-    takeover_replay: int = opt(0, "Operator takeovers of the fleet's last N episodes that had "
-                               "one stay in the BC pool (HG-DAgger's aggregated data); 0: "
-                               "only the current update's takeovers.")
-    success_replay: int = opt(0, "The fleet's last N successful episodes join the BC term "
-                              "(self-imitation; needs --bc.coef > 0; 0: off).")
-
-    def __post_init__(self) -> None:
-        check(self.coef >= 0, "bc.coef", "must be >= 0 (0 turns behaviour cloning off)")
-        check(self.batch_size >= 1, "bc.batch_size", "must be >= 1")
-        check(self.steps >= 0, "bc.steps", "must be >= 0 (0: off)")
-        check(not (self.steps and self.coef == 0), "bc.steps",
-              "needs --bc.coef > 0 (it only adds behaviour-cloning steps)")
-        check(self.lr > 0, "bc.lr", "must be > 0")
-        check(self.demo_episodes >= 0, "bc.demo_episodes", "must be >= 0")
-        check(self.takeover_replay >= 0, "bc.takeover_replay", "must be >= 0 (0: off)")
-        check(self.success_replay >= 0, "bc.success_replay", "must be >= 0 (0: off)")
-        check(not (self.success_replay and self.coef == 0), "bc.success_replay",
-              "replayed successes are behaviour-cloned: set --bc.coef > 0 too")
-
-
-@dataclass
 class PublishConfig:
     enabled: bool = opt(False, "Export, quantize, sign and upload every --publish.every "
                         "versions to the fleet (and the init weights first, if the fleet has "
                         "no version yet).")
     every: int = opt(1, "Updates between calls of the publish hook.")
-    tasks: list[str] = opt(["reach-v3", "button-press-v3", "drawer-open-v3", "push-v3"],
-                           "Tasks whose sentences published versions carry (and whose demos "
-                           "calibrate INT8).")
+    tasks: list[str] = opt(list(HEADLINE_TASKS), "Tasks whose sentences published versions "
+                           "carry (and whose demos calibrate INT8).")
     publisher: PublisherConfig = field(default_factory=PublisherConfig,
                                        metadata={"help": "Where and how versions go out."})
 

@@ -82,6 +82,11 @@ class TokenRewards:
         return np.cumsum(delta) if from_first else delta, np.zeros(len(high), np.float32)
 
 
+# A light behaviour-cloning term (the shared defaults add 100 BC-only steps per update and keep
+# 200 episodes' takeovers, which these tests switch on where they test them)
+LIGHT_BC = {"batch_size": 8, "coef": 0.1, "steps": 0, "takeover_replay": 0}
+
+
 def config(tmp_path, *, rewards=None, algorithm=None, bc=None, publish=None, **kw):
     """A small learner under ``tmp_path``: top-level fields as keywords, each section's
     overrides as a dict (``algorithm={"clip": 0.1}``)."""
@@ -92,7 +97,7 @@ def config(tmp_path, *, rewards=None, algorithm=None, bc=None, publish=None, **k
         **{**base, **kw}, rewards=RewardsConfig(**(rewards or {})),
         algorithm=PPOConfig(**{"epochs": 2, "minibatch_size": 16, "lr": 1e-3,
                                **(algorithm or {})}),
-        bc=BCConfig(**{"batch_size": 8, **(bc or {})}), publish=PublishConfig(**(publish or {})))
+        bc=BCConfig(**{**LIGHT_BC, **(bc or {})}), publish=PublishConfig(**(publish or {})))
 
 
 def test_run_checkpoints_publishes_and_resumes_without_reconsuming(tmp_path, encoders):
@@ -443,7 +448,7 @@ RANK_SCRIPT = textwrap.dedent("""
                         features=root / "features", once=True, max_updates=1,
                         episodes_per_update=2, checkpoint_every=1, threads=1,
                         algorithm=PPOConfig(epochs=1, minibatch_size=8, lr=1e-2),
-                        bc=BCConfig(batch_size=4))
+                        bc=BCConfig(batch_size=4, coef=0.1, steps=0, takeover_replay=0))
     learner = Learner(cfg, CountingRewards())
     assert learner.world == 2, learner.world
     summary = learner.run()

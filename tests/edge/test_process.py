@@ -10,6 +10,7 @@ from vlac.edge.process import EdgeAgentConfig, main
 from vlac.edge.robots import MetaWorldRobotConfig, SyntheticRobotConfig, registry
 from vlac.infra.cli import main as cli
 from vlac.shared.config import ConfigError
+from vlac.shared.hitl import OperatorConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -26,7 +27,8 @@ def test_sim_robot_streams_episodes_with_marked_takeovers(tmp_path, keyring):
         cfg = EdgeAgentConfig(
             sender=sender_config(keyring, "robot-1", ingest.address, tmp_path / "spool"),
             robot=MetaWorldRobotConfig(task="push-v3", seed=4, max_steps=40),
-            policy="random", takeover_prob=0.1, takeover_steps=5, episodes=2,
+            policy="random", operator=OperatorConfig(takeover_prob=0.1, takeover_steps=5),
+            episodes=2,
             chunk_steps=8, quiet=True)
         summary = main(cfg)
         assert summary["drained"] and summary["episodes"] == 2
@@ -66,13 +68,16 @@ def test_features_a_robot_type_lacks_are_refused_by_name_before_it_connects(outs
     with pytest.raises(ConfigError, match="robot type 'toy-arm' has no scripted expert "
                                           r"\(Robot.expert_action\), which policy=scripted"):
         EdgeAgentConfig(robot=toy)
-    with pytest.raises(ConfigError, match="which takeover_prob > 0"):
-        EdgeAgentConfig(robot=toy, policy="random", takeover_prob=0.1)
+    with pytest.raises(ConfigError, match=r"which operator\.takeover_prob > 0"):
+        EdgeAgentConfig(robot=toy, policy="random", operator=OperatorConfig(takeover_prob=0.1))
     with pytest.raises(ConfigError, match=r"no snapshots \(Robot.save_state / restore_state\), "
-                                          "which on_stall=return needs; use --on-stall guide"):
-        EdgeAgentConfig(robot=toy, policy="random", on_stall="return", critic_address="x")
+                                          "which operator.on_stall=return needs; use "
+                                          "--operator.on-stall guide"):
+        EdgeAgentConfig(robot=toy, policy="random", operator=OperatorConfig(on_stall="return"),
+                        critic_address="x")
     # synthetic has both; the default policy is fine for it
-    EdgeAgentConfig(robot=SyntheticRobotConfig(), on_stall="return", critic_address="x")
+    EdgeAgentConfig(robot=SyntheticRobotConfig(), operator=OperatorConfig(on_stall="return"),
+                    critic_address="x")
     assert cli(["edge", "run", "--robot.type", "toy-arm", "--robot.steps", "3"]) == 2
     assert "has no scripted expert" in capsys.readouterr().err
     assert cli(["edge", "run", "--robot.type=ufo"]) == 2

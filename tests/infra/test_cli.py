@@ -99,3 +99,18 @@ def test_stack_synthetic_smoke(tmp_path):
              "--episodes-per-robot", "2", "--steps-per-episode", "20", "--chunk-steps", "8")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "4 episodes, 80 steps, 2 robots" in r.stdout
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_third_party_info_shows_only_with_verbose(verbose):
+    code = ("import logging, sys\nfrom vlac.infra.cli import setup_logging\n"
+            "setup_logging(sys.argv[1] == 'v')\n"
+            "logging.getLogger('onnx_ir.passes').info('third-party info')\n"
+            "logging.getLogger('onnx_ir.passes').warning('third-party warning')\n"
+            "logging.getLogger('vlac.cloud.x').info('own info')\n"
+            "logging.getLogger('vlac.cloud.x').debug('own debug')\n")
+    r = subprocess.run([sys.executable, "-c", code, "v" if verbose else "-"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "own info" in r.stderr and "third-party warning" in r.stderr
+    assert ("third-party info" in r.stderr) == verbose == ("own debug" in r.stderr)

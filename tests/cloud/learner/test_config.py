@@ -50,7 +50,7 @@ def test_sections_come_from_nested_mappings_and_dotted_flags(tmp_path, monkeypat
 def _fields(cls, prefix=""):
     for f in dataclasses.fields(cls):
         tp = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(tp) and tp.__module__.startswith("vlac.cloud.learner"):
+        if dataclasses.is_dataclass(tp) and tp.__module__.startswith("vlac."):
             yield from _fields(tp, f"{prefix}{f.name}.")
         else:
             yield prefix + f.name, f.metadata.get("help", "")
