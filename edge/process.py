@@ -28,7 +28,6 @@ last-known-good version.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from vlac.edge.transport.sender import Sender, SenderConfig
 from vlac.edge.updater import UpdaterConfig, WeightUpdater
 from vlac.shared.config import ConfigError, check, describe, opt
 from vlac.shared.hitl import OperatorConfig
+from vlac.shared.signals import stop_event
 from vlac.shared.wire import RobotSpec
 
 log = logging.getLogger(__name__)
@@ -282,19 +282,12 @@ class _Policies:
             self.updater.join(5)
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    return stop
-
 
 def main(cfg: EdgeAgentConfig) -> dict:
     robot_type = registry.type_name(cfg.robot)
     if not cfg.quiet:
         print(f"{describe(cfg)}\n  robot type: {robot_type}", flush=True)
-    stop = _stop_on_signals()
+    stop = stop_event()
     spool = cfg.sender.make_spool()
     results: list[EpisodeResult] = []
     versions: list[int] = []

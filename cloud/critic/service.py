@@ -31,6 +31,7 @@ from vlac.shared.critic_wire import (
     RewardReply,
     RewardRequest,
 )
+from vlac.shared.signals import on_stop_signals
 from vlac.shared.wire import Array, WireError
 
 log = logging.getLogger(__name__)
@@ -187,11 +188,8 @@ class RewardClient:
 
 
 def main(cfg: RewardServiceConfig) -> None:
-    import signal
-
     print(describe(cfg), flush=True)
     server = RewardServer(SmallVLACCritic.load(cfg.critic), cfg.bind)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: server.stop())
+    on_stop_signals(server.stop)
     server.serve(cfg.duration_s)
     print(f"reward service stopped after {server.served} requests ({server.errors} refused)")

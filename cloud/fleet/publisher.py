@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from vlac.shared import manifest as mf
 from vlac.shared import wire
 from vlac.shared.config import check, describe, opt
 from vlac.shared.objstore import open_store
+from vlac.shared.signals import on_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,7 @@ class Announcer(_PublisherSide):
 def serve_main(cfg: PublisherConfig) -> None:
     print(describe(cfg), flush=True)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    on_stop_signals(stop.set)
     ann = Announcer(cfg)
     print(f"announcing on {ann.address}; fleet state {cfg.fleet_dir / 'fleet.db'}", flush=True)
     try:

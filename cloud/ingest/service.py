@@ -12,7 +12,6 @@ logged, and touches nothing else: one loop serves every robot, fair-queued by Ze
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from vlac.cloud.store.episodes import ChunkWrite, EpisodeStore
 from vlac.shared import keys, wire
 from vlac.shared.config import check, describe, opt
 from vlac.shared.episode import validate_chunk
+from vlac.shared.signals import on_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +379,7 @@ def main(cfg: IngestConfig) -> dict:
     """Run ingest in the foreground until SIGINT/SIGTERM (or ``duration_s``)."""
     print(describe(cfg), flush=True)
     ingest = Ingest(cfg)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: ingest.stop())
+    on_stop_signals(ingest.stop)
     summary = ingest.serve()
     print(f"ingest stopped: {summary}", flush=True)
     return summary

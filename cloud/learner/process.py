@@ -57,6 +57,7 @@ from vlac.cloud.models.vlac import SmallVLAC
 from vlac.cloud.store.episodes import Episode, EpisodeStore
 from vlac.shared.config import check, describe
 from vlac.shared.objstore import open_store
+from vlac.shared.signals import on_stop_signals
 
 __all__ = ["Learner", "LearnerConfig", "main"]
 
@@ -302,8 +303,6 @@ class Learner:
 
 def main(cfg: LearnerConfig, on_publish: Callable[[TorchActor, int], None] | None = None
          ) -> dict[str, Any]:
-    import signal
-
     rank0 = os.environ.get("RANK", "0") == "0"
     if rank0:
         print(describe(cfg), flush=True)
@@ -318,9 +317,7 @@ def main(cfg: LearnerConfig, on_publish: Callable[[TorchActor, int], None] | Non
     learner = Learner(cfg, on_publish=on_publish)
     if publisher is not None and publisher.fleet.latest_version() is None:
         on_publish(learner.snapshot(), learner.version)  # the fleet starts from the init
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: learner.stop())
+    on_stop_signals(learner.stop)
     try:
         return learner.run()
     finally:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 import traceback
 
@@ -16,6 +14,7 @@ from vlac.infra.train.processes import start_all, stop_order
 from vlac.infra.train.report import report
 from vlac.infra.train.watch import policy_episodes, watch
 from vlac.shared.config import describe
+from vlac.shared.signals import stop_event
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -44,7 +43,7 @@ def run(cfg: TrainConfig, p: Paths, jc: JobConsole) -> dict:
     t_start = time.time()
     critic, actor, v0 = prepare(cfg, p, jc)
     done_before = len(policy_episodes(p.store))
-    stop = _stop_on_signals()
+    stop = stop_event()
     jc.console.rule(f"RL: {len(cfg.tasks)} robots, {cfg.episodes} episodes "
                     f"({done_before} already done)")
     t_rl = time.time()
@@ -57,11 +56,3 @@ def run(cfg: TrainConfig, p: Paths, jc: JobConsole) -> dict:
         launcher.stop(stop_order(launcher))
     return report(cfg, p, critic, actor, jc.console, t_start, t_rl)
 
-
-def _stop_on_signals() -> threading.Event:
-    """Ctrl-C and SIGTERM stop the loop cleanly (in the main thread only)."""
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    return stop
