@@ -69,11 +69,11 @@ def ls_main(cfg: StoreLsConfig, console: Console | None = None) -> list[dict]:
                       f"{e['bytes'] / 1e6:.2f}")
     console.print(table)
     s = store.stats()
-    incomplete = store.incomplete()
     console.print(f"{s['episodes']} episodes, {s['steps']} steps, {s['robots']} robots, "
-                  f"{s['bytes'] / 1e6:.1f} MB, {len(incomplete)} incomplete")
+                  f"{s['bytes'] / 1e6:.1f} MB, {s['incomplete']} incomplete")
     if cfg.incomplete:
-        console.print(_incomplete_table(incomplete, f"incomplete episodes in {cfg.root}"))
+        console.print(_incomplete_table(store.incomplete(),
+                                        f"incomplete episodes in {cfg.root}"))
     return eps
 
 

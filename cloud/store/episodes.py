@@ -439,5 +439,5 @@ class EpisodeStore:
             "steps": sum(e["n_steps"] for e in eps),
             "robots": len({e["robot_id"] for e in eps}),
             "bytes": sum(e["bytes"] for e in eps),
-            "incomplete": len(self._staged),
+            "incomplete": len(self.incomplete()),  # a read-only store scans staging
         }
