@@ -87,11 +87,11 @@ def loop_times(a: argparse.Namespace, console) -> tuple[dict, dict[str, tuple]]:
     """The learning benchmark's job settings, and per variant (wall s, successes, steps)."""
     import learning
 
-    # the learning benchmark's own job, critic rewards, with its defaults and no final eval
+    # the learning benchmark's own job, PPO on critic rewards, its defaults, no final eval
     flags = learning.parser().parse_args(
         ["--tasks", a.tasks, "--episodes", str(a.episodes), "--final-eval", "0", "--init",
          a.init, "--critic", a.critic, "--demo-store", a.demo_store, "--work", a.work])
-    base = learning.job(flags, "critic", 0)
+    base = learning.job(flags, "ppo-critic", 0)
     loop = {}
     for name, backend, memo in LOOP_VARIANTS:
         console.print(f"learning loop: {name} ...")

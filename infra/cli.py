@@ -4,10 +4,11 @@ subcommand, so an edge-only install (no torch, no cloud extras) still runs `vlac
 
 Every config field is a flag (``--field-name``; nested configs as ``--sender.robot-id``);
 ``--config FILE.yaml`` loads a file first and flags override it. A section whose fields
-depend on a type (``robot``, annotated with a class that has ``config_for(name)``) gets a
-``--robot.type NAME`` flag; the type named on the command line (or as ``robot: {type: NAME}``
-in the file) is resolved before parsing, and its config class's fields become the other
-``--robot.*`` flags.
+depend on a type (``robot``, ``algorithm``: annotated with a class that has
+``config_for(name)``) gets a selector flag (``--robot.type NAME``, ``--algorithm.name NAME``:
+the class's ``selector``, ``type`` unless it says otherwise); the type named on the command
+line (or as ``robot: {type: NAME}`` in the file) is resolved before parsing, and its config
+class's fields become the other ``--robot.*`` flags.
 """
 
 from __future__ import annotations
@@ -130,11 +131,14 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
-                chosen: dict[str, str] | None = None) -> None:
-    """``chosen``: section -> type name, for sections whose fields depend on a type."""
+                chosen: dict[str, str] | None = None, skip: str = "") -> None:
+    """``chosen``: section -> type name, for sections whose fields depend on a type;
+    ``skip``: a field that already has its flag (the section's selector)."""
     chosen = chosen or {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name == skip:
+            continue
         tp, optional = _base_type(hints[f.name])
         name = prefix + f.name
         helptext = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help
@@ -142,10 +146,11 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
             _add_fields(parser, tp, name + ".", chosen)
             continue
         if hasattr(tp, "config_for"):  # e.g. robot: --robot.type NAME, then NAME's fields
-            parser.add_argument("--" + name.replace("_", "-") + ".type", dest=name + ".type",
-                                default=argparse.SUPPRESS, metavar="NAME",
-                                help=tp.type_help().replace("%", "%%"))
-            _add_fields(parser, tp.config_for(chosen.get(name)), name + ".", chosen)
+            sel = getattr(tp, "selector", "type")
+            parser.add_argument("--" + name.replace("_", "-") + "." + sel,
+                                dest=name + "." + sel, default=argparse.SUPPRESS,
+                                metavar="NAME", help=tp.type_help().replace("%", "%%"))
+            _add_fields(parser, tp.config_for(chosen.get(name)), name + ".", chosen, skip=sel)
             continue
         flag = "--" + name.replace("_", "-")
         kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": helptext}
@@ -163,6 +168,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
         parser.add_argument(flag, **kw)
 
 
+SELECTORS = ("type", "name")  # the fields that pick a section's config class
+
+
 def _chosen_types(argv: list[str], data: dict[str, Any]) -> dict[str, str]:
     """The section types named before parsing: ``robot: {type: NAME}`` in the YAML file, and
     ``--robot.type NAME`` (or ``=NAME``) over it."""
@@ -171,20 +179,22 @@ def _chosen_types(argv: list[str], data: dict[str, Any]) -> dict[str, str]:
     def visit(node: dict[str, Any], prefix: str) -> None:
         for k, v in node.items():
             if isinstance(v, dict):
-                if isinstance(v.get("type"), str):
-                    out[prefix + k] = v["type"]
+                for sel in SELECTORS:
+                    if isinstance(v.get(sel), str):
+                        out[prefix + k] = v[sel]
                 visit(v, prefix + k + ".")
 
     visit(data, "")
     for i, a in enumerate(argv):
         flag, eq, value = a.partition("=")
-        if not (flag.startswith("--") and flag.endswith(".type")):
+        sel = next((s for s in SELECTORS if flag.endswith("." + s)), None)
+        if not flag.startswith("--") or sel is None:
             continue
         if not eq:
             if i + 1 >= len(argv):
                 continue
             value = argv[i + 1]
-        out[flag[2:-5].replace("-", "_")] = value
+        out[flag[2:-len(sel) - 1].replace("-", "_")] = value
     return out
 
 

@@ -2,11 +2,11 @@
 
 ``rewards`` (``--rewards.*``): where rewards come from and how they are shaped;
 ``algorithm`` (``--algorithm.*``): the RL algorithm by name and its settings (PPO's:
-``algorithms.ppo.PPOConfig``); ``bc`` (``--bc.*``): the behaviour-cloning term and what feeds
-it (``vlac.shared.hitl.BCConfig``, the same section ``vlac train`` passes through); ``publish``
-(``--publish.*``): versions out to the fleet. In YAML the sections are nested
-mappings (``algorithm: {clip: 0.2}``). docs/training.md says why the defaults are what they
-are.
+``algorithms.ppo.PPOConfig``; PA-RL's: ``algorithms.parl.ParlConfig``); ``bc`` (``--bc.*``):
+the behaviour-cloning term and what feeds it (``vlac.shared.hitl.BCConfig``, the same
+section ``vlac train`` passes through); ``publish`` (``--publish.*``): versions out to the
+fleet. In YAML the sections are nested mappings (``algorithm: {clip: 0.2}``).
+docs/training.md says why the defaults are what they are.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlac.cloud.fleet.publisher import PublisherConfig
-from vlac.cloud.learner.algorithms import PPOConfig, algorithm_class
+from vlac.cloud.learner.algorithms import AlgorithmConfig, PPOConfig, algorithm_config
 from vlac.shared.config import check, opt
 from vlac.shared.hitl import BCConfig
 from vlac.shared.tasks import HEADLINE_TASKS
@@ -98,8 +98,8 @@ class LearnerConfig:
     threads: int = opt(0, "torch threads (0: torch's default).")
     rewards: RewardsConfig = field(default_factory=RewardsConfig, metadata={
         "help": "Where rewards come from and how they are shaped."})
-    algorithm: PPOConfig = field(default_factory=PPOConfig, metadata={
-        "help": "The RL algorithm and its settings."})
+    algorithm: AlgorithmConfig = field(default_factory=PPOConfig, metadata={
+        "help": "The RL algorithm (--algorithm.name) and its settings."})
     bc: BCConfig = field(default_factory=BCConfig, metadata={
         "help": "Behaviour cloning on takeovers, demonstrations and replayed successes."})
     publish: PublishConfig = field(default_factory=PublishConfig, metadata={
@@ -112,7 +112,7 @@ class LearnerConfig:
         if self.ds_config is not None:
             self.ds_config = Path(self.ds_config)
             check(self.ds_config.exists(), "ds_config", f"{self.ds_config} does not exist")
-        algorithm_class(self.algorithm.name)  # a ConfigError naming the known ones
+        self.algorithm = algorithm_config(self.algorithm)  # a mapping from YAML/flags
         check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
         check(self.zero_stage in (0, 1, 2), "zero_stage", "use 0, 1 or 2 (ZeRO-3 partitions "
               "the weights the learner saves and publishes whole)")

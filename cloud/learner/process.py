@@ -47,7 +47,7 @@ from vlac.cloud.learner.algorithms import Context, UpdateBatch, make_algorithm
 from vlac.cloud.learner.checkpoint import Checkpoints
 from vlac.cloud.learner.config import LearnerConfig
 from vlac.cloud.learner.distributed import broadcast_json, rank_and_world
-from vlac.cloud.learner.episodes import EpisodeData, EpisodeLoader
+from vlac.cloud.learner.episodes import EpisodeData, EpisodeLoader, episode_key
 from vlac.cloud.learner.plots import plot_curves
 from vlac.cloud.learner.replay import BCReplay
 from vlac.cloud.learner.rewards import critic_scores, reward_source, shape_rewards
@@ -112,6 +112,7 @@ class Learner:
         self.version = self.init_version
         self.consumed: set[str] = set()
         self.log: list[dict[str, Any]] = []
+        self._demos: dict[str, EpisodeData] = {}  # replayed demos with rewards, by key
         self._dirty = False  # consumed episodes or weights not yet checkpointed
         self._stop = threading.Event()
         self._writer = None
@@ -174,6 +175,16 @@ class Learner:
         return [self._featurise(i, ep, frames, sc)
                 for i, (ep, frames), sc in zip(infos, loaded, scores, strict=True)]
 
+    def _demo_data(self, demos: list[dict]) -> list[EpisodeData]:
+        """The replayed demonstrations featurised with their rewards, for an algorithm that
+        replays transitions (each demo is scored once per learner run)."""
+        if not self.algorithm.wants_demo_episodes:
+            return []
+        todo = [i for i in demos if episode_key(i) not in self._demos]
+        for info, ep in zip(todo, self._load(todo) if todo else [], strict=True):
+            self._demos[episode_key(info)] = ep
+        return [self._demos[episode_key(i)] for i in demos]
+
     def _score(self, task: str, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return critic_scores(self.rewards, self.cfg.rewards, task, frames)
 
@@ -194,7 +205,8 @@ class Learner:
         episodes = self._load(infos)
         bc = self.replay.pool(episodes, demos or [])
         stats = {**episode_stats(episodes), "bc_samples": len(bc)}
-        stats.update(self.algorithm.update(UpdateBatch(episodes, bc, self.version)))
+        stats.update(self.algorithm.update(UpdateBatch(episodes, bc, self.version,
+                                                       self._demo_data(demos or []))))
         self.consumed.update(ep.key for ep in episodes)
         self._dirty = True
         if stats["learned"]:  # a new policy version

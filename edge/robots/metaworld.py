@@ -170,14 +170,14 @@ class MetaWorldRobot(Robot):
             raise ValueError(f"action must have 4 values (dx, dy, dz, gripper), got {a.shape}")
         if not np.isfinite(a).all():
             raise ValueError("action contains NaN or infinity")
-        state, _reward, _term, _trunc, info = env.step(np.clip(a, -1.0, 1.0))
+        state, reward, _term, _trunc, info = env.step(np.clip(a, -1.0, 1.0))
         self._step += 1
         success = bool(info.get("success", 0.0) > 0.5)
         self._obs = self._make_obs(state)
         truncated = self._step >= self.cfg.max_steps
         done = truncated or (success and self.cfg.terminate_on_success)
         return StepResult(self._obs, success, done, truncated and not success,
-                          {"step": self._step})
+                          {"step": self._step, "reward": float(reward)})
 
     def expert_action(self, obs: Observation) -> np.ndarray:
         """Meta-World's scripted policy for the task (raw: noise and clipping are the

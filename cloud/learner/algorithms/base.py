@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from vlac.shared.config import ConfigError
+from vlac.shared.config import ConfigError, from_dict
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +45,48 @@ class UpdateBatch:
     episodes: list[EpisodeData]
     bc: StepPool
     version: int
+    demos: list[EpisodeData] = field(default_factory=list)
+    """The replayed demonstrations with their rewards, for an algorithm whose
+    ``wants_demo_episodes`` is True (empty otherwise: PPO only clones them, from ``bc``)."""
+
+
+class AlgorithmConfig:
+    """Base of every algorithm's config section (``LearnerConfig.algorithm``): a dataclass
+    whose first field is ``name``. The CLI resolves ``--algorithm.name NAME`` (or ``algorithm:
+    {name: NAME}`` in YAML) before parsing, and NAME's config class gives the other
+    ``--algorithm.*`` flags."""
+
+    selector: ClassVar[str] = "name"
+    name: str = ""
+
+    @classmethod
+    def config_for(cls, name: str | None) -> type:
+        return algorithm_class(name or DEFAULT_ALGORITHM).config_cls
+
+    @classmethod
+    def type_help(cls) -> str:
+        return (f"The RL algorithm (default: {DEFAULT_ALGORITHM}; registered: "
+                f"{', '.join(sorted(ALGORITHMS))}); its settings are the other "
+                "--algorithm.* flags (`--algorithm.name NAME -h` lists them).")
+
+
+DEFAULT_ALGORITHM = "ppo"
+
+
+def algorithm_config(value: Any) -> AlgorithmConfig:
+    """The ``algorithm`` section as its algorithm's config: a mapping (``name`` plus that
+    algorithm's fields, from YAML or flags) is checked by that algorithm's config class."""
+    if isinstance(value, AlgorithmConfig):
+        algorithm_class(value.name)  # a ConfigError naming the known ones
+        return value
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field `algorithm`: expected a mapping with `name` and that "
+                          f"algorithm's fields, got {type(value).__name__}")
+    name = value.get("name") or DEFAULT_ALGORITHM
+    return from_dict(algorithm_class(name).config_cls, {**value, "name": name},
+                     f"algorithm (name {name})")
 
 
 @dataclass(frozen=True)
@@ -63,6 +105,8 @@ class Algorithm(ABC):
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    wants_demo_episodes: ClassVar[bool] = False
+    """True: ``UpdateBatch.demos`` carries the replayed demonstrations with rewards."""
     engine: Any
 
     @property

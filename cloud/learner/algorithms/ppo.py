@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from vlac.cloud.learner.algorithms.base import Algorithm, Context, UpdateBatch, register
+from vlac.cloud.learner.algorithms.base import (
+    Algorithm,
+    AlgorithmConfig,
+    Context,
+    UpdateBatch,
+    register,
+)
 from vlac.cloud.learner.distributed import mean_over_ranks, rank_and_world
 from vlac.cloud.models import engine as eng
 from vlac.cloud.models.vlac import bc_loss
@@ -49,8 +55,8 @@ PPO_STATS = ("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "mean_weig
 
 
 @dataclass
-class PPOConfig:
-    name: str = opt("ppo", "The RL algorithm, by name (registered: ppo).")
+class PPOConfig(AlgorithmConfig):
+    name: str = opt("ppo", "The RL algorithm, by name (registered: ppo, parl).")
     advantage: Literal["group", "horizon", "gae"] = opt(
         "group", "group: every step of an episode gets the episode's return minus the mean "
         "return of its task's episodes in the batch (no value function needed); horizon: "

@@ -21,12 +21,12 @@ from vlac.shared.config import ConfigError
 def test_the_registry_refuses_an_unknown_algorithm_naming_the_known_ones(capsys):
     assert algorithm_class("ppo") is PPO and ALGORITHMS["ppo"].name == "ppo"
     with pytest.raises(ConfigError, match=r"`algorithm.name`: unknown algorithm 'sac'; "
-                                          r"known: ppo"):
+                                          r"known: parl, ppo"):
         algorithm_class("sac")
-    with pytest.raises(ConfigError, match=r"`algorithm.name`.*known: ppo"):
+    with pytest.raises(ConfigError, match=r"`algorithm.name`.*known: parl, ppo"):
         LearnerConfig(algorithm=PPOConfig(name="sac"))
     assert cli(["learner", "run", "--algorithm.name", "sac"]) == 2
-    assert "known: ppo" in capsys.readouterr().err
+    assert "known: parl, ppo" in capsys.readouterr().err
     with pytest.raises(ValueError, match="already registered"):
         register("ppo")(PPO)
 

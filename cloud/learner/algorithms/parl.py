@@ -1,0 +1,308 @@
+"""PA-RL on action tokens: a Q-function of its own ranks actions sampled from the policy, and
+the best are distilled back into the policy by supervised learning (Policy-Agnostic RL, Mark
+et al. 2024), with IQL value functions (``qfunction``) trained on replayed transitions
+(``transitions``: demonstrations and takeovers half of each batch, the fleet's own steps the
+other half, as RLPD and HIL-SERL mix them).
+
+Why this and not a policy gradient: the token actor's exploration is its own sampling spread
+(about +-2 bins of 256), and an 8-episode PPO batch mostly sees layout luck. Here every
+observation the fleet ever recorded stays useful: the Q-function is trained for
+``critic_steps`` steps per update on all of it (several critic updates per policy update),
+and the policy step needs no importance weights, so lagging INT8 robots, takeovers and
+demonstrations all feed it. The policy-improvement step is plain cross-entropy on tokens, so
+the actor, its ONNX export and the edge runtime are unchanged.
+
+One update (``Parl.update``):
+
+1. the batch's episodes (and the replayed demonstrations, once) go into the replay;
+2. ``critic_steps`` IQL steps (``critic_warmup_steps`` more on the first update, before the
+   policy moves): V to the ``expectile`` of the target Q over the data's actions, Q to
+   r + gamma V(s'), the target Q following by Polyak averaging;
+3. ``policy_steps`` improvement steps on states drawn from the replay: with ``improve rank``
+   ``candidates`` token vectors sampled from the current policy at ``temperature`` plus the
+   recorded action are scored by the smaller of the two Qs and the best is the target of a
+   cross-entropy step (soft targets over neighbouring bins, as in pretraining); with
+   ``improve awr`` the recorded actions are cloned with weights exp(beta (Q - V)) (IQL's own
+   extraction, capped at ``awr_max_weight``); both with ``bc.coef`` x behaviour cloning on the
+   takeover/demonstration pool, then ``bc.steps`` BC-only steps as PPO does;
+4. the version goes up when the policy moved.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from vlac.cloud.learner.algorithms.base import (
+    Algorithm,
+    AlgorithmConfig,
+    Context,
+    UpdateBatch,
+    register,
+)
+from vlac.cloud.learner.algorithms.qfunction import (
+    ValueFunctions,
+    expectile_loss,
+    iql_q_loss,
+    polyak,
+    td_targets,
+    tokens_to_unit,
+    unpool_features,
+)
+from vlac.cloud.learner.algorithms.transitions import Replay
+from vlac.cloud.learner.distributed import rank_and_world
+from vlac.cloud.models import engine as eng
+from vlac.cloud.models.vlac import bc_loss, soft_token_targets
+from vlac.shared.config import check, opt
+
+if TYPE_CHECKING:
+    from vlac.cloud.learner.replay import StepPool
+
+
+@dataclass
+class ParlConfig(AlgorithmConfig):
+    name: str = opt("parl", "The RL algorithm, by name (registered: ppo, parl).")
+    improve: Literal["rank", "awr"] = opt(
+        "rank", "Policy improvement: rank (sample --algorithm.candidates actions from the "
+        "policy, keep the one the Q-function scores best, distil it) or awr (clone the "
+        "recorded actions weighted by exp(beta (Q - V))).")
+    candidates: int = opt(4, "Actions sampled from the policy per state for ranking (the "
+                          "recorded action is ranked with them).")
+    temperature: float = opt(1.0, "Temperature the candidates are sampled at (the robots' "
+                             "sampling temperature is the natural choice).")
+    lr: float = opt(1e-4, "Learning rate of the policy's distillation steps (AdamW).")
+    policy_steps: int = opt(25, "Policy-improvement steps per update.")
+    policy_batch: int = opt(32, "States per policy-improvement step.")
+    critic_lr: float = opt(3e-4, "Learning rate of the Q and V networks (AdamW).")
+    critic_steps: int = opt(200, "Q/V steps per update.")
+    critic_warmup_steps: int = opt(1000, "Extra Q/V steps on the first update, before the "
+                                   "policy first moves.")
+    critic_batch: int = opt(256, "Transitions per Q/V step.")
+    gamma: float = opt(0.99, "Discount.")
+    expectile: float = opt(0.7, "IQL's expectile of V over the data's actions (0.5: their "
+                           "mean, i.e. SARSA; towards 1: the best of them).")
+    target_tau: float = opt(0.005, "Polyak rate of the target Q.")
+    awr_beta: float = opt(3.0, "Inverse temperature of the awr weights.")
+    awr_max_weight: float = opt(100.0, "Cap of the awr weights.")
+    replay_capacity: int = opt(150_000, "Transitions kept per buffer (human, online).")
+    max_grad_norm: float = opt(1.0, "Gradient clipping (DeepSpeed).")
+
+    def __post_init__(self) -> None:
+        check(self.improve in ("rank", "awr"), "algorithm.improve", "use rank or awr")
+        check(self.candidates >= 1, "algorithm.candidates", "must be >= 1")
+        check(self.temperature > 0, "algorithm.temperature", "must be > 0")
+        for f in ("lr", "critic_lr", "awr_beta", "awr_max_weight", "max_grad_norm"):
+            check(getattr(self, f) > 0, f"algorithm.{f}", "must be > 0")
+        for f in ("policy_steps", "critic_steps", "critic_warmup_steps"):
+            check(getattr(self, f) >= 0, f"algorithm.{f}", "must be >= 0")
+        for f in ("policy_batch", "critic_batch", "replay_capacity"):
+            check(getattr(self, f) >= 1, f"algorithm.{f}", "must be >= 1")
+        check(0 <= self.gamma <= 1, "algorithm.gamma", "must lie in [0, 1]")
+        check(0 < self.expectile < 1, "algorithm.expectile", "must lie in (0, 1)")
+        check(0 < self.target_tau <= 1, "algorithm.target_tau", "must lie in (0, 1]")
+
+
+# ---------------------------------------------------------------------- the critic step
+def critic_step(engine, target, batch: dict[str, torch.Tensor], cfg: ParlConfig,
+                bins: int) -> dict[str, float]:
+    """One IQL step on Q and V (one optimizer, one engine), then the target (a copy of the
+    value functions, of which only Q is read) follows."""
+    vf = engine.module
+    s = (batch["text"], batch["pooled"], batch["proprio"])
+    action = tokens_to_unit(batch["tokens"], bins)
+    with torch.no_grad():
+        q_target = target.q(*s, action).min(0).values
+        next_v = vf.v(batch["text"], batch["next_pooled"], batch["next_proprio"])
+    state = vf.encoder(*s)
+    v = vf.v_of(state)
+    v_loss = expectile_loss(q_target - v, cfg.expectile)
+    q_all = vf.q_of(state, action)
+    q_loss = iql_q_loss(q_all, td_targets(batch["reward"], batch["done"], next_v, cfg.gamma))
+    engine.backward(v_loss + q_loss)
+    engine.step()
+    polyak(target, vf, cfg.target_tau)
+    return {"q_loss": q_loss.item(), "v_loss": v_loss.item(), "q_mean": q_all.mean().item(),
+            "v_mean": v.mean().item()}
+
+
+# ---------------------------------------------------------------------- the policy step
+def _repeat(x: torch.Tensor, k: int) -> torch.Tensor:
+    return x.repeat_interleave(k, 0)
+
+
+@torch.no_grad()
+def sample_candidates(policy, text: torch.Tensor, feat: torch.Tensor, proprio: torch.Tensor,
+                      k: int, temperature: float, rng: np.random.Generator) -> torch.Tensor:
+    """(B, k, A) token vectors sampled from the policy at ``temperature`` (Gumbel-max, as
+    the robots sample)."""
+    b = text.shape[0]
+    a, bins = policy.cfg.action_dim, policy.cfg.action_bins
+    gumbel = torch.from_numpy(rng.gumbel(size=(b * k, a, bins)).astype(np.float32))
+    tokens, _, _ = policy.act(_repeat(text, k), _repeat(feat, k), _repeat(proprio, k), gumbel,
+                              torch.full((b * k,), temperature))
+    return tokens.reshape(b, k, a)
+
+
+@torch.no_grad()
+def rank_candidates(q, text: torch.Tensor, pooled: torch.Tensor, proprio: torch.Tensor,
+                    candidates: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate (B, k, A) the pessimistic Q (the smaller of the ensemble's; ``q`` is
+    ``ValueFunctions.q``) scores best per state: (best tokens (B, A), scores (B, k))."""
+    b, k, a = candidates.shape
+    scores = q(_repeat(text, k), _repeat(pooled, k), _repeat(proprio, k),
+               tokens_to_unit(candidates.reshape(b * k, a), bins)).min(0).values.reshape(b, k)
+    return candidates[torch.arange(b), scores.argmax(1)], scores
+
+
+def weighted_bc_loss(policy, text: torch.Tensor, feat: torch.Tensor, proprio: torch.Tensor,
+                     tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on soft token targets (as ``bc_loss``), each state weighted."""
+    logits, _ = policy.actor_forward(text, feat, proprio, tokens)
+    target = soft_token_targets(tokens, logits.shape[-1])
+    per_state = -(target * torch.log_softmax(logits, -1)).sum(-1).mean(-1)
+    return (weights * per_state).sum() / weights.sum().clamp(min=1e-8)
+
+
+def improvement_targets(policy, vf, batch: dict[str, torch.Tensor], cfg: ParlConfig,
+                        rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor,
+                                                           dict[str, float]]:
+    """(tokens to clone, their weights, metrics) for one policy step on ``batch``'s states."""
+    grid, bins = policy.cfg.image_grid, policy.cfg.action_bins
+    text, pooled, proprio = batch["text"], batch["pooled"], batch["proprio"]
+    if cfg.improve == "awr":
+        with torch.no_grad():
+            q = vf.q(text, pooled, proprio, tokens_to_unit(batch["tokens"], bins)).min(0).values
+            adv = q - vf.v(text, pooled, proprio)
+            w = torch.exp(cfg.awr_beta * adv).clamp(max=cfg.awr_max_weight)
+        return batch["tokens"], w, {"advantage": adv.mean().item(), "weight_mean": w.mean().item()}
+    feat = unpool_features(pooled, grid)
+    sampled = sample_candidates(policy, text, feat, proprio, cfg.candidates, cfg.temperature,
+                                rng)
+    cands = torch.cat([sampled, batch["tokens"][:, None]], 1)
+    best, scores = rank_candidates(vf.q, text, pooled, proprio, cands, bins)
+    return best, torch.ones(len(best)), {
+        "q_gain": (scores.max(1).values - scores[:, :-1].mean(1)).mean().item(),
+        "recorded_best": (scores.argmax(1) == cands.shape[1] - 1).float().mean().item(),
+        "best_moved_bins": (best - sampled[:, 0]).abs().float().mean().item()}
+
+
+def policy_step(engine, vf, batch: dict[str, torch.Tensor], bc_mb: dict | None,
+                cfg: ParlConfig, bc_coef: float, rng: np.random.Generator) -> dict[str, float]:
+    policy = engine.module
+    tokens, weights, stats = improvement_targets(policy, vf, batch, cfg, rng)
+    feat = unpool_features(batch["pooled"], policy.cfg.image_grid)
+    loss = weighted_bc_loss(policy, batch["text"], feat, batch["proprio"], tokens, weights)
+    stats["distill_loss"] = loss.item()
+    if bc_mb is not None and bc_coef > 0:
+        b_loss, b_stats = bc_loss(policy, bc_mb)
+        loss = loss + bc_coef * b_loss
+        stats["bc_loss"] = b_stats["loss"]
+    engine.backward(loss)
+    engine.step()
+    return stats
+
+
+def _means(rows: list[dict[str, float]], prefix: str = "") -> dict[str, float]:
+    keys = {k for r in rows for k in r}
+    return {prefix + k: float(np.mean([r[k] for r in rows if k in r])) for k in sorted(keys)}
+
+
+# ---------------------------------------------------------------------- the algorithm
+@register("parl")
+class Parl(Algorithm):
+    """PA-RL with IQL value functions; see the module docstring. The value functions, their
+    target, optimizer state and counters are its ``state_dict``; the replay is not (a
+    restarted learner refills it from the episodes it consumes next)."""
+
+    config_cls = ParlConfig
+    wants_demo_episodes = True  # the learner hands it the replayed demos with rewards
+
+    def __init__(self, cfg: ParlConfig, model: torch.nn.Module, ctx: Context) -> None:
+        self.cfg, self.bc, self.seed = cfg, ctx.bc, ctx.seed
+        mcfg = model.cfg
+        self.grid, self.bins = mcfg.image_grid, mcfg.action_bins
+        self.engine = ctx.make_engine(model, lr=cfg.lr, micro_batch=cfg.policy_batch,
+                                      grad_clip=cfg.max_grad_norm)
+        self.engine.eval()  # dropout off: the policy it distils into is the one it samples
+        vf = ValueFunctions(self.grid ** 2, mcfg.proprio_dim, mcfg.action_dim)
+        self.vf_engine = ctx.make_engine(vf, lr=cfg.critic_lr, micro_batch=cfg.critic_batch,
+                                         grad_clip=cfg.max_grad_norm)
+        vf = self.vf_engine.module
+        self.target = copy.deepcopy(vf).requires_grad_(False)  # its q() is the target Q
+        self.replay = Replay(cfg.replay_capacity, self.grid)
+        self.rank, self.world = rank_and_world()
+        self.updates = 0  # updates that moved the policy
+        self.critic_updates = 0  # Q/V steps so far
+        self._demo_keys: set[str] = set()
+
+    def _fill(self, batch: UpdateBatch) -> None:
+        for ep in batch.episodes:
+            self.replay.add_episode(ep)
+        for ep in batch.demos:
+            if ep.key not in self._demo_keys:
+                self._demo_keys.add(ep.key)
+                self.replay.add_episode(ep, human=True)
+
+    def update(self, batch: UpdateBatch) -> dict[str, Any]:
+        cfg = self.cfg
+        self._fill(batch)
+        rng = np.random.default_rng([self.seed, batch.version, self.rank])
+        n_critic = cfg.critic_steps + (cfg.critic_warmup_steps if not self.critic_updates else 0)
+        critic_rows = [critic_step(self.vf_engine, self.target,
+                                   self._share(self.replay.sample(rng, cfg.critic_batch)),
+                                   cfg, self.bins) for _ in range(n_critic if len(self.replay)
+                                                                  else 0)]
+        self.critic_updates += len(critic_rows)
+        pool: StepPool = batch.bc
+        use_bc = self.bc.coef > 0 and len(pool) > 0
+        bc_k = max(1, self.bc.batch_size // self.world)
+        policy_rows = []
+        if len(self.replay) and critic_rows:
+            for _ in range(cfg.policy_steps):
+                mb = self._share(self.replay.sample(rng, cfg.policy_batch))
+                policy_rows.append(policy_step(self.engine, self.vf_engine.module, mb,
+                                               pool.sample(rng, bc_k) if use_bc else None,
+                                               cfg, self.bc.coef, rng))
+        bc_rows = self._bc_only(pool, rng, bc_k) if use_bc else []
+        learned = bool(policy_rows or bc_rows)
+        self.updates += learned
+        return {**_means(critic_rows), **_means(policy_rows), **_means(bc_rows),
+                "critic_steps": len(critic_rows), "policy_steps": len(policy_rows),
+                "replay_human": len(self.replay.human), "replay_online": len(self.replay.online),
+                "learned": learned}
+
+    def _share(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This process's share of a batch every process drew alike."""
+        return batch if self.world == 1 else {k: v[self.rank::self.world]
+                                              for k, v in batch.items()}
+
+    def _bc_only(self, pool: StepPool, rng: np.random.Generator, k: int) -> list[dict]:
+        """``bc.steps`` behaviour-cloning steps at ``bc.lr`` (takeovers, demonstrations)."""
+        rows = []
+        eng.set_lr(self.engine, self.bc.lr)
+        try:
+            for _ in range(self.bc.steps or 0):
+                loss, st = bc_loss(self.engine.module, pool.sample(rng, k))
+                self.engine.backward(self.bc.coef * loss)
+                self.engine.step()
+                rows.append({"bc_only_loss": st["loss"]})
+        finally:
+            eng.set_lr(self.engine, self.cfg.lr)
+        return rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "critic_updates": self.critic_updates,
+                "value_functions": self.vf_engine.module.state_dict(),
+                "target": self.target.state_dict(),
+                "critic_optimizer": self.vf_engine.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        self.critic_updates = int(state["critic_updates"])
+        self.vf_engine.module.load_state_dict(state["value_functions"])
+        self.target.load_state_dict(state["target"])
+        self.vf_engine.optimizer.load_state_dict(state["critic_optimizer"])
