@@ -149,6 +149,10 @@ def add_algorithm_flags(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--algorithm.temperature", "--temperature", dest="temperature", type=float,
                    default=1.0, help="sampling temperature of the rollouts and of the sampled "
                    "final evaluation (the algorithm scores tokens at the same one)")
+    g.add_argument("--algorithm.set", dest="settings", action="append", default=[],
+                   metavar="FIELD=VALUE", help="any other field of an algorithm's config "
+                   "section (vlac learner run --algorithm.name NAME -h lists them), e.g. "
+                   "critic_steps=100; repeatable")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -195,7 +199,23 @@ def parser() -> argparse.ArgumentParser:
 
 def overrides(a: argparse.Namespace) -> dict:
     """The algorithm settings given (temperature always: the robots sample at it)."""
-    return {k: getattr(a, k) for k in OVERRIDES if getattr(a, k, None) is not None}
+    out = {k: getattr(a, k) for k in OVERRIDES if getattr(a, k, None) is not None}
+    for item in getattr(a, "settings", []):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--algorithm.set {item!r}: give FIELD=VALUE")
+        out[key.replace("-", "_")] = literal(value)
+    return out
+
+
+def literal(text: str):
+    """'100' -> 100, '3e-4' -> 0.0003, 'rank' -> 'rank'."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def job(a: argparse.Namespace, variant: str, seed: int, operator: OperatorConfig | None = None,

@@ -1,16 +1,17 @@
-"""PA-RL on action tokens: a Q-function of its own ranks actions sampled from the policy, and
-the best are distilled back into the policy by supervised learning (Policy-Agnostic RL, Mark
-et al. 2024), with IQL value functions (``qfunction``) trained on replayed transitions
-(``transitions``: demonstrations and takeovers half of each batch, the fleet's own steps the
-other half, as RLPD and HIL-SERL mix them).
+"""Policy improvement through a Q-function of its own, on action tokens: actions sampled
+from the policy are scored by the Q-function and the policy moves toward the better ones by
+supervised-style steps on their log-probabilities (the idea of Policy-Agnostic RL, Mark et
+al. 2024, which distils the best-scored sample), with IQL value functions (``qfunction``)
+trained on replayed transitions (``transitions``: demonstrations and takeovers half of each
+batch, the fleet's own steps the other half, as RLPD and HIL-SERL mix them).
 
-Why this and not a policy gradient: the token actor's exploration is its own sampling spread
-(about +-2 bins of 256), and an 8-episode PPO batch mostly sees layout luck. Here every
-observation the fleet ever recorded stays useful: the Q-function is trained for
+Why this and not a policy gradient on returns: the token actor's exploration is its own
+sampling spread (about +-2 bins of 256), and an 8-episode PPO batch mostly sees layout luck.
+Here every observation the fleet ever recorded stays useful: the Q-function is trained for
 ``critic_steps`` steps per update on all of it (several critic updates per policy update),
 and the policy step needs no importance weights, so lagging INT8 robots, takeovers and
-demonstrations all feed it. The policy-improvement step is plain cross-entropy on tokens, so
-the actor, its ONNX export and the edge runtime are unchanged.
+demonstrations all feed it. The improvement step works on token log-probabilities, so the
+actor, its ONNX export and the edge runtime are unchanged.
 
 One update (``Parl.update``):
 
@@ -18,14 +19,21 @@ One update (``Parl.update``):
 2. ``critic_steps`` IQL steps (``critic_warmup_steps`` more on the first update, before the
    policy moves): V to the ``expectile`` of the target Q over the data's actions, Q to
    r + gamma V(s'), the target Q following by Polyak averaging;
-3. ``policy_steps`` improvement steps on states drawn from the replay: with ``improve rank``
-   ``candidates`` token vectors sampled from the current policy at ``temperature`` plus the
-   recorded action are scored by the smaller of the two Qs and the best is the target of a
-   cross-entropy step (soft targets over neighbouring bins, as in pretraining); with
-   ``improve awr`` the recorded actions are cloned with weights exp(beta (Q - V)) (IQL's own
-   extraction, capped at ``awr_max_weight``); both with ``bc.coef`` x behaviour cloning on the
-   takeover/demonstration pool, then ``bc.steps`` BC-only steps as PPO does;
+3. up to ``policy_steps`` improvement steps on states drawn from the replay: ``candidates``
+   token vectors sampled from the current policy at ``temperature`` plus the recorded action
+   are scored by the smaller of the two Qs; ``improve weighted`` raises each candidate's
+   log-probability by its score minus its state's mean (in units of the batch's spread: an
+   uninformative Q moves nothing), ``rank`` clones the best (PA-RL), ``awr`` clones the
+   recorded actions weighted by exp(beta (Q - V) / std) (IQL's extraction); each step adds
+   ``kl_coef`` x KL to the policy as it was at the update's start, and the steps stop once
+   that KL passes ``target_kl``; then ``bc.coef`` x behaviour cloning on the takeover and
+   demonstration pool, and ``bc.steps`` BC-only steps as PPO does;
 4. the version goes up when the policy moved.
+
+Distilling the policy's own samples is not neutral: 25 cross-entropy steps at lr 1e-4 on
+its own samples moved the 2-demo actor's greedy tokens by 13 bins on average and raised its
+entropy from 1.35 to 1.71 nats (2.01 with soft targets), which is why ``weighted`` subtracts
+a baseline and every step is held to its anchor.
 """
 
 from __future__ import annotations
@@ -54,9 +62,9 @@ from vlac.cloud.learner.algorithms.qfunction import (
     unpool_features,
 )
 from vlac.cloud.learner.algorithms.transitions import Replay
-from vlac.cloud.learner.distributed import rank_and_world
+from vlac.cloud.learner.distributed import mean_over_ranks, rank_and_world
 from vlac.cloud.models import engine as eng
-from vlac.cloud.models.vlac import bc_loss, soft_token_targets
+from vlac.cloud.models.vlac import bc_loss
 from vlac.shared.config import check, opt
 
 if TYPE_CHECKING:
@@ -66,15 +74,20 @@ if TYPE_CHECKING:
 @dataclass
 class ParlConfig(AlgorithmConfig):
     name: str = opt("parl", "The RL algorithm, by name (registered: ppo, parl).")
-    improve: Literal["rank", "awr"] = opt(
-        "rank", "Policy improvement: rank (sample --algorithm.candidates actions from the "
-        "policy, keep the one the Q-function scores best, distil it) or awr (clone the "
-        "recorded actions weighted by exp(beta (Q - V))).")
+    improve: Literal["weighted", "rank", "awr"] = opt(
+        "weighted", "Policy improvement on --algorithm.candidates actions sampled from the "
+        "policy plus the recorded one, scored by the Q-function: weighted (raise each one's "
+        "log-probability by its score minus the state's mean score), rank (PA-RL: clone the "
+        "best one), or awr (clone the recorded actions weighted by exp(beta (Q - V) / std)).")
     candidates: int = opt(4, "Actions sampled from the policy per state for ranking (the "
                           "recorded action is ranked with them).")
     temperature: float = opt(1.0, "Temperature the candidates are sampled at (the robots' "
                              "sampling temperature is the natural choice).")
-    lr: float = opt(1e-4, "Learning rate of the policy's distillation steps (AdamW).")
+    lr: float = opt(3e-5, "Learning rate of the policy's improvement steps (AdamW).")
+    kl_coef: float = opt(0.1, "Weight of KL(the policy at the update's start || the policy) "
+                         "in every improvement step.")
+    target_kl: float = opt(0.05, "Stop an update's improvement steps once that KL exceeds "
+                           "this (0: off).")
     policy_steps: int = opt(25, "Policy-improvement steps per update.")
     policy_batch: int = opt(32, "States per policy-improvement step.")
     critic_lr: float = opt(3e-4, "Learning rate of the Q and V networks (AdamW).")
@@ -86,13 +99,17 @@ class ParlConfig(AlgorithmConfig):
     expectile: float = opt(0.7, "IQL's expectile of V over the data's actions (0.5: their "
                            "mean, i.e. SARSA; towards 1: the best of them).")
     target_tau: float = opt(0.005, "Polyak rate of the target Q.")
-    awr_beta: float = opt(3.0, "Inverse temperature of the awr weights.")
+    awr_beta: float = opt(1.0, "Inverse temperature of the awr weights, on advantages "
+                           "divided by their standard deviation over the batch.")
     awr_max_weight: float = opt(100.0, "Cap of the awr weights.")
     replay_capacity: int = opt(150_000, "Transitions kept per buffer (human, online).")
     max_grad_norm: float = opt(1.0, "Gradient clipping (DeepSpeed).")
 
     def __post_init__(self) -> None:
-        check(self.improve in ("rank", "awr"), "algorithm.improve", "use rank or awr")
+        check(self.improve in ("weighted", "rank", "awr"), "algorithm.improve",
+              "use weighted, rank or awr")
+        check(self.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+        check(self.target_kl >= 0, "algorithm.target_kl", "must be >= 0 (0: off)")
         check(self.candidates >= 1, "algorithm.candidates", "must be >= 1")
         check(self.temperature > 0, "algorithm.temperature", "must be > 0")
         for f in ("lr", "critic_lr", "awr_beta", "awr_max_weight", "max_grad_norm"):
@@ -158,45 +175,71 @@ def rank_candidates(q, text: torch.Tensor, pooled: torch.Tensor, proprio: torch.
     return candidates[torch.arange(b), scores.argmax(1)], scores
 
 
-def weighted_bc_loss(policy, text: torch.Tensor, feat: torch.Tensor, proprio: torch.Tensor,
-                     tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on soft token targets (as ``bc_loss``), each state weighted."""
-    logits, _ = policy.actor_forward(text, feat, proprio, tokens)
-    target = soft_token_targets(tokens, logits.shape[-1])
-    per_state = -(target * torch.log_softmax(logits, -1)).sum(-1).mean(-1)
-    return (weights * per_state).sum() / weights.sum().clamp(min=1e-8)
+def token_kl(anchor_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over states and action dimensions of KL(anchor || current), exact over the bins."""
+    a = torch.log_softmax(anchor_logits, -1)
+    return (a.exp() * (a - torch.log_softmax(logits, -1))).sum(-1).mean()
 
 
-def improvement_targets(policy, vf, batch: dict[str, torch.Tensor], cfg: ParlConfig,
-                        rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor,
-                                                           dict[str, float]]:
-    """(tokens to clone, their weights, metrics) for one policy step on ``batch``'s states."""
-    grid, bins = policy.cfg.image_grid, policy.cfg.action_bins
+def candidate_advantages(scores: torch.Tensor) -> torch.Tensor:
+    """(B, k) Q scores -> each candidate's score minus its state's mean, over the batch's
+    spread: zero everywhere when the Q-function tells the candidates apart nowhere, so an
+    uninformative Q leaves the policy where it is (distilling one's own samples does not:
+    fitting a finite sample moves the policy at random)."""
+    adv = scores - scores.mean(1, keepdim=True)
+    return adv / (adv.std() + 1e-8) if adv.numel() > 1 and adv.std() > 1e-8 else adv
+
+
+def improvement_loss(policy, vf, batch: dict[str, torch.Tensor], cfg: ParlConfig,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy-improvement loss on ``batch``'s states (see ``ParlConfig.improve``)."""
+    bins, grid = policy.cfg.action_bins, policy.cfg.image_grid
     text, pooled, proprio = batch["text"], batch["pooled"], batch["proprio"]
+    feat = unpool_features(pooled, grid)
     if cfg.improve == "awr":
         with torch.no_grad():
             q = vf.q(text, pooled, proprio, tokens_to_unit(batch["tokens"], bins)).min(0).values
             adv = q - vf.v(text, pooled, proprio)
-            w = torch.exp(cfg.awr_beta * adv).clamp(max=cfg.awr_max_weight)
-        return batch["tokens"], w, {"advantage": adv.mean().item(), "weight_mean": w.mean().item()}
-    feat = unpool_features(pooled, grid)
+            # in units of the batch's spread: one step's Q - V is tiny next to an episode's
+            # return, so a fixed beta would weigh every action alike
+            w = torch.exp(cfg.awr_beta * adv / (adv.std() + 1e-8)).clamp(max=cfg.awr_max_weight)
+        logp, _, _ = policy.action_logprobs(text, feat, proprio, batch["tokens"],
+                                            cfg.temperature)
+        return -(w * logp).sum() / w.sum(), {"advantage": adv.mean().item(),
+                                             "weight_max": w.max().item()}
     sampled = sample_candidates(policy, text, feat, proprio, cfg.candidates, cfg.temperature,
                                 rng)
     cands = torch.cat([sampled, batch["tokens"][:, None]], 1)
     best, scores = rank_candidates(vf.q, text, pooled, proprio, cands, bins)
-    return best, torch.ones(len(best)), {
-        "q_gain": (scores.max(1).values - scores[:, :-1].mean(1)).mean().item(),
-        "recorded_best": (scores.argmax(1) == cands.shape[1] - 1).float().mean().item(),
-        "best_moved_bins": (best - sampled[:, 0]).abs().float().mean().item()}
+    stats = {"q_gain": (scores.max(1).values - scores.mean(1)).mean().item(),
+             "recorded_best": (scores.argmax(1) == cands.shape[1] - 1).float().mean().item()}
+    if cfg.improve == "rank":  # PA-RL: the best candidate is the target
+        logp, _, _ = policy.action_logprobs(text, feat, proprio, best, cfg.temperature)
+        return -logp.mean(), stats
+    b, k, a = cands.shape
+    adv = candidate_advantages(scores)
+    logp, _, _ = policy.action_logprobs(_repeat(text, k), _repeat(feat, k), _repeat(proprio, k),
+                                        cands.reshape(b * k, a), cfg.temperature)
+    return -(adv.reshape(-1) * logp).mean(), stats
 
 
-def policy_step(engine, vf, batch: dict[str, torch.Tensor], bc_mb: dict | None,
+def policy_step(engine, anchor, vf, batch: dict[str, torch.Tensor], bc_mb: dict | None,
                 cfg: ParlConfig, bc_coef: float, rng: np.random.Generator) -> dict[str, float]:
+    """One optimizer step on the improvement loss + ``kl_coef`` x KL to the update's anchor
+    (+ ``bc_coef`` x behaviour cloning on the takeover/demonstration pool)."""
     policy = engine.module
-    tokens, weights, stats = improvement_targets(policy, vf, batch, cfg, rng)
+    loss, stats = improvement_loss(policy, vf, batch, cfg, rng)
+    stats["improve_loss"] = loss.item()
     feat = unpool_features(batch["pooled"], policy.cfg.image_grid)
-    loss = weighted_bc_loss(policy, batch["text"], feat, batch["proprio"], tokens, weights)
-    stats["distill_loss"] = loss.item()
+    logits, _ = policy.actor_forward(batch["text"], feat, batch["proprio"], batch["tokens"])
+    with torch.no_grad():
+        anchor_logits, _ = anchor.actor_forward(batch["text"], feat, batch["proprio"],
+                                                batch["tokens"])
+    kl = token_kl(anchor_logits / cfg.temperature, logits / cfg.temperature)
+    loss = loss + cfg.kl_coef * kl
+    stats["kl"] = kl.item()
+    lp = torch.log_softmax(logits / cfg.temperature, -1)
+    stats["entropy"] = -(lp.exp() * lp).sum(-1).mean().item()
     if bc_mb is not None and bc_coef > 0:
         b_loss, b_stats = bc_loss(policy, bc_mb)
         loss = loss + bc_coef * b_loss
@@ -261,12 +304,15 @@ class Parl(Algorithm):
         use_bc = self.bc.coef > 0 and len(pool) > 0
         bc_k = max(1, self.bc.batch_size // self.world)
         policy_rows = []
-        if len(self.replay) and critic_rows:
+        if len(self.replay) and critic_rows and cfg.policy_steps:
+            anchor = copy.deepcopy(self.engine.module).requires_grad_(False)
             for _ in range(cfg.policy_steps):
                 mb = self._share(self.replay.sample(rng, cfg.policy_batch))
-                policy_rows.append(policy_step(self.engine, self.vf_engine.module, mb,
+                policy_rows.append(policy_step(self.engine, anchor, self.vf_engine.module, mb,
                                                pool.sample(rng, bc_k) if use_bc else None,
                                                cfg, self.bc.coef, rng))
+                if cfg.target_kl and mean_over_ranks(policy_rows[-1]["kl"]) > cfg.target_kl:
+                    break  # as PPO's early stop: far enough from this update's start
         bc_rows = self._bc_only(pool, rng, bc_k) if use_bc else []
         learned = bool(policy_rows or bc_rows)
         self.updates += learned

@@ -8,7 +8,11 @@ import torch
 
 from tests.cloud.test_learner import TINY, TokenRewards, config, tiny_actor, write_episode
 from vlac.cloud.learner.algorithms import Context, ParlConfig, UpdateBatch, make_algorithm
-from vlac.cloud.learner.algorithms.parl import rank_candidates
+from vlac.cloud.learner.algorithms.parl import (
+    candidate_advantages,
+    rank_candidates,
+    token_kl,
+)
 from vlac.cloud.learner.algorithms.qfunction import (
     expectile_loss,
     iql_q_loss,
@@ -105,6 +109,53 @@ def test_ranking_keeps_the_candidate_the_pessimistic_q_scores_best():
     assert best.tolist() == [[255, 1, 1, 1]]
 
 
+def test_candidate_advantages_by_hand_and_zero_when_q_cannot_tell():
+    # state means 2 and 0: deviations [-1, 1] and [-1, 1], spread std = 1.1547 (n - 1 = 3)
+    adv = candidate_advantages(torch.tensor([[1.0, 3.0], [-1.0, 1.0]]))
+    assert adv.flatten().tolist() == pytest.approx([-0.8660, 0.8660, -0.8660, 0.8660], abs=1e-4)
+    assert candidate_advantages(torch.full((3, 5), 0.7)).abs().max().item() == 0.0
+
+
+def test_token_kl_by_hand():
+    # KL([0.5, 0.5] || [0.25, 0.75]) = 0.5 ln 2 + 0.5 ln(2/3)
+    a = torch.log(torch.tensor([[[0.5, 0.5]]]))
+    b = torch.log(torch.tensor([[[0.25, 0.75]]]))
+    assert token_kl(a, b).item() == pytest.approx(0.5 * np.log(2) + 0.5 * np.log(2 / 3))
+    assert token_kl(a, a).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def policy_drift(improve: str) -> float:
+    """Largest change of any token log-probability after one update whose Q-function scores
+    every action 0."""
+    torch.manual_seed(0)
+    model = SmallVLAC(TINY)
+    cfg = ParlConfig(improve=improve, critic_steps=1, critic_warmup_steps=0, policy_steps=20,
+                     lr=3e-4, critic_batch=16, policy_batch=16, target_kl=0.0)
+    algo = make_algorithm(cfg, model, Context(bc=BCConfig(coef=0.0), seed=0, world=1,
+                                              make_engine=eng.make_engine))
+    for p in algo.vf_engine.module.q_heads.parameters():  # Q = 0 for every action, for good
+        torch.nn.init.zeros_(p)
+        p.requires_grad_(False)
+    ep = episode(20, seed=3)
+    args = (torch.from_numpy(np.repeat(ep.text[None], 20, 0)),
+            torch.from_numpy(ep.feat.astype(np.float32)), torch.from_numpy(ep.proprio),
+            torch.from_numpy(ep.tokens))
+    with torch.no_grad():
+        before = model.actor_forward(*args)[0].log_softmax(-1)
+    stats = algo.update(UpdateBatch([ep], StepPool([]), 0))
+    assert stats["policy_steps"] == 20 and stats["q_gain"] == 0.0
+    with torch.no_grad():
+        return (model.actor_forward(*args)[0].log_softmax(-1) - before).abs().max().item()
+
+
+def test_an_uninformative_q_leaves_the_policy_where_it_is_and_cloning_samples_does_not():
+    # the weighted step's improvement loss is exactly 0: what moves is AdamW's weight decay
+    # and Adam's step on the KL term's rounding-level gradients (0.026 here), against 0.29
+    # for cloning the policy's own samples
+    still, cloned = policy_drift("weighted"), policy_drift("rank")
+    assert still < 0.05 and cloned > 5 * still, (still, cloned)
+
+
 # ---------------------------------------------------------------------- the replay
 def test_transitions_of_terminal_and_cut_episodes():
     cut = episode_transitions(episode(4, rewards=[0.1, 0.2, 0.3]), 2)
@@ -158,7 +209,7 @@ def test_parl_moves_a_token_policy_toward_what_its_q_function_learnt_pays():
     torch.manual_seed(0)
     model = SmallVLAC(TINY)
     cfg = ParlConfig(gamma=0.0, critic_steps=60, critic_warmup_steps=100, policy_steps=15,
-                     critic_batch=64, policy_batch=32, lr=3e-3, critic_lr=3e-3)
+                     critic_batch=64, policy_batch=32, lr=3e-3, critic_lr=3e-3, target_kl=0.0)
     algo = make_algorithm(cfg, model, Context(bc=BCConfig(coef=0.0), seed=0, world=1,
                                               make_engine=eng.make_engine))
     rng = np.random.default_rng(1)
