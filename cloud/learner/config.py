@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from vlac.cloud.fleet.publisher import PublisherConfig
-from vlac.cloud.learner.algorithms import AlgorithmConfig, PPOConfig, algorithm_config
+from vlac.cloud.learner.algorithms import AlgorithmConfig, algorithm_config
+from vlac.cloud.learner.algorithms.base import default_algorithm_config
 from vlac.shared.config import check, opt
 from vlac.shared.hitl import BCConfig
 from vlac.shared.tasks import HEADLINE_TASKS
@@ -98,7 +99,7 @@ class LearnerConfig:
     threads: int = opt(0, "torch threads (0: torch's default).")
     rewards: RewardsConfig = field(default_factory=RewardsConfig, metadata={
         "help": "Where rewards come from and how they are shaped."})
-    algorithm: AlgorithmConfig = field(default_factory=PPOConfig, metadata={
+    algorithm: AlgorithmConfig = field(default_factory=default_algorithm_config, metadata={
         "help": "The RL algorithm (--algorithm.name) and its settings."})
     bc: BCConfig = field(default_factory=BCConfig, metadata={
         "help": "Behaviour cloning on takeovers, demonstrations and replayed successes."})

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from vlac.cloud.learner.algorithms.base import (
+    AlgorithmConfig,
+    algorithm_config,
+    default_algorithm_config,
+)
 from vlac.shared.config import check, opt
 from vlac.shared.hitl import HitlConfig
 from vlac.shared.tasks import HEADLINE_TASKS
@@ -30,9 +35,11 @@ class TrainConfig:
     actor_demos_per_task: int = opt(2, "Demos the imitation actor learns from (the ~30% knob).")
     critic_steps: int = opt(0, "Critic training steps (0: 3000, quick: 600).")
     actor_steps: int = opt(0, "Imitation steps (0: 2000, quick: 600).")
-    episodes_per_update: int = opt(8, "Episodes per PPO update.")
+    episodes_per_update: int = opt(8, "Episodes per learner update.")
     publish_every: int = opt(1, "Learner versions between publications.")
-    lr: float = opt(3e-5, "Learner learning rate.")
+    algorithm: AlgorithmConfig = field(default_factory=default_algorithm_config, metadata={
+        "help": "The learner's RL algorithm (--algorithm.name) and its settings (its "
+                "temperature is always --temperature, the robots')."})
     max_steps: int = opt(150, "Step limit of an episode.")
     critic: Path | None = opt(None, "Use this critic instead of training one.")
     actor: Path | None = opt(None, "Use this imitation actor instead of training one.")
@@ -63,6 +70,9 @@ class TrainConfig:
         check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
         check(self.precision in ("int8", "fp32"), "precision", "use int8 or fp32")
         check(self.temperature > 0, "temperature", "must be > 0")
+        self.algorithm = algorithm_config(self.algorithm)
+        if hasattr(self.algorithm, "temperature"):  # the learner scores the robots' tokens
+            self.algorithm.temperature = self.temperature
         for name in ("critic", "actor"):
             path = getattr(self, name)
             if path is not None:

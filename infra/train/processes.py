@@ -42,7 +42,6 @@ def stop_order(launcher: Launcher) -> list[str]:
 
 
 def learner_config(cfg: TrainConfig, p: Paths, actor: Path, addr: Addresses):
-    from vlac.cloud.learner.algorithms import PPOConfig
     from vlac.cloud.learner.config import LearnerConfig, PublishConfig, RewardsConfig
 
     updates = max(1, -(-cfg.episodes // cfg.episodes_per_update))
@@ -51,7 +50,7 @@ def learner_config(cfg: TrainConfig, p: Paths, actor: Path, addr: Addresses):
         features=p.features, episodes_per_update=cfg.episodes_per_update, max_updates=updates,
         idle_timeout_s=60.0, poll_s=1.0, checkpoint_every=5, threads=1,
         rewards=RewardsConfig(mode="critic", service=addr.critic),
-        algorithm=PPOConfig(lr=cfg.lr, temperature=cfg.temperature),
+        algorithm=cfg.algorithm,
         bc=cfg.hitl.bc,
         publish=PublishConfig(enabled=True, every=cfg.publish_every, tasks=cfg.tasks,
                               publisher=publisher_config(p, addr.publisher, cfg.precision)))

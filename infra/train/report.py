@@ -109,7 +109,9 @@ def plot(cfg: TrainConfig, p: Paths, eps: list[dict], by_task: dict[str, list[bo
             ax[0].plot(np.arange(1, len(raw) + 1), raw, ls="--", color=line.get_color(),
                        label=f"{task}, with help")
     ax[0].set(xlabel="episode of the task", ylabel=f"success (rolling {w})",
-              ylim=(-0.02, 1.02), title="rollouts: success vs episodes")
+              ylim=(-0.02, 1.02),
+              title="rollouts, sampled: success alone\n(an episode with a takeover counts as a "
+              "failure; dashed: with help)" if helped else "rollouts, sampled: success")
     if by_task:
         ax[0].legend(fontsize=8)
     ax[1].plot(np.arange(1, len(versions_seen) + 1), versions_seen)
@@ -123,7 +125,8 @@ def plot(cfg: TrainConfig, p: Paths, eps: list[dict], by_task: dict[str, list[bo
                       label=label)
         ax[2].set_xticks(x, [t.removesuffix("-v3") for t in cfg.tasks], fontsize=8)
         ax[2].set(ylim=(0, 1.02), ylabel="success, greedy, no help",
-                  title=f"the same {cfg.final_eval} fixed layouts per task")
+                  title=f"start vs final policy: the same {cfg.final_eval} fixed layouts\n"
+                  f"per task, greedy, alone (paired {evaluation['paired_diff']:+.0%})")
         ax[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(p.report / "success.png", dpi=110)
@@ -162,8 +165,10 @@ def markdown(cfg: TrainConfig, s: dict) -> str:
            "return-and-explore restarts", f"- critic VOC on held-out demos: "
            f"{s['critic_voc_heldout']}",
            f"- robots ran the {cfg.precision} ONNX actor, sampling at temperature "
-           f"{cfg.temperature}; PPO's mean importance weight (1: the robots sampled what the "
-           f"learner scores): {s['mean_importance_weight'] or float('nan'):.2f}",
+           f"{cfg.temperature}; the learner ran {s['algorithm']}" + (
+               f"; PPO's mean importance weight (1: the robots sampled what the learner "
+               f"scores): {s['mean_importance_weight']:.2f}"
+               if s["mean_importance_weight"] is not None else ""),
            f"- human-in-the-loop: {s['hitl']}"]
     if evaluation:
         md += ["", f"Starting policy against the final one (v{evaluation['final_version']}), "
@@ -210,6 +215,7 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Conso
                "steps_per_s": steps / rl_s if rl_s > 0 else None,
                "total_seconds": time.time() - t_start, "hitl": to_dict(cfg.hitl),
                "precision": cfg.precision, "temperature": cfg.temperature,
+               "algorithm": cfg.algorithm.name,
                "mean_importance_weight": float(np.mean(weights)) if weights else None,
                "final_eval": evaluation}
     (p.report / "report.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -70,7 +70,12 @@ class AlgorithmConfig:
                 "--algorithm.* flags (`--algorithm.name NAME -h` lists them).")
 
 
-DEFAULT_ALGORITHM = "ppo"
+DEFAULT_ALGORITHM = "ppo"  # of `vlac learner run` and `vlac train`
+
+
+def default_algorithm_config() -> AlgorithmConfig:
+    """The default algorithm's config section with its own defaults."""
+    return algorithm_class(DEFAULT_ALGORITHM).config_cls()
 
 
 def algorithm_config(value: Any) -> AlgorithmConfig:

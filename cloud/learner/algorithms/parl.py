@@ -22,8 +22,9 @@ One update (``Parl.update``):
 3. up to ``policy_steps`` improvement steps on states drawn from the replay: ``candidates``
    token vectors sampled from the current policy at ``temperature`` plus the recorded action
    are scored by the smaller of the two Qs; ``improve weighted`` raises each candidate's
-   log-probability by its score minus its state's mean (in units of the batch's spread: an
-   uninformative Q moves nothing), ``rank`` clones the best (PA-RL), ``awr`` clones the
+   log-probability by its score minus its state's mean, as a signal-to-noise ratio against
+   the ensemble's disagreement (an uninformative or unsure Q moves little), ``rank`` clones
+   the best (PA-RL), ``awr`` clones the
    recorded actions weighted by exp(beta (Q - V) / std) (IQL's extraction); each step adds
    ``kl_coef`` x KL to the policy as it was at the update's start, and the steps stop once
    that KL passes ``target_kl``; then ``bc.coef`` x behaviour cloning on the takeover and
@@ -83,11 +84,11 @@ class ParlConfig(AlgorithmConfig):
                           "recorded action is ranked with them).")
     temperature: float = opt(1.0, "Temperature the candidates are sampled at (the robots' "
                              "sampling temperature is the natural choice).")
-    lr: float = opt(3e-5, "Learning rate of the policy's improvement steps (AdamW).")
+    lr: float = opt(1e-5, "Learning rate of the policy's improvement steps (AdamW).")
     kl_coef: float = opt(0.1, "Weight of KL(the policy at the update's start || the policy) "
                          "in every improvement step.")
-    target_kl: float = opt(0.05, "Stop an update's improvement steps once that KL exceeds "
-                           "this (0: off).")
+    target_kl: float = opt(0.02, "Stop an update's improvement steps once that KL (per "
+                           "action token) exceeds this (0: off).")
     policy_steps: int = opt(25, "Policy-improvement steps per update.")
     policy_batch: int = opt(32, "States per policy-improvement step.")
     critic_lr: float = opt(3e-4, "Learning rate of the Q and V networks (AdamW).")
@@ -166,13 +167,16 @@ def sample_candidates(policy, text: torch.Tensor, feat: torch.Tensor, proprio: t
 
 @torch.no_grad()
 def rank_candidates(q, text: torch.Tensor, pooled: torch.Tensor, proprio: torch.Tensor,
-                    candidates: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    candidates: torch.Tensor, bins: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The candidate (B, k, A) the pessimistic Q (the smaller of the ensemble's; ``q`` is
-    ``ValueFunctions.q``) scores best per state: (best tokens (B, A), scores (B, k))."""
+    ``ValueFunctions.q``) scores best per state: (best tokens (B, A), scores (B, k), every
+    member's scores (n, B, k))."""
     b, k, a = candidates.shape
-    scores = q(_repeat(text, k), _repeat(pooled, k), _repeat(proprio, k),
-               tokens_to_unit(candidates.reshape(b * k, a), bins)).min(0).values.reshape(b, k)
-    return candidates[torch.arange(b), scores.argmax(1)], scores
+    members = q(_repeat(text, k), _repeat(pooled, k), _repeat(proprio, k),
+                tokens_to_unit(candidates.reshape(b * k, a), bins)).reshape(-1, b, k)
+    scores = members.min(0).values
+    return candidates[torch.arange(b), scores.argmax(1)], scores, members
 
 
 def token_kl(anchor_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -181,13 +185,19 @@ def token_kl(anchor_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (a.exp() * (a - torch.log_softmax(logits, -1))).sum(-1).mean()
 
 
-def candidate_advantages(scores: torch.Tensor) -> torch.Tensor:
-    """(B, k) Q scores -> each candidate's score minus its state's mean, over the batch's
-    spread: zero everywhere when the Q-function tells the candidates apart nowhere, so an
-    uninformative Q leaves the policy where it is (distilling one's own samples does not:
-    fitting a finite sample moves the policy at random)."""
-    adv = scores - scores.mean(1, keepdim=True)
-    return adv / (adv.std() + 1e-8) if adv.numel() > 1 and adv.std() > 1e-8 else adv
+def candidate_advantages(scores: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """(B, k) pessimistic Q scores and (n, B, k) the members' -> each candidate's advantage
+    over its state's mean, as a signal-to-noise ratio in (-1, 1): the centred score c over
+    |c| + d, d the members' disagreement about the state's centred scores (their mean range).
+    Zero where the Q-function tells the candidates apart nowhere, and small where its
+    members disagree more than they prefer, so neither an uninformative nor an unsure Q moves
+    the policy much (distilling one's own samples does: fitting a finite sample moves the
+    policy at random, and a Q-function trained on a few thousand steps is mostly unsure
+    about actions a few bins apart)."""
+    centred = scores - scores.mean(1, keepdim=True)
+    m = members - members.mean(2, keepdim=True)
+    disagreement = (m.max(0).values - m.min(0).values).mean(1, keepdim=True)
+    return centred / (centred.abs() + disagreement + 1e-8)
 
 
 def improvement_loss(policy, vf, batch: dict[str, torch.Tensor], cfg: ParlConfig,
@@ -210,14 +220,15 @@ def improvement_loss(policy, vf, batch: dict[str, torch.Tensor], cfg: ParlConfig
     sampled = sample_candidates(policy, text, feat, proprio, cfg.candidates, cfg.temperature,
                                 rng)
     cands = torch.cat([sampled, batch["tokens"][:, None]], 1)
-    best, scores = rank_candidates(vf.q, text, pooled, proprio, cands, bins)
+    best, scores, members = rank_candidates(vf.q, text, pooled, proprio, cands, bins)
     stats = {"q_gain": (scores.max(1).values - scores.mean(1)).mean().item(),
+             "q_disagreement": (members[0] - members[-1]).abs().mean().item(),
              "recorded_best": (scores.argmax(1) == cands.shape[1] - 1).float().mean().item()}
     if cfg.improve == "rank":  # PA-RL: the best candidate is the target
         logp, _, _ = policy.action_logprobs(text, feat, proprio, best, cfg.temperature)
         return -logp.mean(), stats
     b, k, a = cands.shape
-    adv = candidate_advantages(scores)
+    adv = candidate_advantages(scores, members)
     logp, _, _ = policy.action_logprobs(_repeat(text, k), _repeat(feat, k), _repeat(proprio, k),
                                         cands.reshape(b * k, a), cfg.temperature)
     return -(adv.reshape(-1) * logp).mean(), stats

@@ -102,18 +102,25 @@ def table_q(text, pooled, proprio, action):
 
 def test_ranking_keeps_the_candidate_the_pessimistic_q_scores_best():
     cands = torch.tensor([[[0, 0, 0, 0], [255, 1, 1, 1], [128, 2, 2, 2]]])
-    best, scores = rank_candidates(table_q, torch.zeros(1, 384), torch.zeros(1, 4, 1280),
-                                   torch.zeros(1, 4), cands, 256)
+    best, scores, members = rank_candidates(table_q, torch.zeros(1, 384),
+                                            torch.zeros(1, 4, 1280), torch.zeros(1, 4), cands, 256)
+    assert members.shape == (2, 1, 3)
     # unit values of token 0: -1, 1, 0.0039; min(u, 1 - u/2): -1, 0.5, 0.0039
     assert scores[0].tolist() == pytest.approx([-1.0, 0.5, 128 / 255 * 2 - 1], abs=1e-6)
     assert best.tolist() == [[255, 1, 1, 1]]
 
 
 def test_candidate_advantages_by_hand_and_zero_when_q_cannot_tell():
-    # state means 2 and 0: deviations [-1, 1] and [-1, 1], spread std = 1.1547 (n - 1 = 3)
-    adv = candidate_advantages(torch.tensor([[1.0, 3.0], [-1.0, 1.0]]))
-    assert adv.flatten().tolist() == pytest.approx([-0.8660, 0.8660, -0.8660, 0.8660], abs=1e-4)
-    assert candidate_advantages(torch.full((3, 5), 0.7)).abs().max().item() == 0.0
+    # state 0: the members agree (scores 1, 3): centred -1, +1, disagreement 0 -> -1, +1
+    # state 1: members [0, 2] and [0, 0]: min [0, 0] -> 0, 0 (no preference)
+    # state 2: members [0, 2] and [0, 1]: min [0, 1], centred -0.5, 0.5; the members' centred
+    # scores [-1, 1] and [-0.5, 0.5] differ by 0.5 on each -> 0.5 / (0.5 + 0.5)
+    members = torch.tensor([[[1.0, 3.0], [0.0, 2.0], [0.0, 2.0]],
+                            [[1.0, 3.0], [0.0, 0.0], [0.0, 1.0]]])
+    adv = candidate_advantages(members.min(0).values, members)
+    assert adv.flatten().tolist() == pytest.approx([-1, 1, 0, 0, -0.5, 0.5], abs=1e-6)
+    flat = torch.full((2, 3, 5), 0.7)
+    assert candidate_advantages(flat[0], flat).abs().max().item() == 0.0
 
 
 def test_token_kl_by_hand():
