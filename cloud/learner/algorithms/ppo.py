@@ -1,7 +1,9 @@
 """PPO on action tokens from a quantized, remote, lagging behaviour policy.
 
-Read top to bottom (CleanRL style): the config section, GAE, the advantage estimators, the
-batch of PPO samples, the clipped loss, and the update the learner calls (``PPO.update``).
+Read top to bottom (CleanRL style): the config section, the batch of PPO samples (GAE and
+the advantage estimators are in ``advantages``), the clipped loss, and the update the learner
+calls (``PPO.update``); ``--algorithm.value separate`` gives GAE a value network of its own
+(``ppo_value``).
 Three log-probabilities meet here:
 
 - ``b_behaviour_logp``: what the robot's INT8 copy of policy version v_b reported when it
@@ -26,14 +28,23 @@ cloning on the BC pool, stopping early once an epoch's approx KL passes ``target
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
+from vlac.cloud.learner.algorithms.advantages import (  # noqa: F401 (PPO's API)
+    ADVANTAGES,
+    Estimator,
+    advantage_estimator,
+    before_takeover,
+    gae,
+    group_advantages,
+    window_sums,
+)
 from vlac.cloud.learner.algorithms.base import (
     Algorithm,
     AlgorithmConfig,
@@ -85,8 +96,20 @@ class PPOConfig(AlgorithmConfig):
     max_version_lag: int = opt(4, "Steps of policies older than this many versions get "
                                "weight 0.")
     max_grad_norm: float = opt(1.0, "Gradient clipping (DeepSpeed).")
+    value: Literal["shared", "separate"] = opt(
+        "shared", "The value function of --algorithm.advantage gae: shared (the value head "
+        "on the policy's trunk) or separate (a network of its own, at --algorithm.vf-lr, "
+        "fitted alone for --algorithm.vf-warmup-updates updates first: ppo_value).")
+    vf_lr: float = opt(3e-4, "Learning rate of the separate value network.")
+    vf_epochs: int = opt(4, "Passes over each batch fitting the separate value network.")
+    vf_warmup_updates: int = opt(1, "First updates that fit only the separate value network.")
 
     def __post_init__(self) -> None:
+        check(self.value in ("shared", "separate"), "algorithm.value", "use shared or separate")
+        check(self.value == "shared" or self.advantage == "gae", "algorithm.value",
+              "a separate value network serves --algorithm.advantage gae only")
+        check(self.vf_lr > 0 and self.vf_epochs >= 1 and self.vf_warmup_updates >= 0,
+              "algorithm.vf_lr", "vf_lr > 0, vf_epochs >= 1, vf_warmup_updates >= 0")
         check(self.advantage in ADVANTAGES, "algorithm.advantage",
               f"use one of {', '.join(ADVANTAGES)}")
         check(self.horizon >= 1, "algorithm.horizon", "must be >= 1")
@@ -104,125 +127,6 @@ class PPOConfig(AlgorithmConfig):
         check(self.kl_ref_coef >= 0, "algorithm.kl_ref_coef", "must be >= 0 (0: off)")
         check(self.temperature > 0, "algorithm.temperature", "must be > 0 (the robots' "
               "sampling temperature)")
-
-
-# ---------------------------------------------------------------------- GAE
-def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: float,
-        gamma: float = 0.99, lam: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Generalised advantage estimation over one trajectory (Schulman et al. 2016, eq. 16).
-
-    ``dones[t]`` is 1 when the episode ended after step t (no bootstrap past it);
-    ``last_value`` bootstraps a trajectory cut before its end. Returns (advantages, returns).
-    """
-    t_max = len(rewards)
-    adv = np.zeros(t_max, np.float64)
-    last = 0.0
-    for t in reversed(range(t_max)):
-        next_value = last_value if t == t_max - 1 else values[t + 1]
-        not_done = 1.0 - float(dones[t])
-        delta = rewards[t] + gamma * next_value * not_done - values[t]
-        last = delta + gamma * lam * not_done * last
-        adv[t] = last
-    return adv.astype(np.float32), (adv + values).astype(np.float32)
-
-
-# ---------------------------------------------------------------------- advantage estimators
-@dataclass(frozen=True)
-class Estimator:
-    """``fn(episodes, samples, cfg) -> b_advantages`` over the batch's PPO samples, whose
-    ``b_episode``/``b_step`` columns say where each comes from (``b_advantages`` holds GAE's
-    when it is called). Estimators that do not ``use_values`` judge an episode by its own
-    return: only the steps before its first takeover are samples, the value loss is off, the
-    advantages are not renormalised per minibatch, and an all-zero batch is no signal."""
-
-    fn: Callable[[list[EpisodeData], dict[str, np.ndarray], PPOConfig], np.ndarray]
-    uses_values: bool
-
-
-ADVANTAGES: dict[str, Estimator] = {}
-
-
-def advantage_estimator(name: str, *, uses_values: bool = False) -> Callable:
-    """Register ``fn`` as ``--algorithm.advantage NAME``."""
-    def add(fn):
-        ADVANTAGES[name] = Estimator(fn, uses_values)
-        return fn
-    return add
-
-
-def window_sums(rewards: np.ndarray, horizon: int, n: int) -> np.ndarray:
-    """(n,) sum of rewards[t:t+horizon] for each step t (0 past the rewards' end)."""
-    c = np.concatenate([[0.0], np.cumsum(np.asarray(rewards, np.float64))])
-    t = np.arange(n)
-    hi = np.minimum(t + horizon, len(rewards))
-    lo = np.minimum(t, len(rewards))
-    return (c[hi] - c[lo]).astype(np.float32)
-
-
-def group_advantages(scores: np.ndarray, groups: list[str]) -> np.ndarray:
-    """Each score minus the mean score of its group (the whole batch's mean when a group has
-    only one), scaled by the standard deviation of the result over the batch."""
-    scores = np.asarray(scores, np.float64)
-    names = np.asarray(groups)
-    base = np.full(len(scores), scores.mean() if len(scores) else 0.0)
-    for g in set(groups):
-        m = names == g
-        if m.sum() >= 2:
-            base[m] = scores[m].mean()
-    adv = scores - base
-    std = adv.std()
-    return (adv / std if std > 1e-8 else adv).astype(np.float32)
-
-
-def before_takeover(ep: EpisodeData) -> int:
-    """Steps of an episode before the operator's first takeover: an episode an operator
-    rescued must not credit the policy's steps with the operator's success (which would
-    reward stalling, since a stall is what calls the operator)."""
-    taken = np.flatnonzero(ep.intervention[:len(ep.rewards)])
-    return int(taken[0]) if len(taken) else len(ep.rewards)
-
-
-def _shrink_negative(adv: np.ndarray, scale: float) -> np.ndarray:
-    return adv if scale == 1 else np.where(adv < 0, adv * scale, adv).astype(np.float32)
-
-
-@advantage_estimator("gae", uses_values=True)
-def gae_advantages(episodes, b, cfg) -> np.ndarray:
-    """GAE's (computed per episode in ``build_batch``)."""
-    return b["b_advantages"]
-
-
-@advantage_estimator("group")
-def episode_group_advantages(episodes, b, cfg) -> np.ndarray:
-    """Every sample of an episode gets ``group_advantages`` of its return (before any
-    takeover) among its task's episodes, spread over the episode's samples so that each
-    episode weighs the same: A_episode x mean samples per episode / the episode's samples.
-    Failures run to the step limit and successes stop early, so with A per step the
-    failures' many steps would outweigh the successes' few, and PPO would mostly push
-    sampled tokens down, flattening the policy."""
-    used = [i for i, ep in enumerate(episodes) if len(ep.rewards)]
-    score = np.zeros(len(episodes), np.float32)
-    score[used] = group_advantages([episodes[i].rewards[:before_takeover(episodes[i])].sum()
-                                    for i in used], [episodes[i].task for i in used])
-    counts = np.bincount(b["b_episode"], minlength=len(episodes))
-    parts = [np.full(counts[i], score[i], np.float32) / counts[i] for i in used if counts[i]]
-    if not parts:
-        return np.zeros(0, np.float32)
-    adv = (np.concatenate(parts) * np.mean(counts[counts > 0])).astype(np.float32)
-    return _shrink_negative(adv, cfg.negative_scale)
-
-
-@advantage_estimator("horizon")
-def horizon_advantages(episodes, b, cfg) -> np.ndarray:
-    """Each sample gets the sum of its episode's next ``horizon`` rewards (before any
-    takeover), then ``group_advantages`` of that among its task's samples."""
-    sums = {i: window_sums(ep.rewards[:before_takeover(ep)], cfg.horizon, len(ep.rewards))
-            for i, ep in enumerate(episodes) if len(ep.rewards)}
-    adv = np.concatenate([np.zeros(0, np.float32)] + [
-        s[b["b_step"][b["b_episode"] == i]] for i, s in sums.items()])
-    if len(adv):
-        adv = group_advantages(adv, [episodes[i].task for i in b["b_episode"]])
-    return _shrink_negative(adv, cfg.negative_scale)
 
 
 # ---------------------------------------------------------------------- the PPO samples
@@ -444,15 +348,32 @@ class PPO(Algorithm):
         self.engine.eval()
         self.rank, self.world = rank_and_world()
         self.updates = 0  # updates that changed the weights, over every run of this learner
+        self.seen = 0  # updates, learned or not (the separate value network's warm-up)
+        self.value = None
+        if cfg.value == "separate":
+            from vlac.cloud.learner.algorithms.ppo_value import SeparateValue
+
+            self.value = SeparateValue(cfg, model.cfg.image_grid, model.cfg.proprio_dim,
+                                       ctx.make_engine, self.world, self.rank)
 
     def update(self, batch: UpdateBatch) -> dict[str, Any]:
         cfg, episodes = self.cfg, batch.episodes
         anchors = anchor_pass(self.engine.module, episodes, temperature=cfg.temperature)
         refs = None if self.reference is None else [
             logp for logp, _ in anchor_pass(self.reference, episodes, temperature=cfg.temperature)]
+        fitted = {}
+        if self.value is not None:  # GAE on the separate network's values, then fit it
+            anchors = [(lp, v) for (lp, _), v in zip(anchors, self.value.values(episodes),
+                                                     strict=True)]
         samples = build_batch(episodes, anchors, batch.version, cfg, refs)
-        train = ppo_update(self.engine, samples, batch.bc, cfg, self.bc,
-                           seed=self.seed + batch.version, rank=self.rank, world=self.world)
+        if self.value is not None and samples:
+            fitted = self.value.fit(samples, self.seed + batch.version)
+        warm = self.value is not None and self.seen < cfg.vf_warmup_updates
+        self.seen += 1
+        train = {} if warm else ppo_update(
+            self.engine, samples, batch.bc, dataclasses.replace(cfg, vf_coef=0.0)
+            if self.value is not None else cfg, self.bc, seed=self.seed + batch.version,
+            rank=self.rank, world=self.world)
         lags = np.concatenate([batch.version - ep.policy_version[:len(ep.rewards)]
                                [~ep.intervention[:len(ep.rewards)]] for ep in episodes])
         stats: dict[str, Any] = {
@@ -460,7 +381,7 @@ class PPO(Algorithm):
             "stale_fraction": float((lags > cfg.max_version_lag).mean()) if len(lags) else 0.0,
             **{k: float("nan") for k in (*PPO_STATS, "bc_loss", "bc_only_loss")},
             **{k: v for k, v in train.items() if k in (*PPO_STATS, "bc_loss", "bc_only_loss")},
-            "epochs": train.get("epochs", 0)}
+            "epochs": train.get("epochs", 0), **fitted}
         if samples:
             ret, val = samples["b_returns"], samples["b_values"]
             var = float(np.var(ret))
@@ -471,7 +392,12 @@ class PPO(Algorithm):
         return stats
 
     def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates}
+        extra = {} if self.value is None else {"seen": self.seen,
+                                               "value": self.value.state_dict()}
+        return {"updates": self.updates, **extra}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
+        if self.value is not None and "value" in state:
+            self.seen = int(state["seen"])
+            self.value.load_state_dict(state["value"])

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from vlac.cloud.learner.algorithms import ALGORITHMS
 from vlac.cloud.learner.config import LearnerConfig
 from vlac.infra.cli import main as cli
 from vlac.shared.config import ConfigError, from_dict
@@ -50,6 +51,8 @@ def test_sections_come_from_nested_mappings_and_dotted_flags(tmp_path, monkeypat
 def _fields(cls, prefix=""):
     for f in dataclasses.fields(cls):
         tp = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if tp is not None and not isinstance(tp, type):  # a factory function: its class
+            tp = type(tp())
         if dataclasses.is_dataclass(tp) and tp.__module__.startswith("vlac."):
             yield from _fields(tp, f"{prefix}{f.name}.")
         else:
@@ -59,6 +62,9 @@ def _fields(cls, prefix=""):
 def test_every_field_has_a_help_that_says_what_it_does():
     fields = dict(_fields(LearnerConfig))
     assert {"algorithm.clip", "rewards.mode", "bc.coef", "publish.every"} <= set(fields)
+    for cls in {a.config_cls for a in ALGORITHMS.values()}:  # every algorithm's section
+        fields.update(_fields(cls, "algorithm."))
+    assert "algorithm.critic_steps" in fields
     for name, text in fields.items():
         assert text, f"{name} has no help"
         assert not re.search(r"#\d|issue \d", text), f"{name}'s help cites the tracker"

@@ -22,6 +22,7 @@ from vlac.cloud.learner.algorithms.ppo import (
 )
 from vlac.cloud.learner.episodes import EpisodeData
 from vlac.cloud.learner.rewards import shape_rewards
+from vlac.shared.config import ConfigError
 
 
 def gae_loop(rewards, values, dones, last_value, gamma, lam):
@@ -167,3 +168,35 @@ def test_every_advantage_option_is_a_registered_estimator():
     choices = typing.get_args(typing.get_type_hints(PPOConfig)["advantage"])
     assert set(choices) == set(ADVANTAGES) == {"gae", "group", "horizon"}
     assert [n for n, e in ADVANTAGES.items() if e.uses_values] == ["gae"]
+
+
+# ---------------------------------------------------------------------- a separate value network
+def test_a_separate_value_network_warms_up_alone_then_serves_gae():
+    from tests.cloud.learner.test_parl import episode
+    from vlac.cloud.learner.algorithms import Context, UpdateBatch, make_algorithm
+    from vlac.cloud.learner.replay import StepPool
+    from vlac.cloud.models import engine as eng
+    from vlac.cloud.models.vlac import SmallVLAC, VLACConfig
+    from vlac.shared.hitl import BCConfig
+
+    with pytest.raises(ConfigError, match=r"serves --algorithm\.advantage gae only"):
+        PPOConfig(value="separate")
+    torch.manual_seed(0)
+    model = SmallVLAC(VLACConfig(d_model=32, layers=1, heads=2, ff=64, dropout=0.0))
+    cfg = PPOConfig(advantage="gae", value="separate", vf_lr=3e-3, vf_epochs=8,
+                    minibatch_size=16, epochs=1, target_kl=0.0)
+    algo = make_algorithm(cfg, model, Context(bc=BCConfig(coef=0.0), seed=0, world=1,
+                                              make_engine=eng.make_engine))
+    # a return that the state tells: reward 1 on every step of episode 0, 0 on episode 1's
+    eps = [episode(12, rewards=[float(i == 0)] * 12, terminal=True, seed=i) for i in range(2)]
+    head = model.value_head.weight.detach().clone()
+    first = algo.update(UpdateBatch(eps, StepPool([]), 0))
+    assert not first["learned"] and first["value_net_loss"] > 0  # the warm-up: V alone
+    later = [algo.update(UpdateBatch(eps, StepPool([]), 0)) for _ in range(3)]
+    assert all(s["learned"] for s in later)
+    assert later[-1]["value_net_loss"] < 0.5 * first["value_net_loss"]
+    assert later[-1]["explained_variance"] > first["explained_variance"]
+    # the policy's value head gets no gradient (only AdamW's weight decay moves it)
+    torch.testing.assert_close(model.value_head.weight.detach(), head, atol=1e-4, rtol=0)
+    state = algo.state_dict()
+    assert state["seen"] == 4 and set(state["value"]) == {"weights", "optimizer"}
