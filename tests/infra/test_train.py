@@ -72,6 +72,24 @@ def test_train_runs_the_loop_writes_a_report_and_resumes(tmp_path, capfd):
     assert keys[0].endswith("/actor_int8.onnx") and keys[-1].endswith("/actor_fp32.onnx")
 
 
+def test_train_runs_the_off_policy_algorithm_in_the_real_loop(tmp_path):
+    """parl behind the same processes: robots on the INT8 artifact stream episodes, the
+    learner's Q-function and policy steps make new versions, the robots swap them in."""
+    from vlac.cloud.learner.algorithms import ParlConfig
+
+    parl = ParlConfig(critic_steps=4, critic_warmup_steps=4, policy_steps=2, candidates=2,
+                      critic_batch=16, policy_batch=8)
+    out = main(tiny(tmp_path, 4, hitl=HitlConfig(guide_on_stall=False, demo_replay=False,
+                                                  bc=BCConfig(coef=0.0)), algorithm=parl))
+    assert out["episodes"] == 4 and out["versions_published"] >= 2
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["algorithm"] == "parl" and data["mean_importance_weight"] is None
+    assert max(data["episode_versions"]) >= 1  # the robots ran a version parl made
+    log = json.loads((tmp_path / "learner" / "learner_log.json").read_text())["log"]
+    assert log[0]["critic_steps"] == 8 and log[0]["replay_online"] > 0
+    assert "the learner ran parl" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_quick_defaults_to_the_two_half_solved_tasks(tmp_path):
     from vlac.cloud.learner.config import PublishConfig
     from vlac.infra.train import QUICK_TASKS, TASKS
