@@ -23,21 +23,21 @@ Variants, measured from the same starting weights on the same layouts:
   Every variant meets the same layouts in the same order (the robots' seeds), and layouts
   differ in difficulty, so a variant's numbers mean something only against this one's.
 
-The default run is parl-critic, parl-sparse, parl-critic-hitl and frozen on the four headline
-tasks, 200 episodes per task, seed 0. Each variant and seed runs in its own process (one
-torch thread): episodes are rolled out in Meta-World with the learner's current weights
-(sampling at ``--temperature``), stored in an episode store and handed to
-``vlac.cloud.learner.process.Learner.update`` every ``--per-update`` episodes (round-robin
-over tasks). ``--lr``, ``--temperature``, ``--advantage``, ``--kl-ref-coef`` and
-``--negative-scale`` (also spelt ``--algorithm.*``) go to every algorithm whose config has
-that field. The ``--operator.*`` and ``--bc.*`` flags are the sections of ``vlac.shared.hitl``
-with the defaults `vlac train` runs with; every variant gets the same sections and differs
-only in what feeds them. Rollout success counts only what the policy did alone
-(``vlac.shared.hitl.unassisted``), over a rolling window of ``--window`` episodes per task.
-After training, each final policy acts on ``--final-eval`` fixed evaluation layouts per task
-(the same for every variant, never trained on), greedily and sampling at the rollout
-temperature with the same noise for every variant; paired differences on them remove the
-layout drift and the rollout windows' sampling noise.
+The default run is ppo-critic, ppo-sparse, ppo-critic-hitl and frozen on the four headline
+tasks, 200 episodes per task, seed 0 (``BEST_ALGORITHM``: the product's default algorithm).
+Each variant and seed runs in its own process (one torch thread): episodes are rolled out in
+Meta-World with the learner's current weights (sampling at ``--temperature``), stored in an
+episode store and handed to ``vlac.cloud.learner.process.Learner.update`` every ``--per-
+update`` episodes (round-robin over tasks). ``--lr``, ``--temperature``, ``--advantage``,
+``--kl-ref-coef`` and ``--negative-scale`` (also spelt ``--algorithm.*``) go to every
+algorithm whose config has that field. The ``--operator.*`` and ``--bc.*`` flags are the
+sections of ``vlac.shared.hitl`` with the defaults `vlac train` runs with; every variant
+gets the same sections and differs only in what feeds them. Rollout success counts only what
+the policy did alone (``vlac.shared.hitl.unassisted``), over a rolling window of
+``--window`` episodes per task. After training, each final policy acts on ``--final-eval``
+fixed evaluation layouts per task (the same for every variant, never trained on), greedily
+and sampling at the rollout temperature with the same noise for every variant; paired
+differences on them remove the layout drift and the rollout windows' sampling noise.
 
     python benchmarks/learning.py                       # the default run
     python benchmarks/learning.py --first-seed 1 --out benchmarks/out/learning-s1
@@ -57,7 +57,7 @@ the last line
     hitl_episodes_ratio=<x> success_at_200=<y>
 
 (one line) for the best algorithm B (the first of ``--algorithms`` with a B-critic variant,
-else ``BEST_ALGORITHM``): paired mean differences in percentage points on the greedy final
+else the first of them): paired mean differences in percentage points on the greedy final
 evaluation over all tasks, layouts and seeds (B-critic minus frozen, B-critic minus
 B-sparse, B-oracle minus frozen; nan where a variant is missing); the episodes per task
 B-critic-hitl needs until its rolling unassisted success reaches B-critic's final rolling
