@@ -70,6 +70,26 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     return value
 
 
+def selected_section(value: Any, section: str, base: type, selector: str, default: str,
+                     config_class: Any, kind: str, keep_selector: bool = False) -> Any:
+    """A config section whose class is chosen by one of its keys (``robot: {type: ...}``,
+    ``algorithm: {name: ...}``): an instance of ``base`` passes through; a mapping (from YAML
+    or flags) is checked by ``config_class(name)``, the selector kept as a field when
+    ``keep_selector``; ``kind`` names what the selector picks, for the error."""
+    if isinstance(value, base):
+        return value
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field `{section}`: expected a mapping with `{selector}` and "
+                          f"that {kind}'s fields, got {type(value).__name__}")
+    fields = dict(value)
+    name = fields.pop(selector, None) or default
+    if keep_selector:
+        fields[selector] = name
+    return from_dict(config_class(name), fields, f"{section} ({selector} {name})")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     """Build a config from a mapping; unknown keys are an error that lists the known ones."""
     if not isinstance(data, dict):

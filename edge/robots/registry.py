@@ -23,7 +23,7 @@ from typing import Any
 from vlac.edge.robots.metaworld import MetaWorldRobot
 from vlac.edge.robots.robot import Robot, RobotConfig
 from vlac.edge.robots.synthetic import SyntheticRobot
-from vlac.shared.config import ConfigError, from_dict
+from vlac.shared.config import ConfigError, selected_section
 
 GROUP = "vlac.robots"
 """The entry-point group other packages register robot types under."""
@@ -114,16 +114,8 @@ def type_name(config: RobotConfig) -> str:
 def robot_config(value: RobotConfig | dict[str, Any] | None) -> RobotConfig:
     """The ``robot`` section as its type's config: a mapping (``type`` plus that type's
     fields, from YAML or flags) is checked by the type's config class."""
-    if isinstance(value, RobotConfig):
-        return value
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"config field `robot`: expected a mapping with `type` and that "
-                          f"type's fields, got {type(value).__name__}")
-    fields = dict(value)
-    name = fields.pop("type", None) or DEFAULT
-    return from_dict(robot_class(name).config_class, fields, f"robot (type {name})")
+    return selected_section(value, "robot", RobotConfig, "type", DEFAULT,
+                            lambda name: robot_class(name).config_class, "type")
 
 
 def features(cls: type[Robot]) -> set[str]:

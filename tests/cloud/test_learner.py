@@ -100,14 +100,21 @@ def config(tmp_path, *, rewards=None, algorithm=None, bc=None, publish=None, **k
         bc=BCConfig(**{**LIGHT_BC, **(bc or {})}), publish=PublishConfig(**(publish or {})))
 
 
-def test_run_checkpoints_publishes_and_resumes_without_reconsuming(tmp_path, encoders):
-    img, txt = encoders
+def fill_store(tmp_path):
+    """An init actor and a store of 4 fleet episodes (ep-1 with 3 takeover steps) and one
+    8-step demonstration."""
     tiny_actor(tmp_path / "init.pt")
     store = EpisodeStore(tmp_path / "store", fsync=False)
     for i in range(4):
         write_episode(store, "robot-0", f"ep-{i}", 10, success=i % 2 == 0, seed=i,
                       intervention=[j < 3 for j in range(10)] if i == 1 else None)
     write_episode(store, "operator", "demo-0", 8, success=True, source="demo", seed=9)
+    return store
+
+
+def test_run_checkpoints_publishes_and_resumes_without_reconsuming(tmp_path, encoders):
+    img, txt = encoders
+    store = fill_store(tmp_path)
     published = []
     cfg = config(tmp_path, checkpoint_every=1, keep_checkpoints=1)
     learner = Learner(cfg, TokenRewards(), lambda a, v: published.append((type(a), v)),

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from vlac.shared.config import ConfigError, from_dict
+from vlac.shared.config import ConfigError, selected_section
 
 if TYPE_CHECKING:
     import torch
@@ -81,17 +81,11 @@ def default_algorithm_config() -> AlgorithmConfig:
 def algorithm_config(value: Any) -> AlgorithmConfig:
     """The ``algorithm`` section as its algorithm's config: a mapping (``name`` plus that
     algorithm's fields, from YAML or flags) is checked by that algorithm's config class."""
-    if isinstance(value, AlgorithmConfig):
-        algorithm_class(value.name)  # a ConfigError naming the known ones
-        return value
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"config field `algorithm`: expected a mapping with `name` and that "
-                          f"algorithm's fields, got {type(value).__name__}")
-    name = value.get("name") or DEFAULT_ALGORITHM
-    return from_dict(algorithm_class(name).config_cls, {**value, "name": name},
-                     f"algorithm (name {name})")
+    cfg = selected_section(value, "algorithm", AlgorithmConfig, "name", DEFAULT_ALGORITHM,
+                           lambda name: algorithm_class(name).config_cls, "algorithm",
+                           keep_selector=True)
+    algorithm_class(cfg.name)  # a ConfigError naming the known ones
+    return cfg
 
 
 @dataclass(frozen=True)

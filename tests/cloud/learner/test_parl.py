@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cloud.test_learner import TINY, TokenRewards, config, tiny_actor, write_episode
+from tests.cloud.test_learner import TINY, TokenRewards, config, fill_store
 from vlac.cloud.learner.algorithms import Context, ParlConfig, UpdateBatch, make_algorithm
 from vlac.cloud.learner.algorithms.parl import (
     candidate_advantages,
@@ -30,7 +30,6 @@ from vlac.cloud.learner.replay import StepPool
 from vlac.cloud.models import engine as eng
 from vlac.cloud.models.encoders import ImageEncoder, TextEncoder
 from vlac.cloud.models.vlac import SmallVLAC
-from vlac.cloud.store.episodes import EpisodeStore
 from vlac.infra.cli import main as cli
 from vlac.shared.config import ConfigError
 from vlac.shared.hitl import BCConfig
@@ -241,12 +240,7 @@ def parl_config(tmp_path, **kw):
 
 def test_the_learner_runs_parl_and_resumes_its_value_functions(tmp_path):
     img, txt = ImageEncoder(), TextEncoder()
-    tiny_actor(tmp_path / "init.pt")
-    store = EpisodeStore(tmp_path / "store", fsync=False)
-    for i in range(4):
-        write_episode(store, "robot-0", f"ep-{i}", 10, success=i % 2 == 0, seed=i,
-                      intervention=[j < 3 for j in range(10)] if i == 1 else None)
-    write_episode(store, "operator", "demo-0", 8, success=True, source="demo", seed=9)
+    fill_store(tmp_path)
     cfg = parl_config(tmp_path, checkpoint_every=1)
     first = Learner(cfg, TokenRewards(), image_encoder=img, text_encoder=txt)
     before = {k: v.clone() for k, v in first.algorithm.policy.state_dict().items()}
