@@ -200,12 +200,13 @@ def candidate_advantages(scores: torch.Tensor, members: torch.Tensor) -> torch.T
     return centred / (centred.abs() + disagreement + 1e-8)
 
 
-def improvement_loss(policy, vf, batch: dict[str, torch.Tensor], cfg: ParlConfig,
-                     rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """The policy-improvement loss on ``batch``'s states (see ``ParlConfig.improve``)."""
-    bins, grid = policy.cfg.action_bins, policy.cfg.image_grid
+def improvement_loss(policy, vf, batch: dict[str, torch.Tensor], feat: torch.Tensor,
+                     cfg: ParlConfig, rng: np.random.Generator
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy-improvement loss on ``batch``'s states (see ``ParlConfig.improve``);
+    ``feat``: their pooled features spread back to the policy's input grid."""
+    bins = policy.cfg.action_bins
     text, pooled, proprio = batch["text"], batch["pooled"], batch["proprio"]
-    feat = unpool_features(pooled, grid)
     if cfg.improve == "awr":
         with torch.no_grad():
             q = vf.q(text, pooled, proprio, tokens_to_unit(batch["tokens"], bins)).min(0).values
@@ -239,9 +240,9 @@ def policy_step(engine, anchor, vf, batch: dict[str, torch.Tensor], bc_mb: dict 
     """One optimizer step on the improvement loss + ``kl_coef`` x KL to the update's anchor
     (+ ``bc_coef`` x behaviour cloning on the takeover/demonstration pool)."""
     policy = engine.module
-    loss, stats = improvement_loss(policy, vf, batch, cfg, rng)
-    stats["improve_loss"] = loss.item()
     feat = unpool_features(batch["pooled"], policy.cfg.image_grid)
+    loss, stats = improvement_loss(policy, vf, batch, feat, cfg, rng)
+    stats["improve_loss"] = loss.item()
     logits, _ = policy.actor_forward(batch["text"], feat, batch["proprio"], batch["tokens"])
     with torch.no_grad():
         anchor_logits, _ = anchor.actor_forward(batch["text"], feat, batch["proprio"],

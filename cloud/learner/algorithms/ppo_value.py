@@ -47,9 +47,9 @@ class SeparateValue:
                                   micro_batch=max(1, cfg.minibatch_size // world),
                                   grad_clip=cfg.max_grad_norm)
 
-    def _inputs(self, text: np.ndarray, feat: np.ndarray, proprio: np.ndarray):
+    def _inputs(self, text: np.ndarray, pooled: np.ndarray, proprio: np.ndarray):
         return (torch.from_numpy(np.asarray(text, np.float32)),
-                torch.from_numpy(pool_features(feat, self.grid).astype(np.float32)),
+                torch.from_numpy(pooled.astype(np.float32)),
                 torch.from_numpy(np.asarray(proprio, np.float32)))
 
     @torch.no_grad()
@@ -62,7 +62,8 @@ class SeparateValue:
                 sl = slice(s, s + batch)
                 n = len(ep.proprio[sl])
                 parts.append(self.engine.module(*self._inputs(
-                    np.repeat(ep.text[None], n, 0), ep.feat[sl], ep.proprio[sl])).numpy())
+                    np.repeat(ep.text[None], n, 0), pool_features(ep.feat[sl], self.grid),
+                    ep.proprio[sl])).numpy())
             out.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
         return out
 
@@ -73,12 +74,13 @@ class SeparateValue:
         if n < self.world:
             return {}
         rng = np.random.default_rng([seed, 2])
+        pooled = pool_features(samples["feat"], self.grid)  # once, not once per epoch
         losses = []
         n_mb = max(1, min(-(-n // self.cfg.minibatch_size), n // self.world))
         for _ in range(self.cfg.vf_epochs):
             for chunk in np.array_split(rng.permutation(n), n_mb):
                 idx = chunk[self.rank::self.world]
-                v = self.engine.module(*self._inputs(samples["text"][idx], samples["feat"][idx],
+                v = self.engine.module(*self._inputs(samples["text"][idx], pooled[idx],
                                                      samples["proprio"][idx]))
                 target = torch.from_numpy(samples["b_returns"][idx].astype(np.float32))
                 loss = 0.5 * ((v - target) ** 2).mean()
