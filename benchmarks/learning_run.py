@@ -150,7 +150,8 @@ class Rollouts:
         self.args, self.store, self.camera = args, store, learner.camera
         self.oracle = learner.rewards if isinstance(learner.rewards, OracleRewards) else None
         self.robots = {t: MetaWorldRobot(MetaWorldRobotConfig(
-            task=t, seed=args["seed"] * 1000 + i, max_steps=args["max_steps"]))
+            task=t, seed=args["seed"] * 1000 + i, max_steps=args["max_steps"],
+            layout_repeats=args.get("layout_repeats", 1)))
             for i, t in enumerate(args["tasks"])}
         for r in self.robots.values():
             r.connect()

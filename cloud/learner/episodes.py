@@ -7,6 +7,7 @@ policy versions and intervention flags, and the rewards of ``rewards.shape_rewar
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,8 @@ class EpisodeData:
     rewards: np.ndarray  # (n_used,)
     terminal: bool
     task: str = ""  # the group of ``group_advantages``
+    start: str = ""  # fingerprint of the first observation: rollouts from the same state
+
 
     def __len__(self) -> int:
         return len(self.proprio)
@@ -72,4 +75,14 @@ class EpisodeLoader:
             feat=self.actor.image_encoder.encode(frames), proprio=s.proprio,
             tokens=s.action_tokens.astype(np.int64), logprob=s.logprob,
             policy_version=s.policy_version, intervention=s.intervention.astype(bool),
-            rewards=rewards, terminal=terminal)
+            rewards=rewards, terminal=terminal, start=start_fingerprint(frames, s.proprio))
+
+
+def start_fingerprint(frames: np.ndarray, proprio: np.ndarray) -> str:
+    """Hash of an episode's first image and proprioception: episodes a simulator started
+    from the same state share it (``--robot.layout-repeats``), real resets never do."""
+    if not len(frames):
+        return ""
+    h = hashlib.sha1(np.ascontiguousarray(frames[0]).tobytes())
+    h.update(np.ascontiguousarray(proprio[0], np.float32).tobytes())
+    return h.hexdigest()[:16]

@@ -39,6 +39,9 @@ class MetaWorldRobotConfig(RobotConfig):
                                  "whose goal is part of the scene).")
     instruction: int = opt(-1, "Which paraphrase to use (-1: a random one per episode).")
     fixed_layout: bool = opt(False, "Use the same goal/object layout every episode.")
+    layout_repeats: int = opt(1, "Episodes per drawn layout and instruction: k > 1 starts k "
+                                 "consecutive episodes from the same state (groups of "
+                                 "rollouts that the learner's group advantages compare).")
 
     def __post_init__(self) -> None:
         from vlac.shared.config import ConfigError
@@ -49,6 +52,7 @@ class MetaWorldRobotConfig(RobotConfig):
         check(self.camera in CAMERAS, "camera", f"{self.camera!r} is not one of {CAMERAS}")
         check(16 <= self.image_size <= 1024, "image_size", "use 16 to 1024 pixels")
         check(1 <= self.max_steps <= 500, "max_steps", "use 1 to 500 (Meta-World's limit)")
+        check(self.layout_repeats >= 1, "layout_repeats", "use 1 or more")
 
     def spec(self) -> RobotSpec:
         s = self.image_size
@@ -82,6 +86,8 @@ class MetaWorldRobot(Robot):
         self._step = 0
         self._task_text = tasks.instruction(cfg.task, index=max(cfg.instruction, 0))
         self._obs: Observation | None = None
+        self._layout: Any = None
+        self._repeats_left = 0
 
     # ------------------------------------------------------------------ lifecycle
     def connect(self) -> None:
@@ -144,13 +150,16 @@ class MetaWorldRobot(Robot):
 
     def reset(self) -> Observation:
         env = self._require()
-        tasks_ = self._mt1.train_tasks
-        layout = tasks_[0] if self.cfg.fixed_layout else self._rng.choice(tasks_)
-        env.set_task(layout)
-        if self.cfg.instruction >= 0:
-            self._task_text = tasks.instruction(self.cfg.task, index=self.cfg.instruction)
-        else:
-            self._task_text = tasks.instruction(self.cfg.task, rng=self._rng)
+        if self._repeats_left <= 0:  # draw the next layout and instruction
+            tasks_ = self._mt1.train_tasks
+            self._layout = tasks_[0] if self.cfg.fixed_layout else self._rng.choice(tasks_)
+            if self.cfg.instruction >= 0:
+                self._task_text = tasks.instruction(self.cfg.task, index=self.cfg.instruction)
+            else:
+                self._task_text = tasks.instruction(self.cfg.task, rng=self._rng)
+            self._repeats_left = self.cfg.layout_repeats
+        self._repeats_left -= 1
+        env.set_task(self._layout)
         state, _ = env.reset()
         self._step = 0
         self._obs = self._make_obs(state)

@@ -68,12 +68,16 @@ def window_sums(rewards: np.ndarray, horizon: int, n: int) -> np.ndarray:
     return (c[hi] - c[lo]).astype(np.float32)
 
 
-def group_advantages(scores: np.ndarray, groups: list[str]) -> np.ndarray:
-    """Each score minus the mean score of its group (the whole batch's mean when a group has
-    only one), scaled by the standard deviation of the result over the batch."""
+def group_advantages(scores: np.ndarray, groups: list[str],
+                     alone: str = "batch") -> np.ndarray:
+    """Each score minus the mean score of its group, scaled by the standard deviation of
+    the result over the batch. A group of one is compared with the whole batch's mean
+    (``alone="batch"``) or not at all (``alone="zero"``: advantage 0)."""
     scores = np.asarray(scores, np.float64)
     names = np.asarray(groups)
     base = np.full(len(scores), scores.mean() if len(scores) else 0.0)
+    if alone == "zero":
+        base = scores.copy()
     for g in set(groups):
         m = names == g
         if m.sum() >= 2:
@@ -101,18 +105,29 @@ def gae_advantages(episodes, b, cfg) -> np.ndarray:
     return b["b_advantages"]
 
 
+def episode_groups(episodes: list[EpisodeData], group_by: str) -> list[str]:
+    """Each episode's group: its task, or (``start``) its task and first observation."""
+    if group_by == "start":
+        return [f"{ep.task}@{ep.start}" for ep in episodes]
+    return [ep.task for ep in episodes]
+
+
 @advantage_estimator("group")
 def episode_group_advantages(episodes, b, cfg) -> np.ndarray:
     """Every sample of an episode gets ``group_advantages`` of its return (before any
-    takeover) among its task's episodes, spread over the episode's samples so that each
+    takeover) among its group's episodes (``--algorithm.group-by``: its task's, or those
+    that started from the same state, GRPO-style, an episode alone in the batch then
+    getting 0), spread over the episode's samples so that each
     episode weighs the same: A_episode x mean samples per episode / the episode's samples.
     Failures run to the step limit and successes stop early, so with A per step the
     failures' many steps would outweigh the successes' few, and PPO would mostly push
     sampled tokens down, flattening the policy."""
     used = [i for i, ep in enumerate(episodes) if len(ep.rewards)]
     score = np.zeros(len(episodes), np.float32)
+    groups = episode_groups([episodes[i] for i in used], cfg.group_by)
     score[used] = group_advantages([episodes[i].rewards[:before_takeover(episodes[i])].sum()
-                                    for i in used], [episodes[i].task for i in used])
+                                    for i in used], groups,
+                                   alone="zero" if cfg.group_by == "start" else "batch")
     counts = np.bincount(b["b_episode"], minlength=len(episodes))
     parts = [np.full(counts[i], score[i], np.float32) / counts[i] for i in used if counts[i]]
     if not parts:

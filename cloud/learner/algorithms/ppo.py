@@ -73,6 +73,10 @@ class PPOConfig(AlgorithmConfig):
         "return of its task's episodes in the batch (no value function needed); horizon: "
         "each step gets the reward of its next --algorithm.horizon steps minus that task's "
         "mean over the batch; gae: GAE with the value head.")
+    group_by: Literal["task", "start"] = opt(
+        "task", "The groups of --algorithm.advantage group: task (the batch's episodes of "
+        "the same task) or start (those that began from the same first observation, as "
+        "robots with --robot.layout-repeats start them; an episode alone gets 0).")
     horizon: int = opt(10, "Steps summed per advantage with --algorithm.advantage horizon.")
     negative_scale: float = opt(1.0, "Factor on negative advantages (group and horizon); "
                                 "below 1 the update leans on imitating what went better "
@@ -112,6 +116,7 @@ class PPOConfig(AlgorithmConfig):
               "algorithm.vf_lr", "vf_lr > 0, vf_epochs >= 1, vf_warmup_updates >= 0")
         check(self.advantage in ADVANTAGES, "algorithm.advantage",
               f"use one of {', '.join(ADVANTAGES)}")
+        check(self.group_by in ("task", "start"), "algorithm.group_by", "use task or start")
         check(self.horizon >= 1, "algorithm.horizon", "must be >= 1")
         check(0 <= self.negative_scale <= 1, "algorithm.negative_scale", "must lie in [0, 1]")
         check(self.epochs >= 1, "algorithm.epochs", "must be >= 1")

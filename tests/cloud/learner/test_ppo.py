@@ -129,13 +129,13 @@ def test_window_sums_look_ahead_horizon_steps():
     np.testing.assert_allclose(window_sums(r[:2], 1, 4), [1, 2, 0, 0])
 
 
-def _episode(n, success, task="t"):
+def _episode(n, success, task="t", start=""):
     rewards, terminal = shape_rewards("sparse", n, success)
     return EpisodeData(key=f"{task}-{n}", success=success, text=np.zeros(384, np.float32),
                        feat=np.zeros((n, 1), np.float16), proprio=np.zeros((n, 4), np.float32),
                        tokens=np.zeros((n, 4), np.int64), logprob=np.zeros(n, np.float32),
                        policy_version=np.zeros(n, np.int64), intervention=np.zeros(n, bool),
-                       rewards=rewards, terminal=terminal, task=task)
+                       rewards=rewards, terminal=terminal, task=task, start=start)
 
 
 def test_group_advantages_weigh_every_episode_the_same():
@@ -162,6 +162,31 @@ def test_group_advantages_compare_episodes_of_the_same_task():
     np.testing.assert_allclose(adv, raw / raw.std(), atol=1e-6)
     np.testing.assert_array_equal(group_advantages([0.2, 0.2], ["a", "a"]), [0, 0])
     assert group_advantages([], []).size == 0
+
+
+def test_group_by_start_compares_only_rollouts_from_the_same_state():
+    """GRPO-style groups: layout A (one success, one failure) gives +-1 before scaling,
+    layout B (both failed) ties, and the episode alone from C gets 0 rather than the
+    batch's layout luck."""
+    adv = group_advantages([1.0, 0.0, 0.0, 0.0, 1.0], ["A", "A", "B", "B", "C"],
+                           alone="zero")
+    np.testing.assert_allclose(adv, np.array([0.5, -0.5, 0, 0, 0]) / 0.31622776, rtol=1e-5)
+    eps = [_episode(50, True, start="A"), _episode(150, False, start="A"),
+           _episode(150, False, start="B"), _episode(150, False, start="B"),
+           _episode(50, True, start="C")]
+    anchors = [(np.zeros(len(e)), np.zeros(len(e))) for e in eps]
+    ends = np.cumsum([50, 149, 149, 149, 50])  # a failure bootstraps: one sample fewer
+
+    def per_episode(cfg):
+        adv = build_batch(eps, anchors, 0, cfg)["b_advantages"]
+        return np.array([p.sum() for p in np.split(adv, ends[:-1])])
+
+    start = per_episode(PPOConfig(group_by="start"))
+    assert start[0] > 0 and start[1] == pytest.approx(-start[0], rel=1e-5)
+    np.testing.assert_array_equal(start[2:], 0)
+    assert per_episode(PPOConfig())[4] > 0  # by task, C's success counts
+    with pytest.raises(ConfigError, match="group_by"):
+        PPOConfig(group_by="layout")
 
 
 def test_every_advantage_option_is_a_registered_estimator():

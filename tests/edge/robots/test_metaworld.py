@@ -110,6 +110,27 @@ def test_layouts_and_instructions_vary_but_are_seeded():
     assert len({t for t, _ in a}) > 1 and len({g for _, g in a}) > 1
 
 
+def test_layout_repeats_start_consecutive_episodes_from_the_same_state():
+    """Groups of rollouts from one start (``layout_repeats``): the same first image,
+    proprioception and instruction k times, then a new draw; the learner's start
+    fingerprint groups them and tells the groups apart."""
+    from vlac.cloud.learner.episodes import start_fingerprint
+
+    with MetaWorldRobot(MetaWorldRobotConfig(task="drawer-open-v3", seed=3,
+                                             layout_repeats=3)) as r:
+        starts = []
+        for _ in range(6):
+            obs = r.reset()
+            starts.append((start_fingerprint(obs.images["corner"][None], obs.proprio[None]),
+                           obs.task))
+            for _ in range(3):  # move, so that a reset that forgot to reset would show
+                r.act(np.array([1.0, 0.5, -0.5, 1.0]))
+    assert starts[0] == starts[1] == starts[2] and starts[3] == starts[4] == starts[5]
+    assert starts[0][0] != starts[3][0]
+    with pytest.raises(ConfigError, match="`layout_repeats`"):
+        MetaWorldRobotConfig(layout_repeats=0)
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="`task`"):
         MetaWorldRobotConfig(task="push")
