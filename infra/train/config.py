@@ -41,6 +41,9 @@ class TrainConfig:
         "help": "The learner's RL algorithm (--algorithm.name) and its settings (its "
                 "temperature is always --temperature, the robots')."})
     max_steps: int = opt(150, "Step limit of an episode.")
+    layout_repeats: int = opt(1, "Episodes each simulated robot starts from one layout "
+                              "before drawing the next (groups for --algorithm.group-by "
+                              "start).")
     critic: Path | None = opt(None, "Use this critic instead of training one.")
     actor: Path | None = opt(None, "Use this imitation actor instead of training one.")
     hitl: HitlConfig = field(default_factory=HitlConfig, metadata={
@@ -68,6 +71,7 @@ class TrainConfig:
         check(self.episodes >= 0, "episodes", "must be >= 0")
         check(self.actor_demos_per_task >= 1, "actor_demos_per_task", "must be >= 1")
         check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
+        check(self.layout_repeats >= 1, "layout_repeats", "must be >= 1")
         check(self.precision in ("int8", "fp32"), "precision", "use int8 or fp32")
         check(self.temperature > 0, "temperature", "must be > 0")
         self.algorithm = algorithm_config(self.algorithm)
