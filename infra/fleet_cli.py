@@ -1,6 +1,7 @@
 """`vlac fleet ...`: what the fleet runs, and the decisions about what it should run.
 
-Every command works on the fleet state (``--fleet-dir``/fleet.db), which the publisher's
+Every command works on the fleet state (``--fleet-dir``/fleet.db, or PostgreSQL at
+``--fleet-url postgresql://USER@HOST:PORT/DATABASE``), which the publisher's
 announcer polls: a decision made here reaches the robots within ``poll_s`` (signed by the
 announcer, applied by each robot's updater between episodes). State survives restarts.
 
@@ -25,13 +26,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from vlac.cloud.fleet.state import FleetState
+from vlac.cloud.fleet.state import URL_HELP, FleetState, check_fleet_url, open_fleet_state
 from vlac.shared.config import check, check_id, opt
 
 
 @dataclass
 class FleetConfig:
     fleet_dir: Path = opt(Path(".cache/fleet"), "Fleet state folder (fleet.db).")
+    fleet_url: str = opt("", URL_HELP)
     store_root: Path | None = opt(None, "Episode store, for recent success rates (status).")
     recent: int = opt(20, "Episodes per robot in the recent success rate.")
     version: int | None = opt(None, "Version to promote / canary / pin.")
@@ -46,6 +48,7 @@ class FleetConfig:
 
     def __post_init__(self) -> None:
         self.fleet_dir = Path(self.fleet_dir)
+        check_fleet_url(self.fleet_url)
         for field_name in ("robot", "group"):
             value = getattr(self, field_name)
             if value is not None:
@@ -54,10 +57,11 @@ class FleetConfig:
             check_id(r, "robots")
 
     def state(self) -> FleetState:
-        check((self.fleet_dir / "fleet.db").exists(), "fleet_dir",
-              f"no fleet state in {self.fleet_dir} (no fleet.db): pass the --fleet-dir of "
-              "`vlac publisher serve`")
-        return FleetState(self.fleet_dir / "fleet.db")
+        if not self.fleet_url:
+            check((self.fleet_dir / "fleet.db").exists(), "fleet_dir",
+                  f"no fleet state in {self.fleet_dir} (no fleet.db): pass the --fleet-dir "
+                  "(or --fleet-url) of `vlac publisher serve`")
+        return open_fleet_state(self.fleet_dir, self.fleet_url)
 
     def need_version(self) -> int:
         check(self.version is not None, "version", "give --version N (see `vlac fleet "

@@ -32,3 +32,23 @@ def s3_endpoint(tmp_path_factory):
     yield {"endpoint": f"http://127.0.0.1:{port}", "access_key": "vlactest",
            "secret_key": "vlactestsecret"}
     subprocess.run([str(script), "stop", str(work)], timeout=60)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL on loopback for the whole session (tests/postgres.py)."""
+    from tests.postgres import INSTALL_HINT, PostgresServer, pg_bindir
+
+    bindir = pg_bindir()
+    if bindir is None:
+        pytest.fail(f"{INSTALL_HINT}: run `infra/postgres/install.sh` (the README's test "
+                    "command does)")
+    server = PostgresServer(bindir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server):
+    """The URL of a fresh, empty database on the session's PostgreSQL."""
+    return postgres_server.new_database()

@@ -36,7 +36,13 @@ from typing import Literal
 import msgspec
 import zmq
 
-from vlac.cloud.fleet.state import FleetState
+from vlac.cloud.fleet.state import (
+    URL_HELP,
+    FleetState,
+    FleetStateUnavailable,
+    check_fleet_url,
+    open_fleet_state,
+)
 from vlac.shared import manifest as mf
 from vlac.shared import wire
 from vlac.shared.config import check, describe, opt
@@ -58,6 +64,7 @@ def artifact_keys(version: int, precision: str = "int8") -> tuple[str, str]:
 @dataclass
 class PublisherConfig:
     fleet_dir: Path = opt(Path(".cache/fleet"), "Fleet state (fleet.db) lives here.")
+    fleet_url: str = opt("", URL_HELP)
     object_store: str = opt(".cache/objects", "Where weights go: a folder or "
                             "s3://bucket/prefix?endpoint=URL.")
     signing_key: Path = opt(Path(".cache/keys/publisher/publisher.ed25519"),
@@ -79,6 +86,7 @@ class PublisherConfig:
 
     def __post_init__(self) -> None:
         self.fleet_dir, self.signing_key = Path(self.fleet_dir), Path(self.signing_key)
+        check_fleet_url(self.fleet_url)
         check(self.resend_s > 0, "resend_s", "must be > 0")
         check(self.poll_s > 0, "poll_s", "must be > 0")
         check(0 < self.canary_fraction <= 1, "canary_fraction", "must be in (0, 1]")
@@ -110,7 +118,7 @@ class _PublisherSide:
         ensure_signing_key(cfg.signing_key)
         self.key = mf.load_private(cfg.signing_key)
         self.store = open_store(cfg.object_store)
-        self.fleet = fleet or FleetState(cfg.fleet_dir / "fleet.db")
+        self.fleet = fleet or open_fleet_state(cfg.fleet_dir, cfg.fleet_url)
 
 
 class Publisher(_PublisherSide):
@@ -194,6 +202,8 @@ class Announcer(_PublisherSide):
     def _send(self, robot_id: str, force: bool) -> None:
         try:
             blob = self.assignment_for(robot_id, force)
+        except FleetStateUnavailable:
+            raise
         except Exception as e:  # one bad version must not stop announcements to the rest
             log.error("cannot announce to %s: %s", robot_id, e)
             return
@@ -224,17 +234,26 @@ class Announcer(_PublisherSide):
     def run(self, stop: threading.Event) -> None:
         revision, next_resend = -1, time.monotonic() + self.cfg.resend_s
         while not stop.is_set():
-            if self.sock.poll(int(self.cfg.poll_s * 1000)):
-                self._subscriptions()
-            now = time.monotonic()
-            rev = self.fleet.revision
-            if rev != revision or now >= next_resend:
-                force = now >= next_resend
-                revision = rev
-                for r in sorted(self.robots):
-                    self._send(r, force)
-                if force:
-                    next_resend = now + self.cfg.resend_s
+            try:
+                revision, next_resend = self._turn(revision, next_resend)
+            except FleetStateUnavailable as e:  # the database is down: wait, then go on
+                log.warning("announcements paused: %s", e)
+                stop.wait(1.0)
+
+    def _turn(self, revision: int, next_resend: float) -> tuple[int, float]:
+        """Answer new subscriptions; announce on a fleet change, re-send all when due."""
+        if self.sock.poll(int(self.cfg.poll_s * 1000)):
+            self._subscriptions()
+        now = time.monotonic()
+        rev = self.fleet.revision
+        if rev != revision or now >= next_resend:
+            force = now >= next_resend
+            revision = rev
+            for r in sorted(self.robots):
+                self._send(r, force)
+            if force:
+                next_resend = now + self.cfg.resend_s
+        return revision, next_resend
 
 
 def serve_main(cfg: PublisherConfig) -> None:
@@ -242,7 +261,7 @@ def serve_main(cfg: PublisherConfig) -> None:
     stop = threading.Event()
     on_stop_signals(stop.set)
     ann = Announcer(cfg)
-    print(f"announcing on {ann.address}; fleet state {cfg.fleet_dir / 'fleet.db'}", flush=True)
+    print(f"announcing on {ann.address}; fleet state {ann.fleet.where}", flush=True)
     try:
         ann.run(stop)
     finally:

@@ -47,6 +47,9 @@ class IngestConfig:
     duration_s: float = opt(0.0, "Stop after this many seconds (0: run until stopped).")
     fleet_dir: Path | None = opt(None, "Fleet state folder: heartbeats (running version, "
                                  "update errors) are recorded there for `vlac fleet status`.")
+    fleet_url: str = opt("", "Fleet state in PostgreSQL instead of fleet_dir/fleet.db "
+                         "(SQLite): postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE; empty: "
+                         "SQLite, or no heartbeats without a fleet_dir.")
     staging_max_age_s: float = opt(86400.0, "Drop episodes that stayed incomplete this many "
                                    "seconds after their last chunk (a robot that crashed "
                                    "mid-episode never sends the rest); 0: keep them forever.")
@@ -61,6 +64,10 @@ class IngestConfig:
         check(self.bind.startswith(("tcp://", "ipc://", "inproc://")), "bind",
               f"{self.bind!r} is not a ZeroMQ address like tcp://0.0.0.0:5555")
         check(self.batch_max >= 1, "batch_max", "must be at least 1")
+        if self.fleet_url:
+            from vlac.cloud.fleet.state import check_fleet_url
+
+            check_fleet_url(self.fleet_url)
         check(self.staging_max_age_s >= 0, "staging_max_age_s", "must be >= 0 (0: never)")
 
     def spec(self) -> wire.RobotSpec:
@@ -110,10 +117,10 @@ class Ingest:
         self.sessions: dict[bytes, _Session] = {}
         self.robots: dict[str, RobotStatus] = {}
         self.fleet = None
-        if cfg.fleet_dir is not None:
-            from vlac.cloud.fleet.state import FleetState
+        if cfg.fleet_dir is not None or cfg.fleet_url:
+            from vlac.cloud.fleet.state import open_fleet_state
 
-            self.fleet = FleetState(Path(cfg.fleet_dir) / "fleet.db")
+            self.fleet = open_fleet_state(cfg.fleet_dir, cfg.fleet_url)
         self.errors: Counter = Counter()
         self.address = cfg.bind
         self.ingest_id = f"ingest-{int(time.time())}"

@@ -186,7 +186,7 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Conso
            t_start: float, t_rl: float) -> dict:
     from rich.table import Table
 
-    from vlac.cloud.fleet.state import FleetState
+    from vlac.cloud.fleet.state import open_fleet_state
 
     p.report.mkdir(parents=True, exist_ok=True)
     eps = policy_episodes(p.store)
@@ -198,7 +198,7 @@ def report(cfg: TrainConfig, p: Paths, critic: Path, actor: Path, console: Conso
     w = max(4, min(20, len(eps) // max(1, 4 * len(by_task))))
     rows = task_rows(by_task, w)
     plot(cfg, p, eps, by_task, versions_seen, evaluation, any(taken) or returns > 0, w)
-    fleet = FleetState(p.fleet / "fleet.db")
+    fleet = open_fleet_state(p.fleet)
     versions = fleet.versions()
     fleet.close()
     voc = critic_voc(cfg, p, critic, console)

@@ -54,9 +54,9 @@ def watch(cfg: TrainConfig, p: Paths, launcher: Launcher, stop: threading.Event,
           jc: JobConsole, t0: float) -> None:
     from rich.live import Live
 
-    from vlac.cloud.fleet.state import FleetState
+    from vlac.cloud.fleet.state import open_fleet_state
 
-    fleet = FleetState(p.fleet / "fleet.db")
+    fleet = open_fleet_state(p.fleet)
     robots = [n for n in launcher.procs if n.startswith("robot")]
     try:
         with Live(console=jc.console, refresh_per_second=1, transient=False,

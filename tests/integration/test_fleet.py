@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import tiny_policy_onnx, wait_for
 from vlac.cloud.fleet.publisher import Announcer, Publisher, PublisherConfig, artifact_keys
-from vlac.cloud.fleet.state import FleetError, FleetState, in_fraction
+from vlac.cloud.fleet.state import FleetError, FleetState, in_fraction, open_fleet_state
 from vlac.edge.runtime import OnnxPolicy
 from vlac.edge.updater import UpdaterConfig, WeightUpdater
 from vlac.shared import manifest as mf
@@ -118,9 +118,10 @@ def test_announcement_counts_are_stored_and_an_old_fleet_db_gains_them(tmp_path)
     counts = {r["robot_id"]: (r["announcements_refused"], r["announcements_replayed"])
               for r in again.robots()}
     assert counts == {"robot-new": (0, 0), "robot-old": (7, 2)}
-    cols = [c[1] for c in again.db.execute("PRAGMA table_info(robots)")]
-    assert cols.count("announcements_refused") == 1 == cols.count("announcements_replayed")
     again.close()
+    with contextlib.closing(sqlite3.connect(db)) as raw:
+        cols = [c[1] for c in raw.execute("PRAGMA table_info(robots)")]
+    assert cols.count("announcements_refused") == 1 == cols.count("announcements_replayed")
     rows, text = status_text(db.parent)
     assert [(r["robot_id"], r["announcements_refused"], r["announcements_replayed"])
             for r in rows] == [("robot-new", 0, 0), ("robot-old", 7, 2)]
@@ -172,9 +173,11 @@ def test_heartbeats_carry_announcement_counts_to_fleet_status(tmp_path, keyring)
 class Fleet:
     """An announcer thread plus updater-only robots, all on loopback."""
 
-    def __init__(self, tmp, store_uri: str | None = None, resend_s: float = 0.5):
+    def __init__(self, tmp, store_uri: str | None = None, resend_s: float = 0.5,
+                 fleet_url: str = ""):
         self.tmp = tmp
-        self.cfg = PublisherConfig(fleet_dir=tmp / "fleet", object_store=store_uri or
+        self.cfg = PublisherConfig(fleet_dir=tmp / "fleet", fleet_url=fleet_url,
+                                   object_store=store_uri or
                                    str(tmp / "objects"),
                                    signing_key=tmp / "keys" / "publisher.ed25519",
                                    bind="tcp://127.0.0.1:0", resend_s=resend_s, poll_s=0.05)
@@ -185,7 +188,8 @@ class Fleet:
     def start_announcer(self, bind: str | None = None):
         if bind:
             self.cfg.bind = bind
-        self.announcer = Announcer(self.cfg, FleetState(self.cfg.fleet_dir / "fleet.db"))
+        self.announcer = Announcer(self.cfg, open_fleet_state(self.cfg.fleet_dir,
+                                                              self.cfg.fleet_url))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.announcer.run, args=(self.stop,),
                                        daemon=True)
@@ -224,9 +228,11 @@ class Fleet:
         self.stop_announcer()
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    f = Fleet(tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fleet(request, tmp_path):
+    """A live fleet on its state in fleet.db, or in a real PostgreSQL (--fleet-url)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
+    f = Fleet(tmp_path, fleet_url=url)
     yield f
     f.close()
 
