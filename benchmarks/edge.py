@@ -16,9 +16,14 @@ actor the fp32 network's. Rows:
 - ``onnxruntime fp32``, ``onnxruntime int8``: ``vlac actor export``'s two artifacts (for an
   INT8-encoder actor: its encoder + fp32 head, and its encoder + INT8-weight head).
 
-    python benchmarks/edge.py --actor .cache/actor/actor.pt --store-root .cache/store
+    python benchmarks/edge.py [--actor .cache/actor-bc2/actor.pt]
+                              [--store-root .cache/critic-data/store]
 
-Exports the actor first if ``--export-dir`` has no .onnx files. Ends with
+Needs the actor (default: the learning benchmark's 2-demo imitation actor) and demonstrations
+of every ``--tasks`` task in ``--store-root`` (the held-out frames); refuses without them,
+naming the commands that make them (benchmarks/artifacts.py). Exports the actor first
+(``vlac actor export``) when ``--export-dir`` (default: the actor's folder's ``export/``) has
+no INT8 graph or one older than the actor. Ends with
 ``int8_speedup=<x> size_ratio=<y> token_agreement=<z>`` (INT8 vs torch fp32 eager latency p50,
 INT8 vs fp32 network ONNX size, INT8 per-token greedy agreement with the learner's actor).
 """
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from artifacts import DEFAULT_ACTOR, DEFAULT_STORE, ActorSource, choose, ensure_int8
 
 from vlac.shared.tasks import HEADLINE_TASKS
 
@@ -90,9 +96,13 @@ class _NullRecorder:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--actor", type=Path, default=Path(".cache/actor/actor.pt"))
-    ap.add_argument("--store-root", type=Path, default=Path(".cache/store"))
-    ap.add_argument("--export-dir", type=Path, default=None)
+    ap.add_argument("--actor", type=Path, default=DEFAULT_ACTOR,
+                    help="actor checkpoint (vlac actor pretrain)")
+    ap.add_argument("--store-root", type=Path, default=DEFAULT_STORE,
+                    help="episode store with demonstrations of every --tasks task")
+    ap.add_argument("--export-dir", type=Path, default=None,
+                    help="the actor's export (default: <actor folder>/export), made when it "
+                         "has no INT8 graph or one older than the actor")
     ap.add_argument("--tasks", default=",".join(HEADLINE_TASKS))
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--frames", type=int, default=200)
@@ -102,17 +112,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def actor_source(args: argparse.Namespace, tasks: list[str]) -> ActorSource:
+    return ActorSource(actor=args.actor, store_root=args.store_root, export_dir=args.export_dir,
+                       tasks=tuple(tasks))
+
+
 def load_actors(args: argparse.Namespace, tasks: list[str]) -> Actors:
-    """Exports the actor when ``--export-dir`` has no INT8 graph, then loads it."""
-    from vlac.cloud.actor.export import ActorExportConfig, ActorGraph, ActorHead
-    from vlac.cloud.actor.export import main as export
+    """Exports the actor when its export has no current INT8 graph, then loads it; refuses
+    (``SystemExit``) without the actor or demonstrations of every task."""
+    from vlac.cloud.actor.export import ActorGraph, ActorHead
     from vlac.cloud.actor.model import TorchActor
     from vlac.cloud.models.encoders import ImageEncoder
 
-    export_dir = args.export_dir or args.actor.parent / "export"
-    if not (export_dir / "actor_int8.onnx").exists():
-        export(ActorExportConfig(actor=args.actor, out=export_dir, store_root=args.store_root,
-                                 tasks=tasks, fp32_convs=args.fp32_convs))
+    src = actor_source(args, tasks)
+    ensure_int8(src, "actor", fp32_convs=args.fp32_convs)
+    export_dir = src.out
+    network = export_dir / "actor_fp32_network.onnx"  # onnx_files makes it again if missing
+    if network.exists() and network.stat().st_mtime < args.actor.stat().st_mtime:
+        network.unlink()  # an older actor's
     actor = TorchActor.load(args.actor)
     full = TorchActor(actor.model, actor.tokenizer.low, actor.tokenizer.high,
                       image_encoder=ImageEncoder("torch"), text_encoder=actor.text_encoder)
@@ -252,12 +269,13 @@ def print_table(console, m: Measured, int8_encoder: bool) -> None:
 def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore")
     args = parse_args(argv)
+    tasks = args.tasks.split(",")
+    choose(actor_source(args, tasks), "actor")  # refuses before anything heavy
     import torch
     from rich.console import Console
 
     torch.set_num_threads(1)
     console = Console(width=110)
-    tasks = args.tasks.split(",")
     a = load_actors(args, tasks)
     inputs = held_out_inputs(a.actor, args.store_root, tasks, args.frames)
     files = onnx_files(a, tasks, inputs)

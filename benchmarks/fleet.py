@@ -12,17 +12,25 @@ Per K (default 1, 8, 32) the robots start, v1 is published and applied everywher
 not measured), then --updates versions are published one after the other. The clock for a
 robot's latency starts when ``upload()`` returns (the version is promoted) and stops when that
 robot has swapped; ``upload s`` is the time ``upload()`` itself took. Each version is its own
-file: the exported INT8 actor with its metadata's policy_version rewritten (or, when that file
-is not on this machine, a tiny generated graph with the same interface).
+file: the exported INT8 actor with its metadata's policy_version rewritten.
 
-    python benchmarks/fleet.py [--artifact PATH.onnx] [--robots 1,8,32] [--updates 5]
+The actor is ``--artifact`` when given, else the INT8 export of ``--actor`` (default
+``.cache/actor-bc2/actor.pt``, the learning benchmark's starting policy) in its folder's
+``export/``, exported first (``vlac actor export``, frames from ``--store-root``) when missing
+or older than the actor. Without an actor it refuses, naming the commands that make one
+(benchmarks/artifacts.py). ``--toy-artifact`` publishes a tiny generated graph with the same
+interface instead, to smoke-test the machinery: its key line ends in ``artifact=toy``.
+
+    python benchmarks/fleet.py [--artifact PATH.onnx | --actor A.pt --store-root STORE |
+                               --toy-artifact] [--robots 1,8,32] [--updates 5]
                                [--s3-endpoint URL]
 
 Prints a table and where the time goes (upload() returned -> announcement signed, from the
 fleet state's ``issued_at``; signed -> swapped, on the robot), writes benchmarks/out/fleet.png
 (latency CDF per K) and ends with
 ``p99_s_32=<x> bytes_per_update=<y>``: the p99 latency for K=32 and the bytes that reach one
-robot per update (artifact download + its announcement, which carries the signed manifest).
+robot per update (artifact download + its announcement, which carries the signed manifest),
+followed by `` artifact=toy`` for a ``--toy-artifact`` run.
 """
 
 from __future__ import annotations
@@ -38,15 +46,29 @@ import time
 from pathlib import Path
 
 import numpy as np
+from artifacts import DEFAULT_ACTOR, DEFAULT_STORE, ActorSource, ensure_int8
 
 OUT = Path(__file__).parent / "out"
-REAL_ARTIFACT = Path(".cache/actor-bc10/export/actor_int8.onnx")
 S3_BUCKET = "vlac-bench"
 
 
 # ----------------------------------------------------------------------------- artifacts
+def real_artifact(args: argparse.Namespace, say=print) -> Path:
+    """The exported INT8 actor to publish: ``--artifact``, else ``--actor``'s export (made
+    when missing); refuses (``SystemExit``) naming the commands when neither can be had."""
+    if args.artifact is not None:
+        if not args.artifact.exists():
+            raise SystemExit(f"{args.artifact} does not exist; export an actor with `vlac "
+                             "actor export --actor A.pt --out DIR --store-root STORE` and "
+                             "pass DIR/actor_int8.onnx")
+        return args.artifact
+    return ensure_int8(ActorSource(actor=args.actor, store_root=args.store_root), "artifact",
+                       say)
+
+
 def make_artifacts(source: Path | None, versions: range, out: Path) -> str:
-    """One artifact file per version in ``out`` (``v{n}.onnx``); returns what they are."""
+    """One artifact file per version in ``out`` (``v{n}.onnx``): ``source`` with each
+    version's policy_version, or (None) a tiny generated graph; returns what they are."""
     out.mkdir(parents=True, exist_ok=True)
     if source is not None:
         import json
@@ -69,7 +91,7 @@ def make_artifacts(source: Path | None, versions: range, out: Path) -> str:
 
     for v in versions:
         tiny_policy_onnx(out / f"v{v}.onnx", v, seed=v)
-    return "generated tiny ONNX graph (tests.helpers.tiny_policy_onnx)"
+    return "TOY: generated tiny ONNX graph (tests.helpers.tiny_policy_onnx), not a real actor"
 
 
 # ----------------------------------------------------------------------------- processes
@@ -207,7 +229,7 @@ def run_fleet(k: int, args, artifacts: Path, workdir: Path, store_uri: str) -> d
 
 
 # ----------------------------------------------------------------------------- report
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, toy: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,7 +244,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("fraction of robot updates")
     ax.set_xlim(left=0)
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"Weight rollout latency CDF, loopback, {os.cpu_count()} cores")
+    ax.set_title(f"{'TOY artifact: ' if toy else ''}Weight rollout latency CDF, loopback, "
+                 f"{os.cpu_count()} cores")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -230,9 +253,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--artifact", type=Path, default=REAL_ARTIFACT,
-                    help="exported INT8 actor to publish (a tiny generated graph when the "
-                         "file does not exist)")
+    ap.add_argument("--artifact", type=Path, default=None,
+                    help="exported INT8 actor to publish (default: --actor's export)")
+    ap.add_argument("--actor", type=Path, default=DEFAULT_ACTOR,
+                    help="actor checkpoint whose <folder>/export/actor_int8.onnx is published, "
+                         "exported first when missing or older than the actor")
+    ap.add_argument("--store-root", type=Path, default=DEFAULT_STORE,
+                    help="episode store with demonstrations of the actor's tasks (the "
+                         "export's example frames)")
+    ap.add_argument("--toy-artifact", action="store_true",
+                    help="publish a tiny generated graph instead (a smoke test of the "
+                         "machinery, not a figure: the key line ends in artifact=toy)")
     ap.add_argument("--robots", default="1,8,32", help="fleet sizes K, comma-separated")
     ap.add_argument("--updates", type=int, default=5, help="measured versions per K")
     ap.add_argument("--robots-per-process", type=int, default=8)
@@ -245,6 +276,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.updates < 1 or args.robots_per_process < 1:
         ap.error("--updates and --robots-per-process must be >= 1")
+    if args.toy_artifact and args.artifact is not None:
+        ap.error("--toy-artifact and --artifact exclude each other")
     return args
 
 
@@ -258,14 +291,13 @@ def store_uri(args: argparse.Namespace, scratch: Path, k: int) -> str:
     return str(scratch / f"objects-k{k}")
 
 
-def run_all(args: argparse.Namespace, counts: list[int], console) -> list[dict]:
-    """The artifacts once, then ``run_fleet`` per K; one row per K."""
+def run_all(args: argparse.Namespace, counts: list[int], console,
+            source: Path | None) -> list[dict]:
+    """The artifacts once (from ``source``; None: toy), then ``run_fleet`` per K; one row
+    per K."""
     scratch = Path(tempfile.mkdtemp(dir=args.workdir, prefix="fleet-"))
     rows = []
     try:
-        source = args.artifact if args.artifact.exists() else None
-        if source is None:
-            console.print(f"[yellow]{args.artifact} not found; generating a tiny artifact")
         what = make_artifacts(source, range(1, args.updates + 2), scratch / "artifacts")
         size = os.path.getsize(scratch / "artifacts" / "v1.onnx")
         console.print(f"artifact: {what}, {size:,} bytes per version")
@@ -284,7 +316,8 @@ def print_table(console, rows: list[dict], args: argparse.Namespace) -> None:
     """The latency and bytes table; adds ``p99`` and ``per_robot_b`` to each row."""
     from rich.table import Table
 
-    table = Table(title=f"publish -> K robots running it, {args.updates} updates per K, "
+    toy = "TOY ARTIFACT (not a figure): " if args.toy_artifact else ""
+    table = Table(title=f"{toy}publish -> K robots running it, {args.updates} updates per K, "
                         f"{'S3 ' + args.s3_endpoint if args.s3_endpoint else 'local-folder'} "
                         f"store, {os.cpu_count()} cores")
     for col in ("K", "updates", "p50 s", "p99 s", "max s", "upload s",
@@ -317,24 +350,35 @@ def print_breakdown(console, rows: list[dict], updates: int) -> None:
                       f"robot per version (above 1: the 5 s re-sends, which robots ignore)")
 
 
+def key_line(p99_32: float, per_robot: float, toy: bool) -> str:
+    """The last line; a toy run says so, so that it is never read as a real figure."""
+    line = f"p99_s_32={p99_32:.3f} bytes_per_update={per_robot:.0f}"
+    return f"{line} artifact=toy" if toy else line
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     counts = [int(c) for c in args.robots.split(",")]
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    OUT.mkdir(exist_ok=True)
     from rich.console import Console
 
     console = Console(width=110)
-    rows = run_all(args, counts, console)
+    source = None if args.toy_artifact else real_artifact(args, console.print)
+    if source is None:
+        console.print("[yellow]--toy-artifact: publishing a tiny generated graph; the figures "
+                      "below measure the machinery, not what a fleet ships")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(exist_ok=True)
+    rows = run_all(args, counts, console, source)
     print_table(console, rows, args)
     print_breakdown(console, rows, args.updates)
-    plot(rows, OUT / "fleet.png")
+    plot(rows, OUT / "fleet.png", args.toy_artifact)
     console.print(f"plot: {OUT / 'fleet.png'}")
     at32 = next((r for r in rows if r["robots"] == 32), None)
     p99_32 = at32["p99"] if at32 else float("nan")
     per_robot = (at32 or rows[-1])["per_robot_b"]
-    print(f"p99_s_32={p99_32:.3f} bytes_per_update={per_robot:.0f}")
-    return {"rows": rows, "p99_s_32": p99_32, "bytes_per_update": per_robot}
+    print(key_line(p99_32, per_robot, args.toy_artifact))
+    return {"rows": rows, "p99_s_32": p99_32, "bytes_per_update": per_robot,
+            "artifact": "toy" if source is None else str(source)}
 
 
 if __name__ == "__main__":

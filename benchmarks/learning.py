@@ -269,10 +269,17 @@ def prerequisites(a: argparse.Namespace, variants: list[str]) -> None:
     need = [a.init]
     need += [a.critic] if any(v.reward == "critic" or v.helped for v in kinds) else []
     need += [a.demo_store] if any(v.helped for v in kinds) else []
-    for p in need:
-        if not Path(p).exists():
-            sys.exit(f"{p} does not exist: run `vlac train --quick` (or `vlac critic train` / "
-                     "`vlac actor pretrain --demos-per-task 2`) first")
+    store, tasks = a.demo_store, a.tasks
+    make = {a.demo_store: f"vlac demos collect --tasks {tasks} --episodes 12 --store-root {store}",
+            a.init: f"vlac actor pretrain --store-root {store} --demos-per-task 2 --out "
+                    f"{Path(a.init).parent}",
+            a.critic: f"vlac critic train --store-root {store} --out {Path(a.critic).parent}"}
+    missing = [p for p in need if not Path(p).exists()]
+    if missing:
+        steps = [make[store]] if not Path(store).exists() else []
+        steps += [make[p] for p in missing if p != store]
+        sys.exit(f"{', '.join(missing)} missing: make {'it' if len(missing) == 1 else 'them'} "
+                 "with\n  " + "\n  ".join(steps))
 
 
 def combine(a: argparse.Namespace) -> None:
