@@ -164,7 +164,10 @@ def dry_run(script: Path, env: dict[str, str], tmp_path: Path) -> list[list[str]
     bindir.mkdir(exist_ok=True)
     (bindir / "scontrol").write_text("#!/bin/sh\nprintf 'node-a\\nnode-b\\n'\n")
     (bindir / "scontrol").chmod(0o755)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "FLEET_"))}
+    # the in-process DeepSpeed tests leave MASTER_ADDR & co. in this process's environment
+    launcher = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "FLEET_")) and k not in launcher}
     full = {**base, **env, "DRY_RUN": "1", "PATH": f"{bindir}:{os.environ['PATH']}"}
     r = subprocess.run(["bash", str(script)], cwd=ROOT, env=full, capture_output=True,
                        text=True, timeout=30)
