@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import tiny_policy_onnx, wait_for
 from vlac.cloud.fleet.publisher import Announcer, Publisher, PublisherConfig, artifact_keys
-from vlac.cloud.fleet.state import FleetError, FleetState, in_fraction, open_fleet_state
+from vlac.cloud.fleet.state import FleetState, in_fraction, open_fleet_state
 from vlac.edge.runtime import OnnxPolicy
 from vlac.edge.updater import UpdaterConfig, WeightUpdater
 from vlac.shared import manifest as mf
@@ -20,48 +20,6 @@ from vlac.shared import wire
 
 
 # ------------------------------------------------------------------ fleet state rules
-def add(fleet, *versions):
-    for v in versions:
-        fleet.add_version(v, v - 1, f"m{v}", f"a{v}", 10, "0" * 64)
-
-
-def test_targets_follow_production_canary_and_pins(tmp_path):
-    fleet = FleetState(tmp_path / "fleet.db")
-    assert fleet.target("r1") is None
-    add(fleet, 1, 2, 3)
-    fleet.promote(1)
-    fleet.promote(2)
-    assert fleet.target("r1") == (t := fleet.target("r1")) and (t.version, t.reason) == \
-        (2, "production") and not t.downgrade
-    fleet.set_group("lab-a", ["r1"])
-    fleet.start_canary(3, group="lab-a")
-    assert fleet.target("r1").version == 3 and fleet.target("r2").version == 2
-    fleet.pin(1, group="lab-a")
-    t = fleet.target("r1")
-    assert (t.version, t.reason, t.downgrade) == (1, "pin:lab-a", True)
-    fleet.pin(2, robot="r1")  # a robot's own pin wins over its group's
-    assert fleet.target("r1").reason == "pin"
-    fleet.unpin(robot="r1")
-    fleet.unpin(group="lab-a")
-    assert fleet.target("r1").version == 3
-    fleet.end_canary()
-    t = fleet.target("r1")
-    assert (t.version, t.downgrade) == (2, True)  # the canary's end is a signed downgrade
-    assert fleet.rollback() == 1 and fleet.production == 1
-    with pytest.raises(FleetError, match="nothing to roll back"):
-        fleet.rollback()
-    with pytest.raises(FleetError, match="never published"):
-        fleet.promote(9)
-    with pytest.raises(FleetError, match="already published"):
-        add(fleet, 3)
-    with pytest.raises(FleetError, match="exactly one"):
-        fleet.start_canary(3, group="g", fraction=0.5)
-    fleet.close()
-    again = FleetState(tmp_path / "fleet.db")  # state survives restarts
-    assert again.production == 1 and again.target("r2").version == 1
-    assert [e["action"] for e in again.events(3)] == ["rollback", "canary_end", "unpin"]
-
-
 def test_fraction_canary_is_stable_and_about_the_right_size(tmp_path):
     robots = [f"robot-{i}" for i in range(400)]
     chosen = [r for r in robots if in_fraction(r, 0.25)]
