@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from learning_report import MODES
-from learning_run import Collect
+from learning_run import Collect, robot_seed
 
 
 def practised_rows(actor_path: Path, variant: str, seed: int, tasks: list[str], layouts: int,
@@ -40,8 +40,8 @@ def practised_rows(actor_path: Path, variant: str, seed: int, tasks: list[str], 
     rows = []
     for mode in MODES:
         for ti, t in enumerate(tasks):
-            # the training robot's seed (learning_run.Rollouts): the same pool, same order
-            cfg = MetaWorldRobotConfig(task=t, seed=seed * 1000 + ti, max_steps=max_steps)
+            # the training robot's seed: the same pool, in the same order
+            cfg = MetaWorldRobotConfig(task=t, seed=robot_seed(seed, ti), max_steps=max_steps)
             with MetaWorldRobot(cfg) as robot:
                 for i in range(layouts):
                     actor.rng = np.random.default_rng([7, seed, ti, i])

@@ -140,6 +140,12 @@ def stall_watches(args: dict, learner, critic) -> dict:
             for t in args["tasks"]}
 
 
+def robot_seed(seed: int, task_index: int) -> int:
+    """The seed of a job's training robot for its ``task_index``-th task: its layout pool and
+    their order (the same for every variant)."""
+    return seed * 1000 + task_index
+
+
 class Rollouts:
     """The job's robots (each task's layouts follow its seed, the same for every variant),
     stall triggers and store; ``episode`` runs and stores one rollout."""
@@ -150,7 +156,7 @@ class Rollouts:
         self.args, self.store, self.camera = args, store, learner.camera
         self.oracle = learner.rewards if isinstance(learner.rewards, OracleRewards) else None
         self.robots = {t: MetaWorldRobot(MetaWorldRobotConfig(
-            task=t, seed=args["seed"] * 1000 + i, max_steps=args["max_steps"],
+            task=t, seed=robot_seed(args["seed"], i), max_steps=args["max_steps"],
             layout_repeats=args.get("layout_repeats", 1)))
             for i, t in enumerate(args["tasks"])}
         for r in self.robots.values():
