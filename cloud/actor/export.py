@@ -45,6 +45,7 @@ from torch import nn
 
 from vlac.cloud.actor.model import TorchActor
 from vlac.cloud.models.encoders import Feeds, ImageEncoder, quantize_qdq
+from vlac.cloud.store.location import open_episode_store, store_location
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, describe, opt
 
@@ -84,7 +85,8 @@ class ActorHead(nn.Module):
 class ActorExportConfig:
     actor: Path = opt(Path(".cache/actor/actor.pt"), "Actor checkpoint to export.")
     out: Path = opt(Path(".cache/actor/export"), "Folder for the .onnx files and metadata.")
-    store_root: Path = opt(Path(".cache/store"), "Episode store: calibration frames.")
+    store_root: Path | str = opt(Path(".cache/store"), "Episode store: calibration frames "
+                                 "(a folder or s3://BUCKET/PREFIX?endpoint=URL).")
     tasks: list[str] = opt(list(task_text.HEADLINE_TASKS),
                            "Tasks whose sentences the policy is exported with.")
     calibration_frames: int = opt(128, "Demonstration frames used to calibrate INT8 (an "
@@ -97,8 +99,8 @@ class ActorExportConfig:
                           "fixed this at pretraining (`vlac actor pretrain --fp32-convs`).")
 
     def __post_init__(self) -> None:
-        self.actor, self.out, self.store_root = Path(self.actor), Path(self.out), \
-            Path(self.store_root)
+        self.actor, self.out = Path(self.actor), Path(self.out)
+        self.store_root = store_location(self.store_root)
         check(self.actor.exists(), "actor", f"{self.actor} does not exist; run `vlac actor "
               "pretrain` first")
         check(self.calibration_frames >= 8, "calibration_frames", "use at least 8")
@@ -291,12 +293,10 @@ def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]],
     return out
 
 
-def calibration_samples(actor: TorchActor, store_root: Path, tasks: list[str], n: int,
+def calibration_samples(actor: TorchActor, store_root: Path | str, tasks: list[str], n: int,
                         seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Frames, proprio and sentences from stored demonstrations of the tasks."""
-    from vlac.cloud.store.episodes import EpisodeStore
-
-    store = EpisodeStore(store_root)
+    store = open_episode_store(store_root, read_only=True)  # ingest may write beside us
     rng = np.random.default_rng(seed)
     eps = [e for e in store.list_episodes() if e.get("task_id") in tasks]
     if not eps:
@@ -320,9 +320,9 @@ class ActorPublisher:
     ``precision`` is fp32) and upload it as a new version through a fleet ``Publisher``.
     Calibration samples are drawn once and reused for every later version."""
 
-    def __init__(self, publisher, store_root: Path, tasks: list[str],
+    def __init__(self, publisher, store_root: Path | str, tasks: list[str],
                  calibration_frames: int = 64) -> None:
-        self.publisher, self.store_root, self.tasks = publisher, Path(store_root), tasks
+        self.publisher, self.store_root, self.tasks = publisher, store_location(store_root), tasks
         self.calibration_frames = calibration_frames
         self.samples: list[dict[str, np.ndarray]] | None = None
 

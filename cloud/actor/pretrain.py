@@ -32,13 +32,15 @@ from vlac.cloud.models import engine as eng
 from vlac.cloud.models.encoders import FeatureCache, ImageEncoder, Int8ImageEncoder, TextEncoder
 from vlac.cloud.models.vlac import SmallVLAC, VLACConfig, bc_loss, cosine_lr, param_count
 from vlac.cloud.store.episodes import EpisodeStore
+from vlac.cloud.store.location import open_episode_store, store_location
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, describe, opt
 
 
 @dataclass
 class ActorPretrainConfig:
-    store_root: Path = opt(Path(".cache/store"), "Episode store with demonstrations.")
+    store_root: Path | str = opt(Path(".cache/store"), "Episode store with demonstrations "
+                                 "(a folder or s3://BUCKET/PREFIX?endpoint=URL).")
     out: Path = opt(Path(".cache/actor"), "Output folder: actor.pt, checkpoints, logs.")
     features: Path = opt(Path(".cache/critic/features"), "Image feature cache (shared).")
     tasks: list[str] = opt(list(task_text.HEADLINE_TASKS), "Tasks (task ids) to imitate.")
@@ -62,7 +64,7 @@ class ActorPretrainConfig:
                           "(the early ones see the largest maps and lose the most).")
 
     def __post_init__(self) -> None:
-        self.store_root, self.out, self.features = (Path(self.store_root), Path(self.out),
+        self.store_root, self.out, self.features = (store_location(self.store_root), Path(self.out),
                                                     Path(self.features))
         if self.init_from_critic is not None:
             self.init_from_critic = Path(self.init_from_critic)
@@ -110,7 +112,7 @@ def image_encoder(cfg: ActorPretrainConfig, store: EpisodeStore, episodes: list[
 
 
 def load_demos(cfg: ActorPretrainConfig) -> tuple[DemoSteps, dict, ImageEncoder]:
-    store = EpisodeStore(cfg.store_root)
+    store = open_episode_store(cfg.store_root, read_only=True)
     by_task = defaultdict(list)
     for e in sorted(store.list_episodes(), key=lambda e: e["episode_id"]):
         if e.get("task_id") in cfg.tasks and e["outcome"]["success"] and \

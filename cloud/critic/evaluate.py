@@ -34,7 +34,7 @@ from vlac.cloud.critic.model import SmallVLACCritic, accumulated_progress, write
 from vlac.cloud.critic.train import TRAIN_TASKS, UNSEEN_TASKS
 from vlac.cloud.models.encoders import FeatureCache
 from vlac.cloud.models.vlac import PROGRESS_BINS
-from vlac.cloud.store.episodes import EpisodeStore
+from vlac.cloud.store.location import open_episode_store, store_location
 from vlac.shared import tasks as task_text
 from vlac.shared.config import check, opt
 
@@ -43,7 +43,8 @@ ZERO_TOKEN = (PROGRESS_BINS - 1) // 2
 
 @dataclass
 class CriticEvalConfig:
-    store_root: Path = opt(Path(".cache/store"), "Episode store with demonstrations.")
+    store_root: Path | str = opt(Path(".cache/store"), "Episode store with demonstrations "
+                                 "(a folder or s3://BUCKET/PREFIX?endpoint=URL).")
     critic: Path = opt(Path(".cache/critic/critic.pt"), "Critic checkpoint to evaluate.")
     out: Path = opt(Path(".cache/critic/eval"), "Folder for eval.json and plots.")
     features: Path = opt(Path(".cache/critic/features"), "Image feature cache.")
@@ -54,7 +55,7 @@ class CriticEvalConfig:
     seed: int = opt(0, "Seed for choosing references and mismatched sentences.")
 
     def __post_init__(self) -> None:
-        self.store_root, self.critic = Path(self.store_root), Path(self.critic)
+        self.store_root, self.critic = store_location(self.store_root), Path(self.critic)
         self.out, self.features = Path(self.out), Path(self.features)
         check(self.critic.exists(), "critic", f"{self.critic} does not exist; train one with "
               "`vlac critic train`")
@@ -124,7 +125,7 @@ class _Scores:
 
 
 def _load(cfg: CriticEvalConfig) -> _Episodes:
-    store = EpisodeStore(cfg.store_root)
+    store = open_episode_store(cfg.store_root, read_only=True)
     cache = FeatureCache(cfg.features)
     seen_all = load_episodes(store, cache, cfg.seen_tasks, cfg.camera)
     train_eps, held = split_holdout(seen_all, cfg.holdout)

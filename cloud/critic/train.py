@@ -22,7 +22,7 @@ from vlac.cloud.critic.model import SmallVLACCritic, write_json
 from vlac.cloud.models import engine as eng
 from vlac.cloud.models.encoders import FeatureCache, TextEncoder
 from vlac.cloud.models.vlac import SmallVLAC, VLACConfig, cosine_lr, critic_loss, param_count
-from vlac.cloud.store.episodes import EpisodeStore
+from vlac.cloud.store.location import open_episode_store, store_location
 from vlac.shared.config import check, describe, opt
 
 TRAIN_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "drawer-close-v3",
@@ -34,7 +34,8 @@ UNSEEN_TASKS = ["button-press-topdown-v3", "window-close-v3", "coffee-button-v3"
 
 @dataclass
 class CriticTrainConfig:
-    store_root: Path = opt(Path(".cache/store"), "Episode store with demonstrations.")
+    store_root: Path | str = opt(Path(".cache/store"), "Episode store with demonstrations "
+                                 "(a folder or s3://BUCKET/PREFIX?endpoint=URL).")
     out: Path = opt(Path(".cache/critic"), "Output folder: checkpoints, critic.pt, logs.")
     features: Path = opt(Path(".cache/critic/features"), "Image feature cache (shared with "
                          "`vlac critic eval`).")
@@ -52,7 +53,7 @@ class CriticTrainConfig:
     threads: int = opt(0, "torch threads (0: torch's default).")
 
     def __post_init__(self) -> None:
-        self.store_root, self.out = Path(self.store_root), Path(self.out)
+        self.store_root, self.out = store_location(self.store_root), Path(self.out)
         self.features = Path(self.features)
         check(self.steps >= 1, "steps", "must be >= 1")
         check(self.batch_size >= 2, "batch_size", "must be >= 2")
@@ -68,7 +69,7 @@ def main(cfg: CriticTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    store = EpisodeStore(cfg.store_root)
+    store = open_episode_store(cfg.store_root, read_only=True)
     cache = FeatureCache(cfg.features)
     episodes = load_episodes(store, cache, cfg.tasks, cfg.camera,
                              progress=lambda x: tqdm(x, desc="image features", unit="ep"))

@@ -7,6 +7,14 @@ version, robot id, config hash + spec) and is refused with a reason on any misma
 are validated, deduplicated by (robot_id, episode_id, seq), written durably into the episode
 store, and only then acknowledged. A bad message gets an Error reply naming the field, is
 logged, and touches nothing else: one loop serves every robot, fair-queued by ZeroMQ.
+
+Shards: several ingest processes (``--shard K/N``, one per host or port) may share one
+episode store and one fleet state; robots pick theirs (``vlac.edge.transport.sender``). A
+shard accepts any allowed robot, not only those whose home shard it is, and only logs a
+robot that came from elsewhere. Refusing them would buy nothing for correctness, since the
+store keeps a chunk once whichever shard writes it and whichever shard stores an episode's
+last chunk completes it, and it would turn every failover into an outage until each
+robot's config and each shard's idea of who belongs where agree again.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ import yaml
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from vlac.cloud.store.episodes import ChunkWrite, EpisodeStore
+from vlac.cloud.store.base import ChunkWrite
+from vlac.cloud.store.location import open_episode_store, store_location
 from vlac.shared import keys, wire
 from vlac.shared.config import check, describe, opt
 from vlac.shared.episode import validate_chunk
+from vlac.shared.shards import home_shard, parse_shard
 from vlac.shared.signals import on_stop_signals
 
 log = logging.getLogger(__name__)
@@ -35,7 +45,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class IngestConfig:
     bind: str = opt("tcp://127.0.0.1:5555", "ZeroMQ address to listen on.")
-    store_root: Path = opt(Path(".cache/store"), "Root folder of the episode store.")
+    store_root: Path | str = opt(Path(".cache/store"), "The episode store: a folder or "
+                                 "s3://BUCKET/PREFIX?endpoint=URL.")
     server_secret_key: Path = opt(Path("keys/server/ingest.key_secret"),
                                   "Ingest's CURVE secret key file (vlac keys generate).")
     allowed_keys_dir: Path = opt(Path("keys/robots"),
@@ -50,12 +61,14 @@ class IngestConfig:
     fleet_url: str = opt("", "Fleet state in PostgreSQL instead of fleet_dir/fleet.db "
                          "(SQLite): postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE; empty: "
                          "SQLite, or no heartbeats without a fleet_dir.")
+    shard: str = opt("", "This process's shard K/N when N ingest processes share the store "
+                     "(e.g. 0/2): named in its id and logs; it takes any robot.")
     staging_max_age_s: float = opt(86400.0, "Drop episodes that stayed incomplete this many "
                                    "seconds after their last chunk (a robot that crashed "
                                    "mid-episode never sends the rest); 0: keep them forever.")
 
     def __post_init__(self) -> None:
-        self.store_root = Path(self.store_root)
+        self.store_root = store_location(self.store_root)
         self.server_secret_key = Path(self.server_secret_key)
         self.allowed_keys_dir = Path(self.allowed_keys_dir)
         if self.spec_file is not None:
@@ -69,6 +82,10 @@ class IngestConfig:
 
             check_fleet_url(self.fleet_url)
         check(self.staging_max_age_s >= 0, "staging_max_age_s", "must be >= 0 (0: never)")
+        try:
+            parse_shard(self.shard)
+        except ValueError as e:
+            check(False, "shard", str(e))
 
     def spec(self) -> wire.RobotSpec:
         if self.spec_file is None:
@@ -107,7 +124,7 @@ class Ingest:
     def __init__(self, cfg: IngestConfig, ctx: zmq.Context | None = None) -> None:
         self.cfg = cfg
         self.expected_spec = cfg.spec()
-        self.store = EpisodeStore(cfg.store_root, fsync=cfg.fsync)
+        self.store = open_episode_store(cfg.store_root, fsync=cfg.fsync)
         self.allowed = keys.allow_list(cfg.allowed_keys_dir)
         self._pair = keys.load_pair(cfg.server_secret_key)
         self._ctx = ctx or zmq.Context()
@@ -123,7 +140,9 @@ class Ingest:
             self.fleet = open_fleet_state(cfg.fleet_dir, cfg.fleet_url)
         self.errors: Counter = Counter()
         self.address = cfg.bind
-        self.ingest_id = f"ingest-{int(time.time())}"
+        self.shard = parse_shard(cfg.shard)
+        tag = f"-shard{self.shard[0]}of{self.shard[1]}" if self.shard else ""
+        self.ingest_id = f"ingest{tag}-{int(time.time())}"
 
     def stop(self) -> None:
         self._stop.set()
@@ -315,6 +334,10 @@ class Ingest:
         st = self.robots.setdefault(robot, RobotStatus(robot))
         st.connected_at = st.last_seen = time.time()
         log.info("robot %s connected (config %s)", robot, msg.config_hash)
+        if self.shard and home_shard(robot, self.shard[1]) != self.shard[0]:
+            log.info("robot %s belongs to shard %d by its id and came to shard %d (its shard "
+                     "failed, or its config pins this one)", robot,
+                     home_shard(robot, self.shard[1]), self.shard[0])
         return wire.HandshakeReply(accepted=True, ingest_id=self.ingest_id)
 
     def _chunk(self, ident: bytes, robot: str, session: _Session | None,

@@ -92,7 +92,7 @@ class Learner:
         self.rewards = rewards if rewards is not None or cfg.rewards.mode == "sparse" \
             else reward_source(cfg.rewards)
         self.on_publish = on_publish
-        store = EpisodeStore(cfg.store_root, read_only=True)  # ingest writes beside us
+        store = EpisodeStore.open(cfg.store_root, read_only=True)  # ingest writes beside us
         self.actor = TorchActor.load(cfg.init, image_encoder=image_encoder,
                                      text_encoder=text_encoder)
         self.camera = cfg.camera or self.actor.camera

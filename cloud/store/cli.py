@@ -9,13 +9,16 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vlac.cloud.store.episodes import EpisodeStore, StoreBusy
+from vlac.cloud.store.base import StoreBusy
+from vlac.cloud.store.location import open_episode_store, store_location
 from vlac.shared.config import ConfigError, opt, parse_duration
+
+ROOT_HELP = "The episode store: a folder or s3://BUCKET/PREFIX?endpoint=URL."
 
 
 @dataclass
 class StoreLsConfig:
-    root: Path = opt(Path(".cache/store"), "Root folder of the episode store.")
+    root: Path | str = opt(Path(".cache/store"), ROOT_HELP)
     incomplete: bool = opt(False, "Also list episodes still missing chunks.")
 
     def __post_init__(self) -> None:
@@ -26,7 +29,7 @@ class StoreLsConfig:
 class StoreGcConfig:
     older_than: str = opt("24h", "Drop episodes that stayed incomplete this long since their "
                           "last chunk: seconds, or a number with s, m, h or d.")
-    root: Path = opt(Path(".cache/store"), "Root folder of the episode store.")
+    root: Path | str = opt(Path(".cache/store"), ROOT_HELP)
     dry_run: bool = opt(False, "Only list what would be dropped.")
 
     def __post_init__(self) -> None:
@@ -34,9 +37,9 @@ class StoreGcConfig:
         self.older_than_s = parse_duration(self.older_than, "older_than")
 
 
-def _store_root(root: Path) -> Path:
-    root = Path(root)
-    if not (root / "episodes").is_dir():
+def _store_root(root: Path | str) -> Path | str:
+    root = store_location(root, "root")
+    if isinstance(root, Path) and not (root / "episodes").is_dir():
         raise ConfigError(f"config field `root`: {root} is not an episode store "
                           "(no episodes/ folder); pass --root of `vlac ingest serve`")
     return root
@@ -45,11 +48,11 @@ def _store_root(root: Path) -> Path:
 @dataclass
 class StoreShowConfig:
     episode: str = opt("", "ROBOT/EPISODE to show (as listed by `vlac store ls`).")
-    root: Path = opt(Path(".cache/store"), "Root folder of the episode store.")
+    root: Path | str = opt(Path(".cache/store"), ROOT_HELP)
     steps: int = opt(10, "How many steps to print.")
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root)
+        self.root = store_location(self.root, "root")
         if self.episode.count("/") != 1:
             raise ConfigError("config field `episode`: give ROBOT/EPISODE, e.g. "
                               "--episode robot-0/robot-0-1a2b3c")
@@ -57,7 +60,7 @@ class StoreShowConfig:
 
 def ls_main(cfg: StoreLsConfig, console: Console | None = None) -> list[dict]:
     console = console or Console(width=120)
-    store = EpisodeStore(cfg.root, read_only=True)  # beside a running ingest: touch nothing
+    store = open_episode_store(cfg.root, read_only=True)  # beside a running ingest
     eps = store.list_episodes()
     table = Table(title=f"episodes in {cfg.root}")
     for col in ("robot/episode", "task", "instruction", "source", "steps", "success", "MB"):
@@ -81,7 +84,7 @@ def gc_main(cfg: StoreGcConfig, console: Console | None = None) -> list[dict]:
     """Drop what stayed incomplete in staging for ``--older-than``; complete episodes are
     never touched. Refused while an ingest writes to the store (it collects by itself)."""
     console = console or Console(width=120)
-    store = EpisodeStore(cfg.root)
+    store = open_episode_store(cfg.root)
     try:
         with store.writer_lock(exclusive=True):
             if cfg.dry_run:
@@ -131,7 +134,7 @@ def _ranges(seqs: list[int]) -> str:
 def show_main(cfg: StoreShowConfig, console: Console | None = None) -> None:
     console = console or Console(width=120)
     robot, episode = cfg.episode.split("/")
-    ep = EpisodeStore(cfg.root).load_episode(robot, episode)
+    ep = open_episode_store(cfg.root, read_only=True).load_episode(robot, episode)
     console.print(f"[bold]{robot}/{episode}[/]: {ep.task!r}, {len(ep)} steps, "
                   f"outcome {ep.outcome}")
     for cam, frames in ep.steps.images.items():

@@ -24,14 +24,22 @@ with ``_`` or ``.`` are ignored by pyarrow. Each row is one step:
 
 Each file's schema metadata holds ``vlac`` = JSON {robot_id, episode_id, seq, task, final}.
 
-Durability: a chunk file is written under a temporary name, fsynced, renamed and its folder
-fsynced before ``write_chunk`` returns; ingest acknowledges only then. An episode is complete
-when its final chunk (which says how many chunks there are) and every earlier chunk are
-stored; ``_episode.json`` is then written and the folder is moved from ``staging/`` to
+Durability: a chunk file is written under a temporary name, fsynced, linked to its final name
+and its folder fsynced before ``write_chunk`` returns; ingest acknowledges only then. An episode
+is complete when its final chunk (which says how many chunks there are) and every earlier chunk
+are stored; ``_episode.json`` is then written and the folder is moved from ``staging/`` to
 ``episodes/`` with one atomic rename. A chunk whose key (robot_id, episode_id, seq) is already
 stored, in staging or in a complete episode, is a duplicate and is not written again. After a
 crash, ``EpisodeStore(root)`` rebuilds its index from the folders and finishes any episode that
 was complete but not yet moved.
+
+Several writers on one host (ingest shards) may share the folder (``vlac.cloud.store.base``
+says how the index copes): a chunk file is linked into place, which fails if it exists, so a
+chunk two writers store at once is stored once and the second one answers "duplicate";
+temporary files carry their writer's pid, so a starting writer removes only those of writers
+that are gone; and a writer whose rename to ``episodes/`` fails because another writer moved
+the episode first takes it as complete. (On a network file system shared by several hosts,
+the pid check does not hold: there, use the S3 store, ``vlac.cloud.store.s3``.)
 """
 
 from __future__ import annotations
@@ -42,29 +50,32 @@ import json
 import logging
 import os
 import shutil
-import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlac.cloud.store.parquet import META_KEY, arrow_to_numpy, steps_to_table, table_to_steps
-from vlac.cloud.store.staging import Staged
-from vlac.shared.episode import StepColumns, slice_steps
+from vlac.cloud.store.base import (
+    ChunkWrite,
+    Episode,
+    IndexedStore,
+    Key,
+    StoreBusy,
+    StoreUnavailable,
+    chunk_name,
+)
+from vlac.cloud.store.parquet import META_KEY, steps_to_table
+from vlac.cloud.store.staging import Staged, staged_from_chunks
 from vlac.shared.fsutil import fsync_path
-from vlac.shared.wire import Outcome, WireError, check_id
+
+__all__ = ["ChunkWrite", "Episode", "EpisodeStore", "StoreBusy", "StoreUnavailable"]
 
 log = logging.getLogger(__name__)
-
-
-class StoreBusy(RuntimeError):
-    """Another process holds the store in a way that forbids what was asked."""
 
 
 def _size(path: Path) -> int:
@@ -76,80 +87,60 @@ def _size(path: Path) -> int:
 
 def _staged_from_files(edir: Path) -> Staged | None:
     """An episode's staging state rebuilt from its chunk files (None if it has none)."""
-    st = None
+    metas = []
     for f in sorted(edir.glob("chunk-*.parquet")):
         try:
             meta = json.loads(pq.read_schema(f).metadata[META_KEY])
-            first = meta.get("first_step")
-            if first is None:  # written before chunks recorded it in their metadata
-                first = int(pq.read_table(f, columns=["step"]).column("step")[0].as_py())
-            mtime = f.stat().st_mtime
+            if meta.get("first_step") is None:  # written before chunks recorded it
+                meta["first_step"] = int(pq.read_table(f, columns=["step"])
+                                         .column("step")[0].as_py())
+            metas.append((meta, f.stat().st_mtime))
         except FileNotFoundError:  # moved to episodes/ by a writer meanwhile
             continue
-        st = st or Staged(task=meta["task"], source=meta.get("source", "policy"),
-                          task_id=meta.get("task_id", ""), updated_at=0.0)
-        st.chunks[meta["seq"]] = (first, meta["n_steps"])
-        st.final = meta.get("final") or st.final
-        st.updated_at = max(st.updated_at, mtime)
-    return st
+    return staged_from_chunks(metas)
 
 
-@dataclass
-class Episode:
-    """A complete episode assembled from its chunks, as numpy arrays."""
-
-    robot_id: str
-    episode_id: str
-    task: str
-    outcome: Outcome
-    steps: StepColumns
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-
-@dataclass
-class ChunkWrite:
-    """One chunk to store (what ingest hands the store after validation)."""
-
-    robot_id: str
-    episode_id: str
-    seq: int
-    task: str
-    steps: StepColumns
-    final: Outcome | None = None
-    first_step: int = 0
-    source: str = "policy"
-    task_id: str = ""
-
-    def meta(self) -> dict[str, Any]:
-        final = None
-        if self.final is not None:
-            final = {"success": self.final.success, "n_chunks": self.final.n_chunks,
-                     "n_steps": self.final.n_steps, "reason": self.final.reason}
-        return {"robot_id": self.robot_id, "episode_id": self.episode_id, "seq": self.seq,
-                "task": self.task, "n_steps": len(self.steps), "first_step": self.first_step,
-                "final": final, "source": self.source, "task_id": self.task_id}
+def _writer_gone(tmp: Path) -> bool:
+    """Whether the writer that made temporary file ``tmp`` (``.tmp-<pid>-...``) is gone; a
+    name without a pid is from before writers tagged theirs, so from a writer now gone."""
+    pid = tmp.name[5:].split("-", 1)[0]
+    if not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
-class EpisodeStore:
-    """Exactly-once, durable store of episode chunks. Thread-safe.
+def _link_new(tmp: Path, dest: Path) -> bool:
+    """Give ``tmp`` the name ``dest`` unless ``dest`` exists (False then): unlike a rename,
+    a link never replaces, so of two writers storing one chunk exactly one stores it."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        return False
+    return True
+
+
+class EpisodeStore(IndexedStore):
+    """Exactly-once, durable store of episode chunks in a folder. Thread-safe.
 
     ``read_only=True`` is a reader beside a running ingest (the learner): it never touches
     ``staging/`` (no crash recovery, which would race the writer) and refuses writes."""
 
     def __init__(self, root: str | Path, *, fsync: bool = True,
                  compression: str = "zstd", read_only: bool = False) -> None:
+        super().__init__(read_only=read_only)
         self.root = Path(root)
         self.staging = self.root / "staging"
         self.episodes = self.root / "episodes"
-        self.read_only = read_only
         self.fsync = fsync
         self.compression = compression
-        self._lock = threading.RLock()
-        self._complete: set[tuple[str, str]] = set()
-        self._staged: dict[tuple[str, str], Staged] = {}
         self._executor: ThreadPoolExecutor | None = None
         if read_only:
             return
@@ -157,12 +148,23 @@ class EpisodeStore:
         self.episodes.mkdir(parents=True, exist_ok=True)
         self._recover()
 
+    @staticmethod
+    def open(root: str | Path, **kw: Any) -> IndexedStore:
+        """``open_episode_store``: the store at a folder or an s3:// URI, for code that
+        holds this class (the learner)."""
+        from vlac.cloud.store.location import open_episode_store
+
+        return open_episode_store(root, **kw)
+
     # ------------------------------------------------------------------ paths
     def _staging_dir(self, robot_id: str, episode_id: str) -> Path:
         return self.staging / robot_id / episode_id
 
     def episode_dir(self, robot_id: str, episode_id: str) -> Path:
         return self.episodes / f"robot_id={robot_id}" / f"episode_id={episode_id}"
+
+    def _tmp_name(self, name: str) -> str:
+        return f".tmp-{os.getpid()}-{name}"
 
     # ------------------------------------------------------------------ recovery
     def _recover(self) -> None:
@@ -174,102 +176,54 @@ class EpisodeStore:
             for edir in rdir.iterdir() if rdir.is_dir() else []:
                 key = (rdir.name, edir.name)
                 for tmp in edir.glob(".tmp-*"):
-                    tmp.unlink()  # never acknowledged: the robot still has it
+                    if _writer_gone(tmp):  # never acknowledged: the robot still has it
+                        tmp.unlink(missing_ok=True)
                 if key in self._complete:  # crashed after the move's copy: drop leftovers
-                    shutil.rmtree(edir)
+                    shutil.rmtree(edir, ignore_errors=True)
                     continue
                 st = _staged_from_files(edir)
                 if st is not None:
                     self._staged[key] = st
-                    self._maybe_complete(*key)
+                    with self._lock:
+                        self._maybe_complete(key)
 
-    # ------------------------------------------------------------------ queries
-    def has(self, robot_id: str, episode_id: str, seq: int) -> bool:
-        with self._lock:
-            if (robot_id, episode_id) in self._complete:
-                return True
-            st = self._staged.get((robot_id, episode_id))
-            return st is not None and seq in st.chunks
+    # ------------------------------------------------------------------ backend
+    def _lookup(self, key: Key) -> Staged | bool | None:
+        if self.is_complete(*key):
+            return True
+        edir = self._staging_dir(*key)
+        return _staged_from_files(edir) if edir.is_dir() else None
 
-    # ------------------------------------------------------------------ writes
-    def write_chunk(self, robot_id: str, episode_id: str, seq: int, task: str,
-                    steps: StepColumns, final: Outcome | None = None,
-                    first_step: int = 0) -> bool:
-        """Durably store one chunk. Returns False (and writes nothing) for a duplicate;
-        raises WireError for a chunk that contradicts its episode."""
-        [written] = self.write_chunks([ChunkWrite(robot_id, episode_id, seq, task, steps,
-                                                  final, first_step)])
-        if isinstance(written, WireError):
-            raise written
-        return written
-
-    def write_chunks(self, chunks: list[ChunkWrite]) -> list[bool | WireError]:
-        """Durably store a batch of chunks (group commit). Per chunk: True where stored,
-        False for a duplicate, a WireError (nothing written) where it contradicts what its
-        episode already holds (``vlac.cloud.store.staging``). All files are written, then fsynced
-        together, then renamed into place and each folder fsynced once, so a batch costs
-        little more than one chunk. If writing raises, nothing of the batch is indexed or
-        acknowledged (a robot resends it) and no temporary file is left behind."""
-        if self.read_only:
-            raise PermissionError(f"the store at {self.root} was opened read-only")
-        todo: list[tuple[ChunkWrite, Path, Path]] = []
-        result: list[bool | WireError] = []
-        planned: dict[tuple[str, str], Staged] = {}  # the batch's episodes as they will be
+    def _store_new(self, chunks: list[ChunkWrite]) -> list[bool]:
+        """All files are written, then fsynced together, then linked into place and each
+        folder fsynced once, so a batch costs little more than one chunk. No temporary file
+        is left behind, whatever raises."""
+        files: list[tuple[Path, Path]] = []
         try:
             for c in chunks:
-                verdict = self._plan(c, planned)
-                result.append(verdict)
-                if verdict is True:
-                    todo.append((c, *self._write_tmp(c)))
-        except BaseException:
-            for _, tmp, _ in todo:
+                files.append(self._write_tmp(c))
+            if self.fsync:
+                # fsync releases the GIL: concurrent fsyncs share the file system's journal
+                # commits, which is where batching pays.
+                list(self._pool().map(fsync_path, [tmp for tmp, _ in files]))
+            new = [_link_new(tmp, dest) for tmp, dest in files]
+        finally:
+            for tmp, _ in files:
                 tmp.unlink(missing_ok=True)
-            raise
-        if self.fsync and todo:
-            # fsync releases the GIL: concurrent fsyncs share the file system's journal
-            # commits, which is where batching pays.
-            list(self._pool().map(fsync_path, [tmp for _, tmp, _ in todo]))
-        for _, tmp, dest in todo:
-            os.replace(tmp, dest)
         if self.fsync:
-            for d in {dest.parent for _, _, dest in todo}:
+            for d in {dest.parent for _, dest in files}:
                 fsync_path(d)
-        with self._lock:
-            for key in {(c.robot_id, c.episode_id) for c, _, _ in todo}:
-                self._staged[key] = planned[key]
-                self._maybe_complete(*key)
-        return result
-
-    def _plan(self, c: ChunkWrite, planned: dict[tuple[str, str], Staged]) -> bool | WireError:
-        """Whether ``c`` is new (True), a duplicate (False) or contradicts its episode as the
-        store and the batch so far hold it; a new chunk is added to ``planned``."""
-        check_id(c.robot_id, "robot_id")
-        check_id(c.episode_id, "episode_id")
-        key = (c.robot_id, c.episode_id)
-        with self._lock:
-            if key in self._complete:
-                return False
-            if key not in planned:
-                st = self._staged.get(key)
-                planned[key] = st.copy() if st else Staged(c.task, c.source, c.task_id)
-        st = planned[key]
-        if c.seq in st.chunks:
-            return False
-        final = c.meta()["final"]
-        refusal = st.refusal(c.seq, c.first_step, len(c.steps), c.task, final)
-        if refusal is not None:
-            return refusal
-        st.add(c.seq, c.first_step, len(c.steps), final)
-        return True
+        return new
 
     def _write_tmp(self, c: ChunkWrite) -> tuple[Path, Path]:
         """Write a chunk's file under a temporary name; returns (temporary, final) paths."""
         edir = self._staging_dir(c.robot_id, c.episode_id)
         edir.mkdir(parents=True, exist_ok=True)
-        name = f"chunk-{c.seq:07d}.parquet"
-        tmp = edir / f".tmp-{name}"
+        name = chunk_name(c.seq)
+        fd, tmp_name = tempfile.mkstemp(dir=edir, prefix=self._tmp_name(name) + ".")
+        tmp = Path(tmp_name)
         try:
-            with open(tmp, "wb") as f:
+            with os.fdopen(fd, "wb") as f:
                 pq.write_table(steps_to_table(c.steps, c.first_step, c.meta()), f,
                                compression=self.compression, use_dictionary=False,
                                write_statistics=False)
@@ -278,56 +232,45 @@ class EpisodeStore:
             raise
         return tmp, edir / name
 
-    def write_episode(self, robot_id: str, episode_id: str, task: str, steps: StepColumns,
-                      success: bool, reason: str = "", chunk_steps: int = 64,
-                      source: str = "policy", task_id: str = "") -> int:
-        """Store a whole episode at once (demonstrations, imports). Returns its chunk count."""
-        n = len(steps)
-        if n == 0:
-            raise ValueError("an episode needs at least one step")
-        starts = list(range(0, n, chunk_steps))
-        outcome = Outcome(success=success, n_chunks=len(starts), n_steps=n,
-                          reason=reason or ("success" if success else "failure"))
-        writes = [ChunkWrite(robot_id, episode_id, i, task, slice_steps(steps, s, s + chunk_steps),
-                             outcome if i == len(starts) - 1 else None, s, source, task_id)
-                  for i, s in enumerate(starts)]
-        self.write_chunks(writes)
-        return len(starts)
-
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(4, thread_name_prefix="store-fsync")
         return self._executor
 
-    def _maybe_complete(self, robot_id: str, episode_id: str) -> bool:
-        key = (robot_id, episode_id)
-        st = self._staged.get(key)
-        if st is None or not st.complete():
+    def _finish(self, key: Key, st: Staged) -> bool:
+        src, dest = self._staging_dir(*key), self.episode_dir(*key)
+        tmp = src / self._tmp_name("_episode.json")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(st.manifest(*key), f, indent=1)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, src / "_episode.json")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dest)  # atomic: the episode appears whole or not at all
+        except OSError:
+            if not self.is_complete(*key):
+                raise
+            # another writer moved it first (its rename won): ours are leftovers
+            for stray in (tmp, dest / tmp.name):
+                stray.unlink(missing_ok=True)
+            self._drop_staging(key)
             return False
-        src = self._staging_dir(robot_id, episode_id)
-        info = {"robot_id": robot_id, "episode_id": episode_id, "task": st.task,
-                "task_id": st.task_id, "source": st.source, "n_chunks": st.final["n_chunks"],
-                "n_steps": st.n_steps, "outcome": st.final,
-                "completed_at": time.time()}
-        if st.n_steps != st.final["n_steps"]:  # only stores written before the chunk rules
-            info["warning"] = (f"final chunk says {st.final['n_steps']} steps, chunks hold "
-                               f"{st.n_steps}")
-        tmp = src / ".tmp-_episode.json"
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=1)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, src / "_episode.json")
-        dest = self.episode_dir(robot_id, episode_id)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(src, dest)  # atomic: the episode appears whole or not at all
         if self.fsync:
             fsync_path(dest.parent)
             fsync_path(src.parent)
-        self._complete.add(key)
-        del self._staged[key]
         return True
+
+    def _drop_staging(self, key: Key) -> None:
+        edir = self._staging_dir(*key)
+        if edir.exists():
+            shutil.rmtree(edir, ignore_errors=True)
+            if self.fsync:
+                fsync_path(edir.parent)
+
+    def is_complete(self, robot_id: str, episode_id: str) -> bool:
+        return (self.episode_dir(robot_id, episode_id) / "_episode.json").exists()
 
     # ------------------------------------------------------------------ reads
     def list_episodes(self) -> list[dict[str, Any]]:
@@ -382,62 +325,13 @@ class EpisodeStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def collect_staging(self, older_than_s: float) -> list[dict[str, Any]]:
-        """Remove episodes that stayed incomplete for ``older_than_s`` seconds since their
-        last chunk (a robot that crashed mid-episode never sends the rest); returns what
-        was dropped, each logged. Complete episodes are never touched: only folders under
-        ``staging/`` of episodes not complete are removed."""
-        if self.read_only:
-            raise PermissionError(f"the store at {self.root} was opened read-only")
-        dropped = []
-        with self._lock:
-            for inc in self.incomplete():
-                key = (inc["robot_id"], inc["episode_id"])
-                if inc["age_s"] < older_than_s or key in self._complete:
-                    continue
-                edir = self._staging_dir(*key)
-                if (edir / "_episode.json").exists():  # complete: recovery moves it, not gc
-                    continue
-                shutil.rmtree(edir)
-                if self.fsync:
-                    fsync_path(edir.parent)
-                del self._staged[key]
-                log.warning("dropped incomplete episode %s/%s from staging: %d chunks "
-                            "(%s), %.0f KB, no chunk for %.0f s", *key, len(inc["chunks"]),
-                            "final seen" if inc["final_seen"] else "no final",
-                            inc["bytes"] / 1e3, inc["age_s"])
-                dropped.append(inc)
-        return dropped
-
     def _episode_table(self, robot_id: str, episode_id: str,
                        columns: list[str] | None = None) -> tuple[dict[str, Any], pa.Table]:
         """A complete episode's summary and its chunks concatenated in order."""
         edir = self.episode_dir(robot_id, episode_id)
         meta_file = edir / "_episode.json"
         if not meta_file.exists():
-            raise KeyError(f"no complete episode {robot_id}/{episode_id} in {self.root}; "
-                           "`vlac store ls` lists them")
+            raise self._missing(robot_id, episode_id)
         info = json.loads(meta_file.read_text())
-        files = [edir / f"chunk-{s:07d}.parquet" for s in range(info["n_chunks"])]
+        files = [edir / chunk_name(s) for s in range(info["n_chunks"])]
         return info, pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
-
-    def load_episode(self, robot_id: str, episode_id: str) -> Episode:
-        info, table = self._episode_table(robot_id, episode_id)
-        return Episode(robot_id, episode_id, info["task"], Outcome(**info["outcome"]),
-                       table_to_steps(table), info)
-
-    def load_columns(self, robot_id: str, episode_id: str,
-                     columns: list[str]) -> dict[str, np.ndarray]:
-        """Some step columns of a complete episode (no image decoding), as numpy arrays."""
-        _, table = self._episode_table(robot_id, episode_id, columns)
-        return {c: arrow_to_numpy(table.column(c)) for c in columns}
-
-    def stats(self) -> dict[str, Any]:
-        eps = self.list_episodes()
-        return {
-            "episodes": len(eps),
-            "steps": sum(e["n_steps"] for e in eps),
-            "robots": len({e["robot_id"] for e in eps}),
-            "bytes": sum(e["bytes"] for e in eps),
-            "incomplete": len(self.incomplete()),  # a read-only store scans staging
-        }

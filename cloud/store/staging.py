@@ -13,6 +13,7 @@ and ``EpisodeStore.load_episode`` (chunks ``0 .. n_chunks - 1``) hold the same r
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,24 @@ class Staged:
         if final is not None:
             self.final = final
         self.updated_at = time.time()
+
+    def merge(self, other: Staged) -> None:
+        """Add what another writer (an ingest shard) stored of the same episode."""
+        self.chunks.update(other.chunks)
+        self.final = self.final or other.final
+        self.updated_at = max(self.updated_at, other.updated_at)
+
+    def manifest(self, robot_id: str, episode_id: str) -> dict[str, Any]:
+        """The ``_episode.json`` of the complete episode (both stores write the same)."""
+        assert self.final is not None, "only a complete episode has a manifest"
+        info = {"robot_id": robot_id, "episode_id": episode_id, "task": self.task,
+                "task_id": self.task_id, "source": self.source,
+                "n_chunks": self.final["n_chunks"], "n_steps": self.n_steps,
+                "outcome": self.final, "completed_at": time.time()}
+        if self.n_steps != self.final["n_steps"]:  # only stores written before the chunk rules
+            info["warning"] = (f"final chunk says {self.final['n_steps']} steps, chunks hold "
+                               f"{self.n_steps}")
+        return info
 
     @property
     def n_steps(self) -> int:
@@ -110,6 +129,19 @@ class Staged:
             return _contradicts(f"its chunks hold {at} steps but the final chunk says "
                                 f"{outcome['n_steps']}", "final.n_steps")
         return None
+
+
+def staged_from_chunks(chunks: Iterable[tuple[dict[str, Any], float]]) -> Staged | None:
+    """An episode's staging state rebuilt from its stored chunks' metadata (the ``vlac``
+    schema metadata of each file, with the time it was stored); None if there are none."""
+    st = None
+    for meta, stored_at in chunks:
+        st = st or Staged(task=meta["task"], source=meta.get("source", "policy"),
+                          task_id=meta.get("task_id", ""), updated_at=0.0)
+        st.chunks[meta["seq"]] = (meta["first_step"], meta["n_steps"])
+        st.final = meta.get("final") or st.final
+        st.updated_at = max(st.updated_at, stored_at)
+    return st
 
 
 def _contradicts(message: str, field_name: str) -> WireError:

@@ -9,6 +9,15 @@ only writes to the spool. Every socket call is non-blocking or has a timeout. A 
 handshake (wrong protocol, config mismatch, robot not allowed) is fatal and surfaces as
 SenderError from ``wait_drained``/``raise_if_failed``; a chunk that ingest rejects as invalid
 is moved to the spool's ``rejected/`` folder with the reason, and the rest keep flowing.
+
+Shards: with ``ingest_endpoints`` (several ingest processes sharing one episode store), the
+robot streams to the one at its shard: ``ingest_shard`` if pinned, else a stable hash of its
+id (``vlac.shared.shards``). When that one gives no accepted handshake for ``failover_s``
+(killed, host down), the sender moves to the next endpoint and sends it everything its spool
+still holds; it stays there until that one fails in turn. Nothing is lost (the spool keeps a
+chunk until some shard acknowledged it) and nothing is stored twice (any shard takes any
+robot, and the store drops a chunk another shard already stored). Moving a robot by hand is
+the same: restart it with another ``ingest_shard``; its spool goes to the new shard.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from zmq.utils.monitor import recv_monitor_message
 from vlac.edge.transport.spool import Spool
 from vlac.shared import keys, wire
 from vlac.shared.config import check, check_id, opt
+from vlac.shared.shards import home_shard
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +48,15 @@ class SenderError(RuntimeError):
 @dataclass
 class SenderConfig:
     robot_id: str = opt("robot-0", "This robot's id; must match its key file's name.")
-    ingest_address: str = opt("tcp://127.0.0.1:5555", "ZeroMQ address of the ingest service.")
+    ingest_address: str = opt("tcp://127.0.0.1:5555", "ZeroMQ address of the ingest service "
+                              "(when ingest_endpoints is empty).")
+    ingest_endpoints: list[str] = opt([], "ZeroMQ addresses of the ingest shards, A,B,...: "
+                                      "the robot uses the one at its shard and fails over to "
+                                      "the next; empty: ingest_address alone.")
+    ingest_shard: int = opt(-1, "Pin this robot to shard K of ingest_endpoints (-1: a "
+                            "stable hash of robot_id); failover_s still moves it if K fails.")
+    failover_s: float = opt(10.0, "With several ingest_endpoints: move to the next one after "
+                            "this many seconds without an accepted handshake (0: never).")
     robot_secret_key: Path = opt(Path("keys/robots/robot-0.key_secret"),
                                  "This robot's CURVE secret key file (vlac keys generate).")
     server_public_key: Path = opt(Path("keys/server/ingest.key"),
@@ -59,15 +77,29 @@ class SenderConfig:
         self.server_public_key = Path(self.server_public_key)
         self.spool_dir = Path(self.spool_dir)
         check_id(self.robot_id, "robot_id")
-        check(self.ingest_address.startswith(("tcp://", "ipc://", "inproc://")),
-              "ingest_address", f"{self.ingest_address!r} is not a ZeroMQ address "
-              "like tcp://host:5555")
+        for name, addr in [("ingest_address", self.ingest_address),
+                           *(("ingest_endpoints", a) for a in self.ingest_endpoints)]:
+            check(addr.startswith(("tcp://", "ipc://", "inproc://")), name,
+                  f"{addr!r} is not a ZeroMQ address like tcp://host:5555")
+        check(-1 <= self.ingest_shard < max(1, len(self.ingest_endpoints)), "ingest_shard",
+              f"{self.ingest_shard} is not a shard of the {len(self.ingest_endpoints)} "
+              "ingest_endpoints: give 0 .. N-1, or -1 for the robot's home shard")
+        check(self.failover_s >= 0, "failover_s", "must be >= 0 (0: never)")
         check(self.window >= 1, "window", "must be at least 1")
         check(self.ack_timeout_s > 0, "ack_timeout_s", "must be positive")
         check(self.handshake_timeout_s > 0, "handshake_timeout_s", "must be positive")
         check(self.heartbeat_s > 0, "heartbeat_s", "must be positive")
         check(self.spool_on_full in ("block", "drop_oldest", "error"), "spool_on_full",
               "use block, drop_oldest or error")
+
+    def endpoints(self) -> list[str]:
+        return list(self.ingest_endpoints) or [self.ingest_address]
+
+    def shard(self) -> int:
+        """The index into ``endpoints()`` this robot starts on."""
+        if self.ingest_shard >= 0:
+            return self.ingest_shard
+        return home_shard(self.robot_id, len(self.endpoints()))
 
     def make_spool(self) -> Spool:
         return Spool(self.spool_dir, max_bytes=self.spool_max_bytes,
@@ -83,6 +115,7 @@ class SenderStats:
     duplicates: int = 0
     rejected: int = 0
     handshakes: int = 0
+    failovers: int = 0
     last_error: str = ""
 
 
@@ -98,6 +131,8 @@ class _Link:
     """(episode, seq) -> when to resend it if no ack came."""
     hs_sent_at: float = -1e9
     auth_refused: bool = False
+    ready_at: float = field(default_factory=time.monotonic)
+    """When the connection was last ready (or made): how long it has been failing."""
 
 
 class Sender:
@@ -123,6 +158,13 @@ class Sender:
         self._state = "connecting"
         self._pair = keys.load_pair(cfg.robot_secret_key)
         self._server_pub = keys.load_public(cfg.server_public_key)
+        self._endpoints = cfg.endpoints()
+        self.shard = cfg.shard()
+        """Index into the endpoints of the ingest shard streamed to now."""
+
+    @property
+    def address(self) -> str:
+        return self._endpoints[self.shard]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Sender:
@@ -172,7 +214,36 @@ class Sender:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
-        sock.connect(self.cfg.ingest_address)
+        sock.connect(self.address)
+        return sock, monitor
+
+    def _failing(self, link: _Link, now: float) -> bool:
+        """Whether this shard has not been ready for ``failover_s`` (and there is another)."""
+        if self._state == "ready":
+            link.ready_at = now
+            return False
+        return len(self._endpoints) > 1 and self.cfg.failover_s > 0 and \
+            now - link.ready_at > self.cfg.failover_s
+
+    def _fail_over(self, sock: zmq.Socket, monitor: zmq.Socket,
+                   poller: zmq.Poller) -> tuple[zmq.Socket, zmq.Socket]:
+        """Close the connection to this shard and connect to the next one; the new
+        connection's handshake and resend of the whole spool follow as after any reconnect."""
+        for s in (sock, monitor):
+            poller.unregister(s)
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+        old = self.address
+        self.shard = (self.shard + 1) % len(self._endpoints)
+        self.stats.failovers += 1
+        self._state = "handshake"
+        log.warning("%s: no accepted handshake from ingest %s for %.0f s; moving to shard %d "
+                    "(%s) with %d spooled chunks", self.cfg.robot_id, old, self.cfg.failover_s,
+                    self.shard, self.address, self.spool.depth)
+        sock, monitor = self._socket()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         return sock, monitor
 
     def _send(self, sock: zmq.Socket, data: bytes) -> bool:
@@ -193,6 +264,9 @@ class Sender:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
+                if self._failing(link, now):
+                    sock, monitor = self._fail_over(sock, monitor, poller)
+                    link = _Link()
                 if self._state == "handshake" and \
                         now - link.hs_sent_at > self.cfg.handshake_timeout_s:
                     self._handshake(sock, link, now)
@@ -221,7 +295,7 @@ class Sender:
     def _handshake(self, sock: zmq.Socket, link: _Link, now: float) -> None:
         """Send (or resend, after ``handshake_timeout_s`` without a reply) the handshake."""
         if link.hs_sent_at > 0 and not link.auth_refused:
-            self._note(f"no handshake reply from {self.cfg.ingest_address} within "
+            self._note(f"no handshake reply from {self.address} within "
                        f"{self.cfg.handshake_timeout_s}s; is ingest running and "
                        "is server_public_key its key? Retrying")
         hs = wire.Handshake(protocol=wire.PROTOCOL_VERSION, robot_id=self.cfg.robot_id,
@@ -242,7 +316,7 @@ class Sender:
             link.inflight.clear()
         elif ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             link.auth_refused = True
-            self._note(f"ingest at {self.cfg.ingest_address} refused this robot's key: add "
+            self._note(f"ingest at {self.address} refused this robot's key: add "
                        f"{self.cfg.robot_id}.key to its allow-list (KEYS/robots); retrying")
         elif ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             self._note("CURVE handshake failed: the server public key is probably wrong")
