@@ -25,7 +25,8 @@ class DemosCollectConfig:
     tasks: list[str] = opt(["push-v3", "drawer-open-v3"], "Meta-World tasks, comma-separated.")
     episodes: int = opt(10, "Episodes per task.")
     noise: float = opt(0.1, "Std of Gaussian noise on the expert's actions (0: clean).")
-    store_root: Path = opt(Path(".cache/store"), "Episode store to write into.")
+    store_root: Path | str = opt(Path(".cache/store"), "Episode store to write into: a folder "
+                                 "or s3://BUCKET/PREFIX?endpoint=URL.")
     camera: str = opt("corner", "Camera to record.")
     image_size: int = opt(128, "Square image size in pixels.")
     max_steps: int = opt(150, "Step limit per episode.")
@@ -34,9 +35,10 @@ class DemosCollectConfig:
     robot_id: str = opt("sim-demo", "Robot id the demonstrations are stored under.")
 
     def __post_init__(self) -> None:
+        from vlac.cloud.store.location import store_location
         from vlac.shared.config import check_id
 
-        self.store_root = Path(self.store_root)
+        self.store_root = store_location(self.store_root)
         check(len(self.tasks) > 0, "tasks", "name at least one task, e.g. push-v3")
         check(self.episodes >= 1, "episodes", "must be >= 1")
         check(self.noise >= 0, "noise", "must be >= 0")
@@ -58,7 +60,7 @@ class _Collect:
 
 
 def main(cfg: DemosCollectConfig) -> dict[str, dict]:
-    from vlac.cloud.store.episodes import EpisodeStore
+    from vlac.cloud.store.location import open_episode_store
     from vlac.edge.agent import run_episode
     from vlac.edge.hitl.operator import ScriptedExpert
     from vlac.edge.policy import RandomPolicy
@@ -73,7 +75,7 @@ def main(cfg: DemosCollectConfig) -> dict[str, dict]:
 
         raise ConfigError(f"config field `tasks`: unknown Meta-World task(s) {unknown}; "
                           f"e.g. {sorted(known)[:6]}")
-    store = EpisodeStore(cfg.store_root)
+    store = open_episode_store(cfg.store_root)
     results: dict[str, dict] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())

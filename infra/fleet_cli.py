@@ -34,7 +34,8 @@ from vlac.shared.config import check, check_id, opt
 class FleetConfig:
     fleet_dir: Path = opt(Path(".cache/fleet"), "Fleet state folder (fleet.db).")
     fleet_url: str = opt("", URL_HELP)
-    store_root: Path | None = opt(None, "Episode store, for recent success rates (status).")
+    store_root: Path | str | None = opt(None, "Episode store, for recent success rates "
+                                        "(status): a folder or s3://BUCKET/PREFIX?endpoint=URL.")
     recent: int = opt(20, "Episodes per robot in the recent success rate.")
     version: int | None = opt(None, "Version to promote / canary / pin.")
     to: int | None = opt(None, "Rollback target (default: the previous production version).")
@@ -49,6 +50,10 @@ class FleetConfig:
     def __post_init__(self) -> None:
         self.fleet_dir = Path(self.fleet_dir)
         check_fleet_url(self.fleet_url)
+        if self.store_root is not None:
+            from vlac.cloud.store.location import store_location
+
+            self.store_root = store_location(self.store_root)
         for field_name in ("robot", "group"):
             value = getattr(self, field_name)
             if value is not None:
@@ -77,11 +82,11 @@ def _ago(t: float | None) -> str:
         f"{s / 3600:.1f}h ago"
 
 
-def recent_success(store_root: Path, n: int) -> dict[str, tuple[int, int]]:
-    from vlac.cloud.store.episodes import EpisodeStore
+def recent_success(store_root: Path | str, n: int) -> dict[str, tuple[int, int]]:
+    from vlac.cloud.store.location import open_episode_store
 
     out: dict[str, list[bool]] = {}
-    for e in EpisodeStore(store_root, read_only=True).list_episodes():
+    for e in open_episode_store(store_root, read_only=True).list_episodes():
         if e.get("source", "policy") != "demo":
             out.setdefault(e["robot_id"], []).append(bool(e.get("success")))
     return {r: (sum(v[-n:]), len(v[-n:])) for r, v in out.items()}

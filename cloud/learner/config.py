@@ -74,7 +74,8 @@ class PublishConfig:
 
 @dataclass
 class LearnerConfig:
-    store_root: Path = opt(Path(".cache/store"), "Episode store the fleet's episodes arrive in.")
+    store_root: Path | str = opt(Path(".cache/store"), "Episode store the fleet's episodes "
+                                 "arrive in: a folder or s3://BUCKET/PREFIX?endpoint=URL.")
     init: Path = opt(Path(".cache/actor/actor.pt"), "Actor checkpoint to start from "
                      "(`vlac actor pretrain`); its version is the learner's first version.")
     out: Path = opt(Path(".cache/learner"), "Output folder: local checkpoints, TensorBoard "
@@ -107,8 +108,10 @@ class LearnerConfig:
         "help": "New versions out to the fleet."})
 
     def __post_init__(self) -> None:
-        self.store_root, self.init, self.out = (Path(self.store_root), Path(self.init),
-                                                Path(self.out))
+        from vlac.cloud.store.location import store_location
+
+        self.store_root = store_location(self.store_root)
+        self.init, self.out = Path(self.init), Path(self.out)
         self.features = Path(self.features)
         if self.ds_config is not None:
             self.ds_config = Path(self.ds_config)

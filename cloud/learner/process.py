@@ -54,7 +54,8 @@ from vlac.cloud.learner.rewards import critic_scores, reward_source, shape_rewar
 from vlac.cloud.models import engine as eng
 from vlac.cloud.models.encoders import ImageEncoder, TextEncoder
 from vlac.cloud.models.vlac import SmallVLAC
-from vlac.cloud.store.episodes import Episode, EpisodeStore
+from vlac.cloud.store.episodes import Episode
+from vlac.cloud.store.location import open_episode_store
 from vlac.shared.config import check, describe
 from vlac.shared.objstore import open_store
 from vlac.shared.signals import on_stop_signals
@@ -92,7 +93,7 @@ class Learner:
         self.rewards = rewards if rewards is not None or cfg.rewards.mode == "sparse" \
             else reward_source(cfg.rewards)
         self.on_publish = on_publish
-        store = EpisodeStore.open(cfg.store_root, read_only=True)  # ingest writes beside us
+        store = open_episode_store(cfg.store_root, read_only=True)  # ingest writes beside us
         self.actor = TorchActor.load(cfg.init, image_encoder=image_encoder,
                                      text_encoder=text_encoder)
         self.camera = cfg.camera or self.actor.camera

@@ -148,14 +148,6 @@ class EpisodeStore(IndexedStore):
         self.episodes.mkdir(parents=True, exist_ok=True)
         self._recover()
 
-    @staticmethod
-    def open(root: str | Path, **kw: Any) -> IndexedStore:
-        """``open_episode_store``: the store at a folder or an s3:// URI, for code that
-        holds this class (the learner)."""
-        from vlac.cloud.store.location import open_episode_store
-
-        return open_episode_store(root, **kw)
-
     # ------------------------------------------------------------------ paths
     def _staging_dir(self, robot_id: str, episode_id: str) -> Path:
         return self.staging / robot_id / episode_id

@@ -38,7 +38,7 @@ COMPOSE = DOCKER / "compose.yaml"
 SCRIPTS = [LAUNCH / "learner_deepspeed.sh", LAUNCH / "learner.sbatch", DOCKER / "healthcheck.sh"]
 MOUNTS = ("/keys", "/models", "/data", "/var/lib/vlac", "/weights", "/shared")
 """Folders that are volumes in the images and shared file systems in the launch recipes."""
-SERVICES = ("postgres", "s3", "ingest", "critic", "learner", "announcer")
+SERVICES = ("postgres", "s3", "ingest-0", "ingest-1", "critic", "learner", "announcer")
 """What compose.yaml must run (docs/deployment.md)."""
 FLEET_URL = "postgresql://vlac@db-host:5432/vlac"
 SLURM_ENV = {"SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "7"}
@@ -266,24 +266,31 @@ def test_compose_wiring(monkeypatch, capsys):
     s = d["services"]
     missing = set(SERVICES) - set(s)
     assert not missing, f"compose.yaml lacks {sorted(missing)}"
-    ingest = _config(d, "ingest", monkeypatch, capsys)
+    shards = [_config(d, f"ingest-{k}", monkeypatch, capsys) for k in (0, 1)]
+    ingest = shards[0]
     critic = _config(d, "critic", monkeypatch, capsys)
     learner = _config(d, "learner", monkeypatch, capsys)
     announcer = _config(d, "announcer", monkeypatch, capsys)
     # each service listens on its code default port, which compose publishes (or exposes) and
     # the image's healthcheck probes
-    for name, cfg, cls, published in (("ingest", ingest, IngestConfig, True),
-                                      ("critic", critic, RewardServiceConfig, False),
-                                      ("announcer", announcer, PublisherConfig, True)):
-        port = default_port(cls)
-        assert urlparse(cfg.bind).port == port, f"{name} binds {cfg.bind}, default port {port}"
+    # (the second ingest shard on the next port)
+    for name, cfg, cls, published, offset in (
+            ("ingest-0", shards[0], IngestConfig, True, 0),
+            ("ingest-1", shards[1], IngestConfig, True, 1),
+            ("critic", critic, RewardServiceConfig, False, 0),
+            ("announcer", announcer, PublisherConfig, True, 0)):
+        port = default_port(cls) + offset
+        assert urlparse(cfg.bind).port == port, f"{name} binds {cfg.bind}, port {port}"
         ports = s[name].get("ports" if published else "expose", [])
         assert f"{port}:{port}" in ports or str(port) in ports, f"{name}: {ports}"
         assert s[name]["environment"]["VLAC_HEALTH_PORT"] == str(port)
-    # ingest writes the store the learner reads: the same volume at the same path
-    assert ingest.store_root == learner.store_root
-    store = str(ingest.store_root)
-    assert _mount(s["ingest"], store) == _mount(s["learner"], store) in d["volumes"]
+    # both shards write the S3 store the learner reads, and share the fleet state
+    assert shards[0].store_root == shards[1].store_root == learner.store_root
+    assert str(learner.store_root).startswith("s3://")
+    assert [c.shard for c in shards] == ["0/2", "1/2"]
+    assert shards[0].fleet_url == shards[1].fleet_url
+    for name in ("ingest-0", "ingest-1", "learner"):
+        assert s[name]["environment"]["AWS_ACCESS_KEY_ID"].startswith("${VLAC_S3_ACCESS_KEY")
     # the learner asks the critic service and publishes into the fleet the announcer reads
     assert learner.rewards.service == f"tcp://critic:{default_port(RewardServiceConfig)}"
     pub = learner.publish.publisher

@@ -272,7 +272,7 @@ def test_the_learner_reads_an_s3_store(s3):
     parts = parts_of(2)
     write(open_episode_store(uri), "robot-0", "ep-1", parts)
     cfg = LearnerConfig(store_root=uri)  # a Path field: pathlib folds the URI's "//"
-    store = EpisodeStore.open(cfg.store_root, read_only=True)  # as the learner opens it
+    store = open_episode_store(cfg.store_root, read_only=True)  # as the learner opens it
     assert isinstance(store, S3EpisodeStore)
     loader = EpisodeLoader(store, actor=None, camera="corner")
     [info] = loader.unconsumed(set())
