@@ -1,11 +1,13 @@
 """Export store episodes as a LeRobotDataset v3.0 folder, and import such a folder back.
 
-LeRobot itself is not a dependency: the format is written and read with pyarrow, pandas and
-Pillow, following the layout and metadata of ``lerobot.datasets`` (codebase version ``v3.0``)
-so that ``LeRobotDataset(repo_id, root=OUT)`` can open an export (checked against LeRobot's
-source, not by running it: it is not installed here). Only the *image* mode is supported
-(frames embedded in the data Parquet files as PNG); the video mode (frames in MP4 files) is
-refused on import and never written on export.
+LeRobot itself is not a dependency: the format is written and read with pyarrow, pandas,
+Pillow and PyAV, following the layout and metadata of ``lerobot.datasets`` (codebase version
+``v3.0``) so that ``LeRobotDataset(repo_id, root=OUT)`` can open an export (image mode checked
+against LeRobot 0.4.4 in an environment of its own; it cannot be installed beside this
+project). Both modes: *image* (frames embedded in the data Parquet files as PNG, lossless) and
+*video* (each camera's frames in MP4 files, AV1 or H.264 in yuv420p, LeRobot's default; lossy).
+Timestamps are LeRobot's ``frame_index / fps``; the recorded ones travel in
+``complementary_info.timestamp_measured``.
 
 What it offers:
 
@@ -17,8 +19,8 @@ What it offers:
   `vlac demos export` and `vlac demos import`.
 
 Modules: ``format`` (the layout, the feature mapping and info.json), ``export``, ``stats``
-(LeRobot's per-episode and dataset statistics), ``importer`` (what an import accepts and
-fills in) and ``cli``.
+(LeRobot's per-episode and dataset statistics), ``video`` (the MP4 files, with PyAV),
+``importer`` (what an import accepts and fills in) and ``cli``.
 """
 
 from vlac.cloud.store.lerobot.cli import (

@@ -1,4 +1,4 @@
-"""The LeRobotDataset v3.0 layout (image mode) as this package writes and reads it.
+"""The LeRobotDataset v3.0 layout (image and video mode) as this package writes and reads it.
 
 Layout written (``N`` episodes, ``F`` frames)::
 
@@ -21,17 +21,30 @@ Layout written (``N`` episodes, ``F`` frames)::
     OUT/data/chunk-{c:03d}/file-{f:03d}.parquet     one row per frame; several episodes per
                                                     file, a new file once ``data_file_mb`` is
                                                     reached, 1000 files per chunk folder
+    OUT/videos/<key>/chunk-{c:03d}/file-{f:03d}.mp4 video mode only: one camera's frames,
+                                                    several episodes back to back, a new file
+                                                    once ``video_file_mb`` is reached; the
+                                                    episode's span is videos/<key>/
+                                                    {chunk_index, file_index, from_timestamp,
+                                                    to_timestamp} in the episodes table
 
 Feature mapping (store step field -> LeRobot feature, one row per step):
 
     images[<cam>]   observation.images.<cam>            image  [H, W, 3]  struct<bytes: PNG,
                                                                            path: string>
+                                                        or video [H, W, 3] (no data column:
+                                                        the frames are in the MP4 files)
     proprio         observation.state                   float32 [P]   fixed_size_list<float>
     action          action                              float32 [A]   fixed_size_list<float>
     action_tokens   complementary_info.action_tokens    int32   [A]   fixed_size_list<int32>
     intervention    complementary_info.is_intervention  bool    [1]
-    timestamp       timestamp                           float32 [1]   seconds since the
-                                                                      episode's first step
+    (frame_index)   timestamp                           float32 [1]   frame_index / fps, as
+                                                                      LeRobot writes it (its
+                                                                      video decoding and
+                                                                      delta_timestamps need it)
+    timestamp       complementary_info.timestamp_measured  float64 [1]  the step's recorded
+                                                                      time (unix seconds), so
+                                                                      an import restores it
     (outcome)       next.done                           bool    [1]   True on the last frame
     (outcome)       next.reward                         float32 [1]   1.0 on the last frame of
                                                                       a successful episode
@@ -50,6 +63,7 @@ step).
 
 This module holds the names and paths, the features and Arrow schema of the data files, the
 error type and ``read_info``, which checks a folder's meta/info.json before an import.
+The MP4 side of video mode is in ``video``.
 """
 
 from __future__ import annotations
@@ -65,7 +79,8 @@ import pyarrow as pa
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # files per chunk folder
 DEFAULT_DATA_FILE_MB = 100
-DEFAULT_VIDEO_FILE_MB = 500  # written to info.json for completeness; videos are never written
+DEFAULT_VIDEO_FILE_MB = 500
+DEFAULT_FPS = 10  # only when the episodes' timestamps cannot tell the rate
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
 TASKS_PATH = "meta/tasks.parquet"
@@ -73,6 +88,7 @@ EPISODES_DIR = "meta/episodes"
 CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
 DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
 EPISODES_PATH = EPISODES_DIR + "/" + CHUNK_FILE + ".parquet"
+VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
 
 IMAGE_PREFIX = "observation.images."
 STATE = "observation.state"
@@ -82,6 +98,9 @@ INTERVENTION = "complementary_info.is_intervention"
 DONE = "next.done"
 REWARD = "next.reward"
 SUCCESS_FEATURE = "next.success"
+# A complementary_info extra, not observation.*: LeRobot makes every observation.* feature a
+# policy STATE input, and a policy must not learn from wall-clock time.
+MEASURED_TIME = "complementary_info.timestamp_measured"
 DEFAULT_FEATURE_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 STATE_NAMES_4 = ["x", "y", "z", "gripper"]
@@ -119,12 +138,14 @@ def _scalar(dtype: str) -> dict[str, Any]:
     return {"dtype": dtype, "shape": [1], "names": None}
 
 
-def features_of(cameras: dict[str, tuple[int, ...]], proprio_dim: int,
-                action_dim: int) -> dict[str, dict[str, Any]]:
-    """info.json features, in the order of the data files' columns (defaults last)."""
+def features_of(cameras: dict[str, tuple[int, ...]], proprio_dim: int, action_dim: int,
+                video: bool = False) -> dict[str, dict[str, Any]]:
+    """info.json features, in the order of the data files' columns (defaults last); in video
+    mode the cameras have dtype "video" (their "info" is added once the files exist)."""
     feats: dict[str, dict[str, Any]] = {}
     for cam, shape in sorted(cameras.items()):
-        feats[IMAGE_PREFIX + cam] = {"dtype": "image", "shape": list(shape),
+        feats[IMAGE_PREFIX + cam] = {"dtype": "video" if video else "image",
+                                     "shape": list(shape),
                                      "names": ["height", "width", "channels"]}
     state_names = STATE_NAMES_4 if proprio_dim == 4 else [f"s{i}" for i in range(proprio_dim)]
     action_names = ACTION_NAMES_4 if action_dim == 4 else [f"a{i}" for i in range(action_dim)]
@@ -134,6 +155,7 @@ def features_of(cameras: dict[str, tuple[int, ...]], proprio_dim: int,
     feats[DONE] = _scalar("bool")
     feats[TOKENS] = {"dtype": "int32", "shape": [action_dim], "names": list(action_names)}
     feats[INTERVENTION] = _scalar("bool")
+    feats[MEASURED_TIME] = _scalar("float64")
     feats["timestamp"] = _scalar("float32")
     for k in DEFAULT_FEATURE_KEYS[1:]:
         feats[k] = _scalar("int64")
@@ -158,17 +180,25 @@ def _hf_feature(ft: dict[str, Any]) -> dict[str, Any]:
     return {"feature": value, "length": ft["shape"][0], "_type": "Sequence"}
 
 
+def data_columns(features: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The features that are columns of the data files: all but videos (LeRobot's
+    get_hf_features_from_features skips them too)."""
+    return {k: ft for k, ft in features.items() if ft["dtype"] != "video"}
+
+
 def data_schema(features: dict[str, dict[str, Any]]) -> pa.Schema:
-    """Arrow schema of the data files: one field per feature, with the Hugging Face features
-    in the ``huggingface`` metadata as `datasets` writes them."""
-    hf = {"info": {"features": {k: _hf_feature(ft) for k, ft in features.items()}}}
-    return pa.schema([pa.field(k, _arrow_type(ft)) for k, ft in features.items()],
+    """Arrow schema of the data files: one field per non-video feature, with the Hugging Face
+    features in the ``huggingface`` metadata as `datasets` writes them."""
+    cols = data_columns(features)
+    hf = {"info": {"features": {k: _hf_feature(ft) for k, ft in cols.items()}}}
+    return pa.schema([pa.field(k, _arrow_type(ft)) for k, ft in cols.items()],
                      metadata={b"huggingface": json.dumps(hf).encode()})
 
 
 # --------------------------------------------------------------------------- info.json
 def read_info(root: str | Path) -> dict[str, Any]:
-    """meta/info.json of a dataset folder, checked for what import needs (v3.0, image mode)."""
+    """meta/info.json of a dataset folder, checked for what import needs (v3.0; images
+    embedded or in MP4 videos)."""
     root = Path(root)
     info = _load_info(root)
     _check_version(root, info.get("codebase_version"))
@@ -176,7 +206,7 @@ def read_info(root: str | Path) -> dict[str, Any]:
     if not isinstance(features, dict):
         raise fail(root, f"{INFO_PATH} has no features mapping",
                    "Restore the file from the dataset's source")
-    _check_no_videos(root, info, features)
+    _check_videos(root, info, features)
     _check_required(root, features)
     if not info.get("data_path"):
         raise fail(root, f"{INFO_PATH} has no data_path template",
@@ -206,18 +236,13 @@ def _check_version(root: Path, version: Any) -> None:
     raise fail(root, f"codebase_version is {version!r}, expected {CODEBASE_VERSION!r}", fix)
 
 
-def _check_no_videos(root: Path, info: dict[str, Any], features: dict[str, Any]) -> None:
+def _check_videos(root: Path, info: dict[str, Any], features: dict[str, Any]) -> None:
+    """Video features need a video_path template that says where each camera's files are."""
     videos = sorted(k for k, ft in features.items() if ft.get("dtype") == "video")
-    if not videos:
-        return
-    images = [k for k, ft in features.items() if ft.get("dtype") == "image"]
-    raise fail(
-        root, f"it stores cameras as MP4 videos ({', '.join(videos)}; video_path "
-        f"{info.get('video_path')!r}" + (f", next to image features {images}" if images
-                                         else ", no image features") + "), and video "
-        "mode is not supported",
-        "Re-create the dataset in image mode (LeRobotDataset.create(..., use_videos=False)) "
-        "or decode the videos into image features first")
+    template = info.get("video_path")
+    if videos and (not isinstance(template, str) or "{video_key}" not in template):
+        raise fail(root, f"features {videos} are videos but {INFO_PATH} has video_path "
+                   f"{template!r}", f"Add \"video_path\": \"{VIDEO_PATH}\" (LeRobot's layout)")
 
 
 def _check_required(root: Path, features: dict[str, Any]) -> None:

@@ -1,16 +1,22 @@
-"""Import a LeRobotDataset v3.0 folder (image mode) into the episode store.
+"""Import a LeRobotDataset v3.0 folder (image or video mode) into the episode store.
 
-Accepts any v3.0 image-mode dataset with ``observation.state`` and ``action``: cameras are the
-``observation.images.<cam>`` (or ``observation.image``) features; tokens are computed from the
-action (clipped to [-1, 1], 256 bins) when the dataset has none; intervention defaults to
-False; success comes from the ``success`` column or a ``next.success`` feature, else False.
-Each episode becomes ``<robot_id>/<dataset-name>-<episode_index:06d>``, so importing the same
-folder twice writes nothing the second time.
+Accepts any v3.0 dataset with ``observation.state`` and ``action``: cameras are the
+``observation.images.<cam>`` (or ``observation.image``) features, PNG/JPEG in the data files
+(image mode) or frames of MP4 files decoded with PyAV (video mode, LeRobot's default); tokens
+are computed from the action (clipped to [-1, 1], 256 bins) when the dataset has none;
+intervention defaults to False. Each episode becomes
+``<robot_id>/<dataset-name>-<episode_index:06d>``, so importing the same folder twice writes
+nothing the second time.
 
+Success, by the first rule that applies (``SUCCESS_RULES``; the summary counts them and an
+imported episode's outcome reason names its rule): our ``success`` column of the episodes
+table; a ``next.success`` feature true on some frame; a last frame with ``next.reward > 0``
+(what LeRobot's HIL-SERL recorder leaves, with ``next.done``); else a failure.
+
+Timestamps: the recorded ``complementary_info.timestamp_measured`` of our exports (exact);
+else ``vlac/start_time`` plus the float32 ``timestamp`` (older exports); else ``timestamp``.
 Not carried over: ``logprob`` and ``policy_version`` (an import sets 0 and -1: the steps did not
-come from one of our policies). Imported timestamps are ``vlac/start_time`` plus the float32
-``timestamp`` (sub-microsecond error over a few minutes), or just ``timestamp`` when the dataset
-has no start time.
+come from one of our policies).
 
 The folder is read data file by data file (LeRobot never splits an episode across files), and
 each file only when one of its episodes is not yet in the store.
@@ -19,6 +25,8 @@ each file only when one of its episodes is not yet in the store.
 from __future__ import annotations
 
 import io
+import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +44,8 @@ from vlac.cloud.store.lerobot.format import (
     IMAGE_PREFIX,
     INFO_PATH,
     INTERVENTION,
+    MEASURED_TIME,
+    REWARD,
     STATE,
     SUCCESS_FEATURE,
     TASKS_PATH,
@@ -45,6 +55,7 @@ from vlac.cloud.store.lerobot.format import (
     lerobot_episode_id,
     read_info,
 )
+from vlac.cloud.store.lerobot.video import read_frames
 from vlac.cloud.store.parquet import arrow_to_numpy
 from vlac.shared.episode import StepColumns
 from vlac.shared.tokenizer import ActionTokenizer
@@ -52,16 +63,26 @@ from vlac.shared.wire import is_valid_id
 
 _INTERVENTION_KEYS = (INTERVENTION, "complementary_info.intervention", "is_intervention",
                       "intervention")
+# How an episode's success was decided, in the order tried: rule -> what the reason says.
+SUCCESS_RULES = {
+    "success": "from the episodes table's success column",
+    SUCCESS_FEATURE: f"from {SUCCESS_FEATURE} on any frame",
+    REWARD: f"from {REWARD} > 0 on the last frame",
+    "none": f"no {SUCCESS_FEATURE} or {REWARD} in the dataset",
+}
+
+log = logging.getLogger(__name__)
 
 
 def import_lerobot(in_dir: str | Path, store: EpisodeStore, *, robot_id: str = "lerobot",
                    source: str = "import", chunk_steps: int = 64) -> dict[str, Any]:
-    """Write every episode of a LeRobotDataset v3.0 (image mode) folder into ``store``.
+    """Write every episode of a LeRobotDataset v3.0 folder (image or video mode) into ``store``.
 
     Episodes become ``robot_id/<dataset-name>-<episode_index:06d>`` (see the module docstring
     for how fields map); one already complete in the store is skipped, so importing the same
     folder again is a no-op. Raises LeRobotFormatError naming the problem and the fix for a
-    folder it cannot read. Returns a summary.
+    folder it cannot read. Returns a summary; ``success_rules`` counts the imported episodes
+    by the rule that decided their success (keys of SUCCESS_RULES).
     """
     root = Path(in_dir)
     if not is_valid_id(robot_id):
@@ -70,25 +91,29 @@ def import_lerobot(in_dir: str | Path, store: EpisodeStore, *, robot_id: str = "
     ds = _Dataset.open(root)
     imported: list[str] = []
     skipped: list[str] = []
+    rules: Counter[str] = Counter()
     frames = 0
     for path, eps in _by_data_file(ds).items():
         if not path.is_file():
             raise fail(root, f"data file {path.relative_to(root)} is missing (episodes "
                        f"{[e['episode_index'] for e in eps]} live there)",
                        "The download is incomplete: fetch the dataset again")
-        todo = [e for e in eps
-                if not (store.episode_dir(robot_id, ds.episode_id(e)) / "_episode.json").exists()]
+        todo = [e for e in eps if not store.is_complete(robot_id, ds.episode_id(e))]
         skipped += [ds.episode_id(e) for e in eps if e not in todo]
         if not todo:
             continue
         data = _read_data_file(ds, path)
         for ep in todo:
-            ep_id, n = _import_episode(ds, data, ep, store, robot_id, source, chunk_steps)
+            ep_id, n, rule = _import_episode(ds, data, ep, store, robot_id, source, chunk_steps)
             imported.append(ep_id)
+            rules[rule] += 1
             frames += n
+    for rule, count in rules.items():  # `vlac demos import` prints these from the summary
+        log.debug("%s: success of %d imported episode(s) %s", ds.name, count,
+                  SUCCESS_RULES[rule])
     return {"dataset": ds.name, "robot_id": robot_id, "episodes": len(ds.episodes),
             "imported": len(imported), "skipped": len(skipped), "frames": frames,
-            "episode_ids": imported + skipped}
+            "episode_ids": imported + skipped, "success_rules": dict(rules)}
 
 
 @dataclass
@@ -101,7 +126,8 @@ class _Dataset:
     features: dict[str, dict[str, Any]]
     tasks: dict[int, str]  # task_index -> task
     episodes: list[dict[str, Any]]  # rows of the episodes table, by episode_index
-    cams: dict[str, str]  # image feature -> camera name
+    cams: dict[str, str]  # image or video feature -> camera name
+    videos: set[str]  # the features of ``cams`` whose frames are in MP4 files
     tokens_key: str | None
     interv_key: str | None
     tokenizer: ActionTokenizer  # for datasets without tokens
@@ -117,11 +143,12 @@ class _Dataset:
                        f"{EPISODES_DIR} lists {len(episodes)}", "The download is incomplete: "
                        "fetch the dataset again")
         cams = {k: k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k.split(".")[-1]
-                for k, ft in features.items() if ft.get("dtype") == "image"}
+                for k, ft in features.items() if ft.get("dtype") in ("image", "video")}
         action_dim = int(features[ACTION]["shape"][0])
         return cls(
             root=root, name=root.resolve().name, info=info, features=features, tasks=tasks,
             episodes=episodes, cams=cams,
+            videos={k for k in cams if features[k]["dtype"] == "video"},
             tokens_key=next((k for k in (TOKENS, "action_tokens") if k in features), None),
             interv_key=next((k for k in _INTERVENTION_KEYS if k in features), None),
             tokenizer=ActionTokenizer([-1.0] * action_dim, [1.0] * action_dim, 256))
@@ -184,13 +211,15 @@ class _DataFile:
     path: Path  # relative to the dataset root, for messages
     episode: np.ndarray  # episode_index of each row
     numeric: dict[str, np.ndarray]  # every non-image column: (T,) or (T, D)
-    images: dict[str, list[bytes | None]]  # image feature -> PNG/JPEG bytes of each row
+    images: dict[str, list[bytes | None]]  # image feature -> PNG/JPEG bytes of each row (no
+    # video features: their frames are in the MP4 files)
 
 
 def _read_data_file(ds: _Dataset, path: Path) -> _DataFile:
     wanted = [k for k in ds.features if ds.features[k].get("dtype") != "video"]
     present = set(pq.read_schema(path).names)
-    lost = [k for k in (STATE, ACTION, "episode_index", "frame_index", *ds.cams)
+    embedded = [k for k in ds.cams if k not in ds.videos]
+    lost = [k for k in (STATE, ACTION, "episode_index", "frame_index", *embedded)
             if k not in present]
     if lost:
         raise fail(ds.root, f"data file {path.relative_to(ds.root)} lacks column(s) {lost} "
@@ -203,27 +232,31 @@ def _read_data_file(ds: _Dataset, path: Path) -> _DataFile:
         path=path.relative_to(ds.root), episode=ep_col[order],
         numeric={k: arrow_to_numpy(table.column(k)) for k in table.column_names
                  if k not in ds.cams},
-        images={k: table.column(k).combine_chunks().field("bytes").to_pylist() for k in ds.cams})
+        images={k: table.column(k).combine_chunks().field("bytes").to_pylist() for k in embedded})
 
 
 def _import_episode(ds: _Dataset, data: _DataFile, ep: dict[str, Any], store: EpisodeStore,
-                    robot_id: str, source: str, chunk_steps: int) -> tuple[str, int]:
-    """Write one episode of the data file into the store; returns its id and frame count."""
+                    robot_id: str, source: str, chunk_steps: int) -> tuple[str, int, str]:
+    """Write one episode of the data file into the store; returns its id, frame count and
+    the success rule that applied."""
     idx = int(ep["episode_index"])
     where = f"{data.path} episode {idx}"
     a, b = _episode_span(ds, data, ep, where)
     steps = _steps_from_rows(ds, data, a, b, ep.get("vlac/start_time"), where)
+    steps.images.update(_video_frames(ds, data, ep, a, b, where))
     task_idx = int(data.numeric["task_index"][a]) if "task_index" in data.numeric else None
     task = ds.tasks.get(task_idx) if task_idx is not None else None
     if task is None:
         task = (ep.get("tasks") or [""])[0]
-    success = _success_of(ep, data.numeric, a, b)
-    reason = ep.get("reason") or ("success" if success else "imported")
+    success, rule = _success_of(ep, data.numeric, a, b)
+    # ours keep their reason; for others, say how success was decided
+    reason = ep.get("reason") or (f"{'success' if success else 'failure'} "
+                                  f"({SUCCESS_RULES[rule]})")
     ep_id = lerobot_episode_id(ds.name, idx)
     store.write_episode(robot_id, ep_id, task, steps, success, reason,
                         chunk_steps=chunk_steps, source=source,
                         task_id=str(ep.get("vlac/task_id") or "")[:100])
-    return ep_id, b - a
+    return ep_id, b - a, rule
 
 
 def _episode_span(ds: _Dataset, data: _DataFile, ep: dict[str, Any],
@@ -240,12 +273,40 @@ def _episode_span(ds: _Dataset, data: _DataFile, ep: dict[str, Any],
     return int(found[0]), int(found[-1]) + 1
 
 
-def _success_of(ep: dict[str, Any], numeric: dict[str, np.ndarray], a: int, b: int) -> bool:
+def _success_of(ep: dict[str, Any], numeric: dict[str, np.ndarray], a: int,
+                b: int) -> tuple[bool, str]:
+    """The episode's success and the rule (a key of SUCCESS_RULES) that decided it."""
     if ep.get("success") is not None:
-        return bool(ep["success"])
+        return bool(ep["success"]), "success"
     if SUCCESS_FEATURE in numeric:
-        return bool(np.asarray(numeric[SUCCESS_FEATURE][a:b]).astype(bool).any())
-    return False
+        return bool(np.asarray(numeric[SUCCESS_FEATURE][a:b]).astype(bool).any()), \
+            SUCCESS_FEATURE
+    if REWARD in numeric:
+        return bool(np.asarray(numeric[REWARD][b - 1], np.float64).reshape(-1)[0] > 0), REWARD
+    return False, "none"
+
+
+def _video_frames(ds: _Dataset, data: _DataFile, ep: dict[str, Any], a: int, b: int,
+                  where: str) -> dict[str, np.ndarray]:
+    """The episode's frames of each video feature (camera -> (T, H, W, 3)), found as
+    LeRobot finds them: at the episode's from_timestamp plus each frame's timestamp."""
+    if not ds.videos:
+        return {}
+    if "timestamp" in data.numeric:
+        ts = np.asarray(data.numeric["timestamp"][a:b], np.float64).reshape(b - a)
+    else:
+        ts = np.arange(b - a, dtype=np.float64) / (ds.fps or 1)
+    out = {}
+    for key in sorted(ds.videos):
+        cols = [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
+        if any(ep.get(c) is None for c in cols):
+            raise fail(ds.root, f"{where}: the episodes table lacks {cols}, which say where "
+                       f"its {key} frames are", "Restore meta/episodes/ from the dataset's "
+                       "source")
+        rel = ds.info["video_path"].format(video_key=key, chunk_index=int(ep[cols[0]]),
+                                           file_index=int(ep[cols[1]]))
+        out[ds.cams[key]] = read_frames(ds.root, rel, float(ep[cols[2]]), ts, f"{where} {key}")
+    return out
 
 
 def _steps_from_rows(ds: _Dataset, data: _DataFile, a: int, b: int,
@@ -266,13 +327,16 @@ def _steps_from_rows(ds: _Dataset, data: _DataFile, a: int, b: int,
                   .astype(np.float64) > 0.5)
     else:
         interv = np.zeros(n, bool)
-    if "timestamp" in numeric:
-        rel = np.asarray(numeric["timestamp"][a:b], np.float64).reshape(n)
+    if MEASURED_TIME in numeric:  # ours: the recorded times, exactly
+        ts = np.asarray(numeric[MEASURED_TIME][a:b], np.float64).reshape(n)
     else:
-        rel = np.arange(n, dtype=np.float64) / (ds.fps or 1)
-    ts = rel + (float(start_time) if start_time is not None else 0.0)
-    imgs = {cam: np.stack([_decode(d, f"{where} {key}") for d in data.images[key][a:b]])
-            for key, cam in ds.cams.items()}
+        if "timestamp" in numeric:
+            rel = np.asarray(numeric["timestamp"][a:b], np.float64).reshape(n)
+        else:
+            rel = np.arange(n, dtype=np.float64) / (ds.fps or 1)
+        ts = rel + (float(start_time) if start_time is not None else 0.0)
+    imgs = {ds.cams[key]: np.stack([_decode(d, f"{where} {key}") for d in frames[a:b]])
+            for key, frames in data.images.items()}
     return StepColumns(
         images=imgs,
         proprio=np.ascontiguousarray(numeric[STATE][a:b], np.float32).reshape(n, -1),

@@ -54,11 +54,11 @@ def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
 
 def episode_stats(cols: dict[str, Any], frames: dict[str, np.ndarray],
                   features: dict[str, dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
-    """Stats of one episode per feature: images from the raw ``frames`` (camera -> pixels),
-    everything else from the episode's data columns ``cols``."""
+    """Stats of one episode per feature: images and videos from the raw ``frames`` (camera ->
+    pixels, as LeRobot takes them before encoding), the rest from the data columns ``cols``."""
     stats = {}
     for key, ft in features.items():
-        if ft["dtype"] == "image":
+        if ft["dtype"] in ("image", "video"):
             stats[key] = image_stats(frames[key[len(IMAGE_PREFIX):]])
         else:
             v = np.asarray(cols[key])

@@ -96,6 +96,8 @@ def test_every_file_is_readable_and_info_matches(exported):
                                                        "names": None}
     assert f["next.done"]["dtype"] == "bool" and f["next.reward"]["dtype"] == "float32"
     assert f["timestamp"] == {"dtype": "float32", "shape": [1], "names": None}
+    assert f["complementary_info.timestamp_measured"] == {"dtype": "float64", "shape": [1],
+                                                          "names": None}
     for k in ("frame_index", "episode_index", "index", "task_index"):
         assert f[k] == {"dtype": "int64", "shape": [1], "names": None}
     # no feature key may start with "action" except action itself (LeRobot types those as
@@ -112,7 +114,8 @@ def test_every_file_is_readable_and_info_matches(exported):
         assert pq.read_schema(ds / p).names == list(f)
     assert (ds / "meta/episodes/chunk-000/file-000.parquet").is_file()
     assert summary["episodes"] == 3 and summary["frames"] == N_FRAMES
-    assert summary["warnings"] == []
+    assert summary["warnings"] == [] and summary["mode"] == "image"
+    assert summary["video_files"] == []
 
 
 def test_data_schema_and_png_pixels(exported):
@@ -175,8 +178,9 @@ def test_episode_metadata_and_stats(exported):
         assert set(frames["task_index"]) == {tasks.loc[row["tasks"][0], "task_index"]}
         assert list(frames["next.done"]) == [False] * (row["length"] - 1) + [True]
         assert frames["next.reward"].iloc[-1] == (1.0 if row["success"] else 0.0)
-        np.testing.assert_allclose(frames["timestamp"], np.arange(row["length"]) * 0.1,
-                                   atol=1e-5)
+        # LeRobot's frame_index / fps, to the bit
+        np.testing.assert_array_equal(frames["timestamp"].to_numpy(),
+                                      (np.arange(row["length"]) / 10).astype(np.float32))
         # per-episode stats, as LeRobot stores them
         assert row["stats/action/count"].tolist() == [row["length"]]
         assert np.asarray(row["stats/frame_index/max"]).tolist() == [row["length"] - 1]
@@ -213,7 +217,7 @@ def test_round_trip_and_import_twice(exported, tmp_path):
         np.testing.assert_array_equal(got.steps.images["corner"], orig.steps.images["corner"])
         for f in ("proprio", "action", "action_tokens", "intervention"):
             np.testing.assert_array_equal(getattr(got.steps, f), getattr(orig.steps, f), f)
-        np.testing.assert_allclose(got.steps.timestamp, orig.steps.timestamp, atol=1e-5)
+        np.testing.assert_array_equal(got.steps.timestamp, orig.steps.timestamp)
         assert (got.steps.logprob == 0).all() and (got.steps.policy_version == -1).all()
         assert got.steps.policy_version.dtype == np.int64
     assert fresh.load_episode("lerobot", "ds-000000").steps.intervention.sum() == 3
@@ -263,9 +267,11 @@ def test_filters_and_output_folder_rules(exported, tmp_path):
 
 
 def strip_extras(src: Path, dst: Path) -> None:
-    """A dataset as another LeRobot user would have it: no tokens, intervention, success."""
+    """A dataset as another LeRobot user would have it (or as LeRobot's delete_episodes
+    rewrites ours): no tokens, intervention, measured times, success column."""
     shutil.copytree(src, dst)
-    drop = ["complementary_info.action_tokens", "complementary_info.is_intervention"]
+    drop = ["complementary_info.action_tokens", "complementary_info.is_intervention",
+            "complementary_info.timestamp_measured"]
     info = json.loads((dst / "meta/info.json").read_text())
     for k in drop:
         del info["features"][k]
@@ -283,14 +289,17 @@ def test_import_fills_in_what_a_plain_dataset_lacks(exported, tmp_path):
     store, ds, _ = exported
     strip_extras(ds, tmp_path / "plain")
     fresh = EpisodeStore(tmp_path / "fresh", fsync=False)
-    assert import_lerobot(tmp_path / "plain", fresh, robot_id="other")["imported"] == 3
+    summary = import_lerobot(tmp_path / "plain", fresh, robot_id="other")
+    assert summary["imported"] == 3
+    assert summary["success_rules"] == {"next.reward": 3}  # our next.reward says it
     tok = ActionTokenizer([-1.0] * 4, [1.0] * 4, 256)
-    for i, (robot, ep_id, *_rest) in enumerate(EPISODES):
+    for i, (robot, ep_id, _task, _n, _seed, success, *_rest) in enumerate(EPISODES):
         orig = store.load_episode(robot, ep_id)
         got = fresh.load_episode("other", f"plain-{i:06d}")
         np.testing.assert_array_equal(got.steps.action_tokens, tok.encode(orig.steps.action))
         assert not got.steps.intervention.any()
-        assert got.outcome.success is False
+        assert got.outcome.success is success
+        assert "next.reward > 0 on the last frame" in got.outcome.reason
         np.testing.assert_allclose(got.steps.timestamp, np.arange(len(got)) * 0.1, atol=1e-5)
 
 
@@ -311,10 +320,9 @@ def test_bad_input_is_refused_with_the_problem_named(exported, tmp_path):
     shutil.copytree(ds, video)
     feats = dict(info["features"])
     feats["observation.images.corner"] = {**feats["observation.images.corner"], "dtype": "video"}
-    (video / "meta/info.json").write_text(json.dumps({
-        **info, "features": feats,
-        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}))
-    with pytest.raises(LeRobotFormatError, match="video mode is not supported"):
+    (video / "meta/info.json").write_text(json.dumps({**info, "features": feats}))
+    with pytest.raises(LeRobotFormatError, match=r"are videos but .* video_path None.*"
+                       r"videos/\{video_key\}"):
         import_lerobot(video, store)
 
     no_action = tmp_path / "no-action"
@@ -341,7 +349,11 @@ def test_configs_name_the_field(tmp_path, exported):
     with pytest.raises(ConfigError, match="`sources`"):
         LeRobotExportConfig(root=store.root, sources=["robots"])
     with pytest.raises(ConfigError, match="`fps`"):
-        LeRobotExportConfig(root=store.root, fps=0)
+        LeRobotExportConfig(root=store.root, fps=-1)
+    with pytest.raises(ConfigError, match="`mode`"):
+        LeRobotExportConfig(root=store.root, mode="gif")
+    with pytest.raises(ConfigError, match="`video_file_mb`"):
+        LeRobotExportConfig(root=store.root, video_file_mb=0)
     with pytest.raises(ConfigError, match="`out`"):
         LeRobotExportConfig(root=store.root, out=ds)
     with pytest.raises(ConfigError, match="`path`"):
@@ -357,8 +369,10 @@ def test_main_functions(tmp_path, exported):
     s = export_main(LeRobotExportConfig(root=store.root, out=tmp_path / "ds", tasks=[
         "close the drawer"]), console)
     assert s["episodes"] == 1 and "exported 1 episodes" in out.getvalue()
+    assert "image mode, fps 10 (from the step interval)" in out.getvalue()
     r = import_main(LeRobotImportConfig(path=tmp_path / "ds", root=tmp_path / "store"), console)
     assert r["imported"] == 1 and "imported 1 episodes" in out.getvalue()
+    assert "success of 1 episode(s) from the episodes table's success column" in out.getvalue()
 
 
 @pytest.mark.parametrize("name", ["ds", "lerobot/pusht", "_weird name!", "x" * 80, "..."])
