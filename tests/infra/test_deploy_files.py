@@ -427,3 +427,37 @@ def test_hadolint(name):
     r = subprocess.run([exe, "--no-color", str(DOCKERFILES[name])], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def doc_commands(doc: Path, heading: str) -> list[list[str]]:
+    """The `vlac ...` lines of the first bash block under ``heading`` in ``doc``, with its
+    ``NAME=value`` lines' variables substituted and continuation lines joined."""
+    text = doc.read_text().split(heading, 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    env: dict[str, str] = {}
+    out = []
+    for line in block.splitlines():
+        line = line.split(" # ")[0].strip()
+        if re.fullmatch(r"[A-Z]+=\S+", line):
+            name, value = line.split("=", 1)
+            env[name] = shlex.split(value)[0]
+        elif line.startswith("vlac "):
+            for name, value in env.items():
+                line = line.replace(f'"${name}"', shlex.quote(value)).replace(f"${name}", value)
+            out.append(shlex.split(line)[1:])
+    return out
+
+
+def test_training_docs_lab_commands_parse(tmp_path, monkeypatch, capsys):
+    """docs/training.md's "One lab, several machines": every command parses with those
+    flags (the files it names made in a scratch folder)."""
+    found = doc_commands(ROOT / "docs" / "training.md", "## One lab, several machines")
+    assert len(found) >= 6, found
+    monkeypatch.chdir(tmp_path)
+    for name in ("actor.pt", "critic.pt", "keys/server/ingest.key_secret",
+                 "keys/server/ingest.key", "keys/publisher/publisher.ed25519",
+                 "keys/publisher/publisher.ed25519.pub", "keys/robots/arm-07.key_secret"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    for argv in found:
+        check_vlac(argv, "docs/training.md", monkeypatch, capsys)
