@@ -9,6 +9,7 @@
 - ``agent.run_episode``: one episode: observe, operator or policy, act, record;
 - ``policy`` and ``runtime``: the random and scripted policies, the ONNX Runtime actor;
 - ``updater``: signed weight updates from the publisher, swapped in between episodes;
+  ``fetch``: how a version's bytes arrive (a delta against the running version, or whole);
 - ``process``: the edge process, `vlac edge run --robot.type NAME` (``EdgeAgentConfig``,
   ``main``).
 """

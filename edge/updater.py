@@ -8,8 +8,10 @@ announcements waiting it takes the newest *genuine* one (highest signed sequence
    addressed to this robot and agrees with its unsigned wrapper, that its sequence is after the
    last one applied (replays are refused) and that it is not older than the running version
    unless signed as a downgrade (fleet rollback, pin, canary end);
-2. checks the manifest's signature, downloads the artifact from the object store to
-   ``state_dir/vN/`` and checks its size and sha256;
+2. checks the manifest's signature and gets the artifact into ``state_dir/vN/``
+   (``vlac.edge.fetch``): rebuilt from a delta against the running version when the version's
+   signed delta index has one, else downloaded whole (the reason is logged), and in both
+   cases checked against the manifest's size and sha256;
 3. loads it and health-checks it on a recorded observation (the last one the agent saw, kept
    in ``state_dir/health_obs.npz``; a blank frame from the observation spec when there is
    none): outputs finite, tokens in range, the version inside the artifact matches;
@@ -47,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from vlac.edge import fetch
 from vlac.edge.policy import Policy
 from vlac.edge.robots.robot import Observation
 from vlac.shared import manifest as mf
@@ -89,6 +92,7 @@ class Pending:
     assignment: mf.Assignment
     manifest: mf.Manifest
     path: Path
+    stats: dict
 
 
 def health_check(policy: Policy, obs: Observation, version: int) -> None:
@@ -143,6 +147,10 @@ class WeightUpdater(threading.Thread):
         self.error = ""
         self._error_is_junk = False
         self.applied = 0
+        self.last_update: dict = {}
+        """How the version that swapped in last got here: ``via`` (delta, full, on disk),
+        ``moved`` (bytes from the object store), ``why_full``, and the seconds of the
+        transfer (with the rebuild and checks), the ONNX Runtime load and the health check."""
         self.announcements_refused = 0
         """Announcements that did not verify (unsigned, bad signature, another robot's,
         undecodable, wrapper disagreeing with the signed content) since start."""
@@ -189,6 +197,7 @@ class WeightUpdater(threading.Thread):
         self.running_path = p.path
         self.error, self._error_is_junk = "", False
         self.applied += 1
+        self.last_update = p.stats
         self._write_state()
         self._prune()
         log.info("robot %s now runs version %d", self.robot_id, p.manifest.version)
@@ -288,26 +297,15 @@ class WeightUpdater(threading.Thread):
         log.error("robot %s keeps version %d: %s", self.robot_id, self.running_version,
                   self.error)
 
-    def _download(self, a: mf.Assignment, m: mf.Manifest) -> Path:
+    def _fetch(self, a: mf.Assignment, m: mf.Manifest) -> fetch.Fetched:
         dest = self.cfg.state_dir / f"v{m.version:06d}" / Path(a.artifact_key).name
-        if dest.exists():
-            try:
-                self.verifier.check_artifact(m, dest)
-                return dest
-            except mf.ManifestError:
-                dest.unlink()
-        self.store.get_file(a.artifact_key, dest)
-        try:
-            self.verifier.check_artifact(m, dest)
-        except mf.ManifestError:
-            dest.unlink(missing_ok=True)  # one fresh download before calling it corrupted
-            self.store.get_file(a.artifact_key, dest)
-            try:
-                self.verifier.check_artifact(m, dest)
-            except mf.ManifestError as e:
-                dest.unlink(missing_ok=True)
-                raise UpdateRejected(str(e)) from None
-        return dest
+        base = (self.running_version, self.running_path) if self.running_path else None
+        got = fetch.fetch(self.store, self.verifier, a, m, dest, base)
+        if got.why_full:
+            log.log(logging.INFO if got.expected else logging.WARNING,
+                    "robot %s: version %d downloaded whole (%d bytes): %s", self.robot_id,
+                    m.version, got.moved, got.why_full)
+        return got
 
     def consider(self, ann: wire.WeightAnnouncement) -> None:
         """Apply one announcement if it is genuine and new; never raises. Anything that does
@@ -330,12 +328,17 @@ class WeightUpdater(threading.Thread):
                 self.error, self._error_is_junk = "", False
                 return
             m = self.verifier.check_manifest(mf.decode(ann.manifest), a)
-            path = self._download(a, m)
+            got = self._fetch(a, m)
+            path, t0 = got.path, time.perf_counter()
             try:
                 policy = self.load_policy(path)
             except Exception as e:
                 raise UpdateRejected(f"cannot load {path.name}: {e}") from None
+            t1 = time.perf_counter()
             health_check(policy, self._health_obs(policy), m.version)
+            stats = {"version": m.version, "via": got.via, "moved": got.moved,
+                     "why_full": got.why_full, "transfer_s": got.seconds, "load_s": t1 - t0,
+                     "health_s": time.perf_counter() - t1}
         except (mf.ManifestError, UpdateRejected) as e:
             self._fail(a, str(e))
             return
@@ -351,9 +354,9 @@ class WeightUpdater(threading.Thread):
             return
         self._retry = None
         with self._lock:
-            self._pending = Pending(policy, a, m, path)
-        log.info("robot %s: version %d verified and health-checked (seq %d, %s)",
-                 self.robot_id, m.version, a.seq, a.reason)
+            self._pending = Pending(policy, a, m, path, stats)
+        log.info("robot %s: version %d verified and health-checked (seq %d, %s; %s, %d "
+                 "bytes)", self.robot_id, m.version, a.seq, a.reason, got.via, got.moved)
         if self.auto_swap:
             self.take()
 

@@ -15,12 +15,24 @@ signed manifest or assignment, an assignment for another robot, a replayed or ou
 assignment (sequence not above the last one applied), an older version than the running one
 unless the assignment is a signed downgrade, and an artifact whose bytes do not match the
 manifest's size or hash.
+
+A third signed thing, optional, sits beside a version's manifest: its **DeltaIndex**
+(``deltas.msgpack`` in the manifest's folder), the deltas (``vlac.shared.delta``) from which
+the version's artifact can be rebuilt on a robot that runs one of their base versions, each
+with its base's sha256 and its own size and sha256. The manifest itself is unchanged by
+deltas, byte for byte, so a robot that predates them reads every version as before and
+downloads the whole artifact; a robot that finds no index (a publisher that predates them,
+or one that wrote no delta) does the same. The index has a ``format_version`` of its own:
+one this robot does not speak is refused by name (``check_delta_index``), and the robot
+downloads the whole artifact. A rebuilt artifact gets exactly the checks of a downloaded
+one: the manifest's size and sha256.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +85,55 @@ class Assignment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """True only for a fleet rollback, a pin to an older version or the end of a canary."""
     reason: str
     issued_at: float
+
+
+DELTA_INDEX_VERSION = 1
+
+
+class DeltaRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One delta: from the artifact of ``base_version`` (``base_sha256``) to the index's."""
+
+    base_version: int
+    base_sha256: str
+    key: str
+    """Object-store key of the encoded delta."""
+    size: int
+    sha256: str
+
+
+class DeltaIndex(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The deltas that rebuild version ``version``'s artifact (``sha256``, the manifest's);
+    signed as its msgpack bytes."""
+
+    format_version: int
+    version: int
+    sha256: str
+    deltas: list[DeltaRef]
+
+    def base(self, version: int) -> DeltaRef | None:
+        return next((d for d in self.deltas if d.base_version == version), None)
+
+
+class SignedDeltaIndex(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    payload: bytes
+    signature: bytes
+
+
+class _IndexHeader(msgspec.Struct):
+    """Read before the full index, not refusing unknown fields, to name a newer format."""
+
+    format_version: int = 0
+
+
+def delta_index_key(manifest_key: str) -> str:
+    """Where a version's delta index lives: beside its manifest."""
+    return posixpath.join(posixpath.dirname(manifest_key), "deltas.msgpack")
+
+
+def sign_delta_index(index: DeltaIndex, key: Ed25519PrivateKey) -> bytes:
+    """The encoded ``SignedDeltaIndex`` to store at ``delta_index_key``."""
+    payload = msgspec.msgpack.encode(index)
+    return msgspec.msgpack.encode(SignedDeltaIndex(payload=payload, signature=key.sign(payload)))
 
 
 def generate_keypair(directory: str | Path, name: str = "publisher") -> tuple[Path, Path]:
@@ -201,6 +262,28 @@ class ManifestVerifier:
         if digest != m.sha256:
             raise ManifestError("artifact sha256 does not match the manifest (corrupted or "
                                 "tampered); refusing it")
+
+    def check_delta_index(self, data: bytes, m: Manifest) -> DeltaIndex:
+        """The signed delta index in ``data``, if it is genuine and names ``m``'s artifact."""
+        try:
+            signed = msgspec.msgpack.decode(data, type=SignedDeltaIndex)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ManifestError(f"not a signed delta index: {e}") from None
+        self._verify("delta index", signed.signature, signed.payload)
+        try:
+            head = msgspec.msgpack.decode(signed.payload, type=_IndexHeader)
+            if head.format_version != DELTA_INDEX_VERSION:
+                raise ManifestError(f"delta index format version {head.format_version}; this "
+                                    f"robot reads version {DELTA_INDEX_VERSION} (a publisher "
+                                    "newer than this robot's software)")
+            index = msgspec.msgpack.decode(signed.payload, type=DeltaIndex)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ManifestError(f"not a delta index: {e}") from None
+        if (index.version, index.sha256) != (m.version, m.sha256):
+            raise ManifestError(f"delta index is for version {index.version} "
+                                f"(sha256 {index.sha256[:12]}), the manifest for {m.version} "
+                                f"(sha256 {m.sha256[:12]})")
+        return index
 
     def accept(self, signed: SignedManifest, artifact: str | Path) -> Manifest:
         """Manifest-only check (no fleet assignment): signature, newer version, bytes."""

@@ -9,6 +9,14 @@ Two halves, both holding the publisher's ed25519 key:
   this and ships the exact fp32 graph, ``actor_fp32.onnx``), uploads the artifact and its
   signed manifest to the object store under ``weights/vNNNNNN/``, records the version in the
   fleet state and, by default, promotes it (``promote: production | canary | none``).
+  Before the manifest it writes **deltas** (``vlac.shared.delta``) from up to
+  ``delta_bases`` earlier versions (production and canary first: where robots are, then the
+  newest) and a signed delta index beside the manifest (``vlac.shared.manifest``), so that a
+  robot on one of those versions moves only what changed; a delta above ``delta_max_ratio``
+  of the artifact (a retrain that changed most weights) is not written. Base bytes come from
+  the versions this publisher uploaded (kept in memory) or from the store, checked against
+  the fleet state's sha256. A delta is an optimisation: one that cannot be made is logged and
+  its robots download the whole artifact, never a reason not to publish.
 - ``Announcer`` (``vlac publisher serve``): a ZeroMQ XPUB socket. Each robot subscribes to
   its own topic (``robot_id + "\\0"``); XPUB hands us every subscription, including the one a
   robot makes again on reconnect, and we answer with that robot's current signed assignment
@@ -43,10 +51,10 @@ from vlac.cloud.fleet.state import (
     check_fleet_url,
     open_fleet_state,
 )
+from vlac.shared import delta, wire
 from vlac.shared import manifest as mf
-from vlac.shared import wire
 from vlac.shared.config import check, describe, opt
-from vlac.shared.objstore import open_store
+from vlac.shared.objstore import ObjectStoreError, open_store
 from vlac.shared.signals import on_stop_signals
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,10 @@ def topic(robot_id: str) -> bytes:
 def artifact_keys(version: int, precision: str = "int8") -> tuple[str, str]:
     base = f"weights/v{version:06d}"
     return f"{base}/actor_{precision}.onnx", f"{base}/manifest.msgpack"
+
+
+def delta_key(version: int, base: int) -> str:
+    return f"weights/v{version:06d}/delta-from-v{base:06d}.bin"
 
 
 @dataclass
@@ -75,6 +87,11 @@ class PublisherConfig:
     promote: Literal["production", "canary", "none"] = opt(
         "production", "What a newly published version becomes.")
     canary_fraction: float = opt(0.25, "Fraction of robots for promote=canary.")
+    delta_bases: int = opt(2, "Deltas per new version: from this many earlier versions "
+                           "(production and canary first, then the newest; 0: none). Robots "
+                           "on other versions download the whole artifact.")
+    delta_max_ratio: float = opt(0.8, "A delta larger than this fraction of its artifact is "
+                                 "not written (robots download the artifact whole).")
     precision: Literal["int8", "fp32"] = opt(
         "int8", "What the learner's versions go out as: int8 (static QDQ, the edge default: "
         "about a third of the size and faster) or fp32 (the learner's exact weights: for "
@@ -90,6 +107,8 @@ class PublisherConfig:
         check(self.resend_s > 0, "resend_s", "must be > 0")
         check(self.poll_s > 0, "poll_s", "must be > 0")
         check(0 < self.canary_fraction <= 1, "canary_fraction", "must be in (0, 1]")
+        check(self.delta_bases >= 0, "delta_bases", "must be >= 0 (0: no deltas)")
+        check(0 < self.delta_max_ratio <= 1, "delta_max_ratio", "must be in (0, 1]")
         check(self.precision in ("int8", "fp32"), "precision", "use int8 or fp32")
 
 
@@ -122,10 +141,15 @@ class _PublisherSide:
 
 
 class Publisher(_PublisherSide):
-    """Uploads signed versions and records them in the fleet state."""
+    """Uploads signed versions, with deltas from earlier ones, and records them in the fleet
+    state."""
 
     def __init__(self, cfg: PublisherConfig, fleet: FleetState | None = None) -> None:
         super().__init__(cfg, fleet)
+        self._recent: dict[int, bytes] = {}
+        """Artifacts this publisher uploaded, by version: delta bases without a download."""
+        self.last_deltas: list[mf.DeltaRef] = []
+        """The deltas the last ``upload`` wrote."""
 
     def upload(self, artifact: Path, version: int, parent: int | None = None,
                meta: dict | None = None) -> mf.Manifest:
@@ -140,15 +164,74 @@ class Publisher(_PublisherSide):
         m = mf.make_manifest(artifact, version, parent, meta["action_tokenizer"],
                              meta["observation"])
         m = msgspec.structs.replace(m, artifact=art_key)
+        data = Path(artifact).read_bytes()
         self.store.put_file(art_key, artifact)
+        # deltas before the manifest: a robot that can see the version finds its deltas
+        self.last_deltas = self._write_deltas(m, data, man_key)
         self.store.put_bytes(man_key, mf.encode(mf.sign(m, self.key)))
         self.fleet.add_version(version, parent, man_key, art_key, m.size, m.sha256)
+        self._remember(version, data)
         if self.cfg.promote == "production":
             self.fleet.promote(version)
         elif self.cfg.promote == "canary":
             self.fleet.start_canary(version, fraction=self.cfg.canary_fraction)
-        log.info("published version %d (%d bytes) as %s", version, m.size, art_key)
+        log.info("published version %d (%d bytes) as %s, deltas from %s", version, m.size,
+                 art_key, [d.base_version for d in self.last_deltas] or "none")
         return m
+
+    def delta_bases(self, version: int) -> list[int]:
+        """The versions ``version`` gets deltas from: production and canary (where most
+        robots are), then the newest others; at most ``delta_bases``."""
+        canary = self.fleet.canary or {}
+        published = [v["version"] for v in self.fleet.versions()]
+        first = [v for v in (self.fleet.production, canary.get("version")) if v is not None]
+        bases: list[int] = []
+        for v in [*first, *sorted(published, reverse=True)]:
+            if v != version and v in published and v not in bases:
+                bases.append(v)
+        return bases[:self.cfg.delta_bases]
+
+    def _base_bytes(self, version: int) -> bytes:
+        if version in self._recent:
+            return self._recent[version]
+        v = self.fleet.version(version)
+        data = self.store.get_bytes(v["artifact_key"])
+        if delta.sha256(data) != v["sha256"]:
+            raise ValueError(f"the stored artifact of version {version} does not match the "
+                             "sha256 the fleet state recorded for it")
+        return data
+
+    def _remember(self, version: int, data: bytes) -> None:
+        self._recent[version] = data
+        for v in sorted(self._recent)[:-max(1, self.cfg.delta_bases + 1)]:
+            del self._recent[v]  # enough to be the next versions' bases
+
+    def _write_deltas(self, m: mf.Manifest, data: bytes, man_key: str) -> list[mf.DeltaRef]:
+        """Deltas from each base to ``data`` and their signed index; the ones written."""
+        refs = []
+        for b in self.delta_bases(m.version):
+            try:
+                base = self._base_bytes(b)
+                blob = delta.make(base, data)
+                if len(blob) > self.cfg.delta_max_ratio * len(data):
+                    log.info("no delta from version %d to %d: it would be %.0f%% of the "
+                             "artifact (most bytes changed)", b, m.version,
+                             100 * len(blob) / len(data))
+                    continue
+                key = delta_key(m.version, b)
+                self.store.put_bytes(key, blob)
+            except (ObjectStoreError, ValueError) as e:
+                log.warning("no delta from version %d to %d (robots on %d download it whole): "
+                            "%s", b, m.version, b, e)
+                continue
+            refs.append(mf.DeltaRef(base_version=b, base_sha256=delta.sha256(base), key=key,
+                                    size=len(blob), sha256=delta.sha256(blob)))
+        if refs:
+            index = mf.DeltaIndex(format_version=mf.DELTA_INDEX_VERSION, version=m.version,
+                                  sha256=m.sha256, deltas=refs)
+            self.store.put_bytes(mf.delta_index_key(man_key), mf.sign_delta_index(index,
+                                                                                  self.key))
+        return refs
 
 
 class Announcer(_PublisherSide):

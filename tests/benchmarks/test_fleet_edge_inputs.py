@@ -152,9 +152,10 @@ def test_edge_exports_its_actor_with_its_options(cached_actor, exports):
 
 
 def test_the_toy_artifact_only_behind_its_flag_and_marked(tmp_path):
-    assert fleet.key_line(0.153, 2147, toy=False) == "p99_s_32=0.153 bytes_per_update=2147"
-    assert fleet.key_line(0.153, 2147, toy=True) == \
-        "p99_s_32=0.153 bytes_per_update=2147 artifact=toy"
+    assert fleet.key_line(0.153, 2147, 1.5, toy=False) == \
+        "p99_s_32=0.153 bytes_per_update=2147 delta_ratio=1.5000"
+    assert fleet.key_line(0.153, 2147, 1.5, toy=True) == \
+        "p99_s_32=0.153 bytes_per_update=2147 delta_ratio=1.5000 artifact=toy"
     assert fleet.parse_args(["--toy-artifact"]).toy_artifact
     with pytest.raises(SystemExit):
         fleet.parse_args(["--toy-artifact", "--artifact", str(tmp_path / "a.onnx")])

@@ -24,10 +24,11 @@ ROBOT = "robot-0"
 class Channel:
     """The publisher's object store and signing key, and an XPUB socket the test drives."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, store_uri: str | None = None):
         self.tmp = tmp
+        self.store_uri = store_uri or str(tmp / "objects")
         self.publisher = Publisher(PublisherConfig(
-            fleet_dir=tmp / "fleet", object_store=str(tmp / "objects"),
+            fleet_dir=tmp / "fleet", object_store=self.store_uri,
             signing_key=tmp / "keys" / "publisher.ed25519", promote="none"))
         self.sock = zmq.Context.instance().socket(zmq.XPUB)
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
@@ -79,8 +80,7 @@ class Channel:
         raise AssertionError(f"{robot} never subscribed")
 
     def robot(self, load=None, running: int = -1) -> WeightUpdater:
-        cfg = UpdaterConfig(publisher_address=self.address,
-                            object_store=str(self.tmp / "objects"),
+        cfg = UpdaterConfig(publisher_address=self.address, object_store=self.store_uri,
                             publisher_key=self.tmp / "keys" / "publisher.ed25519.pub",
                             state_dir=self.tmp / "robots" / ROBOT, retry_s=0.2)
         u = WeightUpdater(cfg, ROBOT, load or (lambda p: OnnxPolicy(p)),

@@ -261,9 +261,16 @@ def test_corrupted_truncated_and_unhealthy_versions_keep_the_last_good(fleet):
     fleet.publish(1)
     fleet.wait_versions({"robot-0": 1})
     store = fleet.publisher.store
+
+    def spoil_deltas(version):  # the robot tries its delta first: tampered, so it downloads
+        for key in store.list(f"weights/v{version:06d}/"):
+            if "/delta-from-" in key:
+                store.put_bytes(key, b"tampered")
+
     # Corrupted artifact in the store: hash mismatch after a fresh download.
     fleet.publisher.cfg.promote = "none"
     fleet.publish(2)
+    spoil_deltas(2)
     art = fleet.tmp / "objects" / artifact_keys(2)[0]
     data = bytearray(art.read_bytes())
     data[-5] ^= 0xFF
@@ -273,6 +280,7 @@ def test_corrupted_truncated_and_unhealthy_versions_keep_the_last_good(fleet):
     assert r.running_version == 1
     # Truncated artifact.
     fleet.publish(3)
+    spoil_deltas(3)
     art = fleet.tmp / "objects" / artifact_keys(3)[0]
     art.write_bytes(art.read_bytes()[:100])
     fleet.publisher.fleet.promote(3)

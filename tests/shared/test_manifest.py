@@ -102,3 +102,64 @@ def test_refuses_corrupted_and_truncated_artifacts(setup):
 def test_garbage_is_not_a_manifest():
     with pytest.raises(mf.ManifestError, match="not a signed manifest"):
         mf.decode(b"\x00\x01garbage")
+
+
+MANIFEST_V1_FIELDS = ("version", "parent_version", "sha256", "size", "artifact",
+                      "action_tokenizer", "observation", "created_at")
+"""What every robot since signed manifests decodes (forbid_unknown_fields: one more field
+and they refuse every version). Deltas left it alone; their index is a file of its own."""
+
+
+def test_the_manifest_is_unchanged_so_robots_that_predate_deltas_read_it():
+    assert mf.Manifest.__struct_fields__ == MANIFEST_V1_FIELDS
+    assert mf.SignedManifest.__struct_fields__ == ("manifest", "signature")
+
+
+def delta_index(m, **kw):
+    fields = dict(format_version=mf.DELTA_INDEX_VERSION, version=m.version, sha256=m.sha256,
+                  deltas=[mf.DeltaRef(base_version=m.version - 1, base_sha256="b" * 64,
+                                      key="weights/v000002/delta-from-v000001.bin", size=10,
+                                      sha256="d" * 64)])
+    fields.update(kw)
+    return mf.DeltaIndex(**fields)
+
+
+def test_a_delta_index_is_signed_and_names_its_manifests_artifact(setup, tmp_path):
+    key, pub, art, _ = setup
+    m = signed(key, art, 2, 1).manifest
+    v = mf.ManifestVerifier(pub, 1)
+    index = v.check_delta_index(mf.sign_delta_index(delta_index(m), key), m)
+    assert index.base(1).size == 10 and index.base(0) is None
+    assert mf.delta_index_key("weights/v000002/manifest.msgpack") == \
+        "weights/v000002/deltas.msgpack"
+    other = mf.load_private(mf.generate_keypair(tmp_path / "other")[0])
+    with pytest.raises(mf.ManifestError, match="does not verify"):
+        v.check_delta_index(mf.sign_delta_index(delta_index(m), other), m)
+    unsigned = msgspec.msgpack.encode(mf.SignedDeltaIndex(
+        payload=msgspec.msgpack.encode(delta_index(m)), signature=b""))
+    with pytest.raises(mf.ManifestError, match="unsigned"):
+        v.check_delta_index(unsigned, m)
+    for wrong in ({"version": 3}, {"sha256": "0" * 64}):
+        with pytest.raises(mf.ManifestError, match="delta index is for version"):
+            v.check_delta_index(mf.sign_delta_index(delta_index(m, **wrong), key), m)
+    with pytest.raises(mf.ManifestError, match="not a signed delta index"):
+        v.check_delta_index(b"\x93junk", m)
+
+
+def test_a_newer_delta_index_format_is_refused_by_name(setup):
+    key, pub, art, _ = setup
+    m = signed(key, art, 2, 1).manifest
+
+    class FutureIndex(msgspec.Struct):  # a later format: another field, another version
+        format_version: int
+        version: int
+        sha256: str
+        deltas: list
+        chunks: list
+
+    payload = msgspec.msgpack.encode(FutureIndex(2, m.version, m.sha256, [], []))
+    data = msgspec.msgpack.encode(mf.SignedDeltaIndex(payload=payload,
+                                                      signature=key.sign(payload)))
+    with pytest.raises(mf.ManifestError, match="delta index format version 2; this robot "
+                                               "reads version 1"):
+        mf.ManifestVerifier(pub, 1).check_delta_index(data, m)
