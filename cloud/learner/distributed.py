@@ -53,3 +53,18 @@ def barrier() -> None:
     dist = _dist()
     if dist is not None and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Wait for every rank, then tear the process group down before the interpreter exits.
+
+    Left to interpreter exit, gloo's worker threads can be destroyed while still joinable and
+    the process aborts ("terminate called without an active exception", exit -6) after its
+    work is done: a flaky non-zero exit for a run that succeeded. One process keeps its group,
+    so that several learners in one process (tests, benchmarks) reuse DeepSpeed's.
+    """
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return
+    dist.barrier()
+    dist.destroy_process_group()

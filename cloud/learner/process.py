@@ -46,7 +46,7 @@ from vlac.cloud.critic.service import RewardSource
 from vlac.cloud.learner.algorithms import Context, UpdateBatch, make_algorithm
 from vlac.cloud.learner.checkpoint import Checkpoints
 from vlac.cloud.learner.config import LearnerConfig
-from vlac.cloud.learner.distributed import broadcast_json, rank_and_world
+from vlac.cloud.learner.distributed import broadcast_json, rank_and_world, shutdown
 from vlac.cloud.learner.episodes import EpisodeData, EpisodeLoader, episode_key
 from vlac.cloud.learner.plots import plot_curves
 from vlac.cloud.learner.replay import BCReplay
@@ -222,6 +222,13 @@ class Learner:
         """Finish the update in hand, checkpoint and return from ``run``."""
         self._stop.set()
 
+    def close(self) -> None:
+        """Release what the learner holds: the critic's connection, the process group."""
+        close = getattr(self.rewards, "close", None)
+        if close is not None:
+            close()
+        shutdown()
+
     def _next_plan(self, updates: int) -> dict | None:
         """Rank 0 decides what the next update uses (None: stop); every rank gets it."""
         plan = None
@@ -334,6 +341,4 @@ def main(cfg: LearnerConfig, on_publish: Callable[[TorchActor, int], None] | Non
     try:
         return learner.run()
     finally:
-        close = getattr(learner.rewards, "close", None)
-        if close is not None:
-            close()
+        learner.close()

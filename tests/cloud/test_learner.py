@@ -462,6 +462,7 @@ RANK_SCRIPT = textwrap.dedent("""
     assert summary["version"] == 1, summary
     assert len(calls) == (2 if learner.rank == 0 else 0), calls  # rank 0 asks the critic
     torch.save(learner.algorithm.policy.state_dict(), root / f"rank{learner.rank}.pt")
+    learner.close()  # barrier and process-group teardown: a clean exit code on both ranks
 """)
 
 
