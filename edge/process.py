@@ -302,7 +302,7 @@ def main(cfg: EdgeAgentConfig) -> dict:
 
         def sink(task: str) -> EpisodeRecorder:
             return EpisodeRecorder(spool, cfg.sender.robot_id, task, cfg.chunk_steps,
-                                   task_id=robot.task_id)
+                                   task_id=robot.task_id, image_codec=cfg.sender.image_codec)
 
         start_from = None
         for _ in range(cfg.episodes):

@@ -8,6 +8,7 @@ import numpy as np
 
 from vlac.shared.tokenizer import ActionTokenizer
 from vlac.shared.wire import (
+    MAX_DECODED_BYTES,
     Array,
     EpisodeChunk,
     Outcome,
@@ -40,9 +41,11 @@ class StepColumns:
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
 
-    def to_wire(self) -> Steps:
+    def to_wire(self, image_codec: str = "") -> Steps:
+        """The wire's columns; ``image_codec="zstd"`` compresses each camera's block of
+        frames (the other columns are a few hundred bytes per chunk)."""
         return Steps(
-            images={k: Array.from_numpy(v) for k, v in self.images.items()},
+            images={k: Array.from_numpy(v, image_codec) for k, v in self.images.items()},
             **{f: Array.from_numpy(np.asarray(getattr(self, f), dtype=_DTYPES[f]))
                for f in STEP_FIELDS},
         )
@@ -50,9 +53,10 @@ class StepColumns:
 
 def make_chunk(robot_id: str, episode_id: str, seq: int, task: str, steps: StepColumns,
                final: Outcome | None = None, first_step: int = 0,
-               source: str = "policy", task_id: str = "") -> EpisodeChunk:
+               source: str = "policy", task_id: str = "",
+               image_codec: str = "") -> EpisodeChunk:
     return EpisodeChunk(robot_id=robot_id, episode_id=episode_id, seq=seq, task=task,
-                        first_step=first_step, steps=steps.to_wire(), final=final,
+                        first_step=first_step, steps=steps.to_wire(image_codec), final=final,
                         source=source, task_id=task_id)
 
 
@@ -60,8 +64,14 @@ def validate_chunk(chunk: EpisodeChunk, spec: RobotSpec) -> StepColumns:
     """Check a decoded chunk against the robot's spec; return its columns (zero-copy views).
 
     Raises WireError naming the field: wrong dtype or shape, inconsistent step counts, NaN or
-    infinite values, out-of-range tokens, a final chunk whose counts do not add up.
+    infinite values, out-of-range tokens, a final chunk whose counts do not add up, compressed
+    arrays that would decompress past ``MAX_DECODED_BYTES`` or do not decompress to their size.
+    Sizes are checked before anything is decompressed.
     """
+    decoded = sum(a.nbytes() for a in chunk.arrays().values())
+    if decoded > MAX_DECODED_BYTES:
+        raise WireError("too_large", f"the chunk's arrays would take {decoded} bytes, over the "
+                        f"cap of {MAX_DECODED_BYTES}; send fewer steps per chunk", "steps")
     cols = _step_arrays(chunk.steps)
     t = cols["timestamp"].shape[0] if cols["timestamp"].ndim == 1 else -1
     if t < 1:
@@ -102,15 +112,15 @@ def _images(steps: Steps, spec: RobotSpec, t: int) -> dict[str, np.ndarray]:
                         f"{sorted(steps.images)}", "steps.images")
     images = {}
     for cam, (h, w, c) in spec.cameras.items():
-        img = steps.images[cam].to_numpy(f"steps.images.{cam}")
-        if img.dtype != np.uint8:
-            raise WireError("bad_dtype", f"images must be uint8, got {img.dtype.name}",
+        block = steps.images[cam]  # dtype and shape first: nothing is decompressed unchecked
+        if block.dtype != "uint8":
+            raise WireError("bad_dtype", f"images must be uint8, got {block.dtype!r}",
                             f"steps.images.{cam}.dtype")
-        if img.shape != (t, h, w, c):
+        if tuple(block.shape) != (t, h, w, c):
             raise WireError("bad_shape", f"expected image shape {[t, h, w, c]} (steps, height,"
-                            f" width, channels), got {list(img.shape)}",
+                            f" width, channels), got {list(block.shape)}",
                             f"steps.images.{cam}.shape")
-        images[cam] = img
+        images[cam] = block.to_numpy(f"steps.images.{cam}")
     return images
 
 

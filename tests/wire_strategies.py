@@ -14,6 +14,10 @@ what it covered:
   dtype and shape, byte counts off by one, any bytes (NaN, out-of-range tokens), any seq,
   final outcome and extreme first step: what chunk validation must judge;
 - ``damaged_chunk``: a valid chunk's bytes truncated or with bytes overwritten;
+- ``compressed_chunk``: a chunk whose camera block is zstd-compressed and then damaged:
+  truncated or overwritten frames, frames of another size than the shape says, a
+  decompression bomb (a few bytes claiming gigabytes), an image-like shape that lies about
+  the step count, or any bytes;
 - ``racing_chunks``: valid chunks of a few episodes with any seq, first step, length and
   final outcome: duplicates, second finals, overlaps, gaps (the store's consistency rules).
 """
@@ -150,6 +154,41 @@ def damaged_chunk(draw, spec: wire.RobotSpec, robot_id: str) -> tuple[str, bytes
 
 
 @hs.composite
+def compressed_chunk(draw, spec: wire.RobotSpec, robot_id: str) -> tuple[str, bytes]:
+    import zstandard
+
+    n = draw(hs.integers(1, 3))
+    chunk = make_chunk(robot_id, "fz-z", 0, "push the puck", synthetic_steps(spec, n),
+                       wire.Outcome(success=True, n_chunks=1, n_steps=n), image_codec="zstd")
+    cam, block = next(iter(chunk.steps.images.items()))
+    data, shape = bytearray(block.data), tuple(block.shape)
+    kind = draw(hs.sampled_from(["valid", "truncate", "overwrite", "other_size", "bomb",
+                                 "shape_lies", "any_bytes"]))
+    if kind == "truncate":
+        data = data[:draw(hs.integers(0, len(data) - 1))]
+    elif kind == "overwrite":
+        for _ in range(draw(hs.integers(1, 6))):
+            data[draw(hs.integers(0, len(data) - 1))] = draw(hs.integers(0, 255))
+    elif kind == "other_size":
+        size = block.nbytes() + draw(hs.sampled_from([-1, 1, -block.nbytes(), 4096]))
+        data = bytearray(zstandard.ZstdCompressor().compress(bytes(max(0, size))))
+    elif kind == "bomb":  # tiny on the wire, gigabytes once decompressed
+        t = draw(hs.sampled_from([10**5, 10**6, 2**31 - 1]))
+        shape = (t, *shape[1:])
+        data = bytearray(zstandard.ZstdCompressor().compress(bytes(1 << 20)))
+    elif kind == "shape_lies":
+        shape = (shape[0] + draw(hs.sampled_from([-1, 1, 1000])), *shape[1:])
+    elif kind == "any_bytes":
+        data = bytearray(draw(hs.binary(max_size=512)))
+    images = {**chunk.steps.images, cam: wire.Array("uint8", shape, memoryview(bytes(data)),
+                                                    "zstd")}
+    steps = wire.Steps(images=images, **{f: getattr(chunk.steps, f)
+                                          for f in chunk.steps.__struct_fields__
+                                          if f != "images"})
+    return "compressed_chunk", wire.encode(msgspec.structs.replace(chunk, steps=steps))
+
+
+@hs.composite
 def racing_chunks(draw, spec: wire.RobotSpec, robot_id: str) -> tuple[str, bytes]:
     """Valid chunks that may contradict each other across frames of one run."""
     seq, first, n = draw(hs.integers(0, 3)), draw(hs.integers(0, 12)), draw(hs.integers(1, 4))
@@ -159,7 +198,7 @@ def racing_chunks(draw, spec: wire.RobotSpec, robot_id: str) -> tuple[str, bytes
                              n_steps=max(1, first + n + draw(hs.integers(-2, 2))))
     chunk = make_chunk(robot_id, draw(hs.sampled_from(["fz-a", "fz-b", "fz-c"])), seq,
                        "push the puck", synthetic_steps(spec, n, start_step=first), final,
-                       first_step=first)
+                       first_step=first, image_codec=draw(hs.sampled_from(["", "zstd"])))
     return "racing_chunks", wire.encode(chunk)
 
 
@@ -225,5 +264,6 @@ def frames(spec: wire.RobotSpec = wire.DEFAULT_SPEC,
         mutated(spec, robot_id, "heartbeat"),
         mutated(spec, robot_id, "handshake"),
         damaged_chunk(spec, robot_id),
+        compressed_chunk(spec, robot_id),
         racing_chunks(spec, robot_id),
     )

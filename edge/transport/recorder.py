@@ -22,9 +22,13 @@ class EpisodeRecorder:
 
     def __init__(self, spool: Spool, robot_id: str, task: str, chunk_steps: int = 16,
                  episode_id: str | None = None, source: str = "policy",
-                 task_id: str = "") -> None:
+                 task_id: str = "", image_codec: str = wire.DEFAULT_IMAGE_CODEC) -> None:
         if chunk_steps < 1:
             raise ValueError("chunk_steps must be at least 1")
+        if image_codec not in wire.IMAGE_CODECS:
+            raise ValueError(f"image_codec {image_codec!r} is not one of "
+                             f"{list(wire.IMAGE_CODECS)}")
+        self.image_codec = "" if image_codec == "none" else image_codec
         self.spool = spool
         self.robot_id = robot_id
         self.task = task
@@ -69,7 +73,8 @@ class EpisodeRecorder:
         self._buf = [rest] if rest is not None else []
         self._buffered -= n
         chunk = make_chunk(self.robot_id, self.episode_id, self._seq, self.task, head, final,
-                           first_step=self._steps, source=self.source, task_id=self.task_id)
+                           first_step=self._steps, source=self.source, task_id=self.task_id,
+                           image_codec=self.image_codec)
         self.spool.put(self.episode_id, self._seq, wire.encode(chunk))
         self._seq += 1
         self._steps += n

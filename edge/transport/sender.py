@@ -67,6 +67,10 @@ class SenderConfig:
     spool_on_full: Literal["block", "drop_oldest", "error"] = opt(
         "block", "What a full spool does: block (wait), drop_oldest (episodes), error.")
     spool_block_timeout_s: float = opt(60.0, "How long a blocked put waits before failing.")
+    image_codec: Literal["zstd", "none"] = opt(
+        wire.DEFAULT_IMAGE_CODEC, "How camera frames are spooled and sent: zstd (a chunk's "
+        "frames of a camera as one zstd block, about 10x smaller) or none (raw; for an ingest "
+        "older than wire schema 2).")
     window: int = opt(32, "Chunks in flight without an acknowledgement.")
     ack_timeout_s: float = opt(5.0, "Resend a chunk not acknowledged within this time.")
     handshake_timeout_s: float = opt(3.0, "Retry the handshake if unanswered this long.")
@@ -91,6 +95,8 @@ class SenderConfig:
         check(self.heartbeat_s > 0, "heartbeat_s", "must be positive")
         check(self.spool_on_full in ("block", "drop_oldest", "error"), "spool_on_full",
               "use block, drop_oldest or error")
+        check(self.image_codec in wire.IMAGE_CODECS, "image_codec",
+              f"use one of {', '.join(wire.IMAGE_CODECS)}")
 
     def endpoints(self) -> list[str]:
         return list(self.ingest_endpoints) or [self.ingest_address]

@@ -47,7 +47,8 @@ def main(cfg: SyntheticStreamConfig) -> dict:
     t0 = time.monotonic()
     with Sender(cfg.sender, spool, spec) as sender:
         for e in range(cfg.episodes):
-            rec = EpisodeRecorder(spool, cfg.sender.robot_id, cfg.task, cfg.chunk_steps)
+            rec = EpisodeRecorder(spool, cfg.sender.robot_id, cfg.task, cfg.chunk_steps,
+                                  image_codec=cfg.sender.image_codec)
             step = 0
             while step < cfg.steps_per_episode:
                 n = min(cfg.chunk_steps, cfg.steps_per_episode - step)

@@ -196,3 +196,107 @@ def test_ids_with_a_trailing_newline_are_refused_everywhere():
             wire.decode(wire.encode(bad))
     with pytest.raises(ObjectStoreError):
         check_key("versions/v1/actor.onnx\n")
+
+
+# ------------------------------------------------------------------ compressed camera blocks
+def test_compressed_image_blocks_round_trip_exactly_and_say_version_2():
+    steps = synthetic_steps(SPEC, 16, seed=3)
+    raw = wire.encode(make_chunk("r", "e", 0, "t", steps))
+    zipped = wire.encode(make_chunk("r", "e", 0, "t", steps, image_codec="zstd"))
+    assert msgspec.msgpack.decode(raw)[1] == 1  # nothing compressed: readable by version 1
+    assert msgspec.msgpack.decode(zipped)[1] == 2
+    assert len(zipped) < len(raw) / 4  # image-like frames shrink; the rest is unchanged
+    back = wire.decode(zipped)
+    assert back.steps.images["corner"].codec == "zstd" and back.steps.proprio.codec == ""
+    cols = validate_chunk(back, SPEC)
+    np.testing.assert_array_equal(cols.images["corner"], steps.images["corner"])
+    np.testing.assert_array_equal(cols.proprio, steps.proprio)
+
+
+def test_a_version_1_reader_refuses_a_compressed_chunk_by_its_version(monkeypatch):
+    zipped = wire.encode(chunk(image_codec="zstd"))
+    monkeypatch.setattr(wire.EpisodeChunk, "ACCEPTED_VERSIONS", (1,))
+    with pytest.raises(wire.WireError, match=r"schema version 2 is not supported.*Upgrade"):
+        wire.decode(zipped)
+
+
+def _with_block(msg, block):
+    steps = msgspec.structs.replace(msg.steps, images={"corner": block})
+    return wire.decode(wire.encode(msgspec.structs.replace(msg, steps=steps)))
+
+
+def test_decompression_bombs_are_refused_by_their_claimed_size_before_decompressing():
+    import zstandard
+
+    msg = chunk(n=2, image_codec="zstd")
+    tiny = zstandard.ZstdCompressor().compress(bytes(1 << 20))  # 1 MiB of zeros, ~40 bytes
+    bomb = wire.Array("uint8", (10**6, 128, 128, 3), memoryview(tiny), "zstd")
+    with pytest.raises(wire.WireError, match="over the cap") as e:
+        bomb.to_numpy("steps.images.corner")
+    assert e.value.code == "too_large" and e.value.field == "steps.images.corner.shape"
+    # in a chunk, the step count must agree with every other column before anything inflates
+    with pytest.raises(wire.WireError) as e:
+        validate_chunk(_with_block(msg, bomb), SPEC)
+    assert e.value.code in ("too_large", "bad_shape")
+
+
+def _claiming(size: int) -> bytes:
+    """A real zstd frame whose header says it holds ``size`` bytes (8-byte size field)."""
+    import zstandard
+
+    frame = zstandard.ZstdCompressor().compress(bytes(1 << 12))  # header: 2-byte size field
+    assert frame[4] == 0x60
+    return frame[:4] + bytes([0xE0]) + size.to_bytes(8, "little") + frame[7:]
+
+
+@pytest.mark.parametrize("how, code", [
+    ("garbage", "bad_data"), ("truncated", "bad_data"), ("too_small", "bad_length"),
+    ("too_big", "bad_length"), ("too_big_unsized", "bad_data"),
+    ("lying_header", "bad_length"), ("unknown_codec", "invalid"),
+])
+def test_damaged_compressed_blocks_are_refused_by_name(how, code):
+    import zstandard
+
+    msg = chunk(n=2, image_codec="zstd")
+    good = msg.steps.images["corner"]
+    size = good.nbytes()
+    data = {"garbage": b"\x28\xb5\x2f\xfd" + b"\x01" * 64,
+            "truncated": bytes(good.data)[:len(good.data) // 2],
+            "too_small": zstandard.ZstdCompressor().compress(bytes(size - 1)),
+            "too_big": zstandard.ZstdCompressor().compress(bytes(size + 7)),
+            "too_big_unsized": zstandard.ZstdCompressor(write_content_size=False).compress(
+                bytes(size + 7)),
+            # a header that claims 1 TiB: refused before anything is allocated
+            "lying_header": _claiming(2**40),
+            "unknown_codec": bytes(good.data)}[how]
+    if how == "unknown_codec":  # a codec this side does not know is a field error on decode
+        body = msgspec.msgpack.decode(wire.encode(msg))
+        body[2]["steps"]["images"]["corner"][3] = "lz4"
+        with pytest.raises(wire.WireError) as e:
+            wire.decode(msgspec.msgpack.encode(body))
+        assert e.value.code == code and "images" in e.value.field
+        return
+    with pytest.raises(wire.WireError) as e:
+        validate_chunk(_with_block(msg, wire.Array("uint8", good.shape, memoryview(data),
+                                                   "zstd")), SPEC)
+    assert e.value.code == code and e.value.field == "steps.images.corner.data", e.value
+
+
+def test_the_recorder_compresses_by_default_and_can_send_raw(tmp_path):
+    from vlac.edge.transport.recorder import EpisodeRecorder
+    from vlac.edge.transport.spool import Spool
+
+    sizes = {}
+    for codec in ("zstd", "none"):
+        spool = Spool(tmp_path / codec)
+        rec = EpisodeRecorder(spool, "r", "t", chunk_steps=8, image_codec=codec)
+        rec.add(synthetic_steps(SPEC, 8))
+        rec.end(True)
+        [item] = spool.pending()
+        data = spool.read(item)
+        sizes[codec] = len(data)
+        assert msgspec.msgpack.decode(data)[1] == (2 if codec == "zstd" else 1)
+    assert sizes["zstd"] < sizes["none"] / 4
+    assert EpisodeRecorder(Spool(tmp_path / "d"), "r", "t").image_codec == "zstd"
+    with pytest.raises(ValueError, match="image_codec 'gzip'"):
+        EpisodeRecorder(Spool(tmp_path / "x"), "r", "t", image_codec="gzip")

@@ -85,7 +85,9 @@ def _bad_messages():
     small = synthetic_steps(SPEC, 3)
     small.images["corner"] = np.zeros((3, 32, 32, 3), np.uint8)
     body = msgspec.msgpack.decode(good)
-    body[1] = 2
+    body[1] = 99
+    zipped = msgspec.msgpack.decode(chunk_bytes(final=False, image_codec="zstd"))
+    zipped[2]["steps"]["images"]["corner"][2] = b"\x28\xb5\x2f\xfd" + b"\x00" * 40
     return [
         ("random bytes", b"\x93\xff\x00garbage" * 10, "malformed", ""),
         ("truncated msgpack", good[: len(good) // 2], "malformed", ""),
@@ -96,6 +98,8 @@ def _bad_messages():
         ("NaN in an array", chunk_bytes(steps=nan), "not_finite", "steps.logprob"),
         ("wrong image shape", chunk_bytes(steps=small), "bad_shape",
          "steps.images.corner.shape"),
+        ("a corrupt zstd image block", msgspec.msgpack.encode(zipped), "bad_data",
+         "steps.images.corner.data"),
         ("pickle", b"\x80\x04\x95" + b"\x00" * 20, "malformed", ""),
         ("unknown type", msgspec.msgpack.encode(("exec", 1, {})), "unknown_type", "type"),
     ]
