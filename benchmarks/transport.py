@@ -14,7 +14,7 @@ on what the camera sees; ``--frames synthetic`` uses the generated test frames i
 are made before the clock starts; the clock runs from a common start signal until the last
 chunk is acknowledged (durable) or received (raw).
 
-    python benchmarks/transport.py [--steps 6400] [--chunk-steps 16] [--robots 1,8]
+    python benchmarks/transport.py [--steps 25600] [--chunk-steps 64] [--robots 1,8]
                                    [--codecs zstd,none]
 
 Prints a table, writes benchmarks/out/transport.png and ends with
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from vlac.edge.transport.recorder import DEFAULT_CHUNK_STEPS
 from vlac.shared.net import free_port
 from vlac.shared.wire import DEFAULT_IMAGE_CODEC
 
@@ -330,9 +331,10 @@ def measure(args, frames: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=6400,
+    ap.add_argument("--steps", type=int, default=25600,
                     help="steps per measurement, split evenly over the robots")
-    ap.add_argument("--chunk-steps", type=int, default=16)
+    ap.add_argument("--chunk-steps", type=int, default=DEFAULT_CHUNK_STEPS,
+                    help="steps per chunk (default: the robot's)")
     ap.add_argument("--robots", default="1,8")
     ap.add_argument("--codecs", default=f"{DEFAULT_IMAGE_CODEC},none",
                     help="image codecs to measure; the first one is the key line's")
@@ -345,13 +347,14 @@ def main(argv: list[str] | None = None) -> float:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=130)
+    console = Console(width=160)
     frames = str(metaworld_frames(args.workdir)) if args.frames == "metaworld" else ""
     rows = measure(args, frames)
     table = Table(title=f"transport, 128x128x3 uint8 {args.frames} frames, {args.chunk_steps} "
                         f"steps/chunk, {os.cpu_count()} cores, best of {args.repeats}")
-    for col in ("path", "images", "robots", "steps", "seconds", "steps/s", "wire B/step",
-                "written B/step", "vs disk", "vs raw"):
+    frame_bytes = 128 * 128 * 3  # one camera's frame: what the robot records per step
+    for col in ("path", "images", "robots", "steps", "seconds", "steps/s", "frames MB/s",
+                "wire B/step", "written B/step", "vs disk", "vs raw"):
         table.add_column(col, justify="left" if col in ("path", "images") else "right")
     for r in rows:
         same = [x for x in rows if (x["robots"], x["codec"]) == (r["robots"], r["codec"])]
@@ -362,6 +365,7 @@ def main(argv: list[str] | None = None) -> float:
         wire_b = r["wire_bytes_per_step"]
         table.add_row(r["path"], r["codec"], str(r["robots"]), str(r["steps"]),
                       f"{r['seconds']:.2f}", f"{r['steps_per_s']:.0f}",
+                      f"{r['steps_per_s'] * frame_bytes / 1e6:.0f}",
                       "" if wire_b != wire_b else f"{wire_b:.0f}",
                       f"{r['written_bytes_per_step']:.0f}" if durable else "",
                       f"{r['vs_disk']:.2f}" if durable else "",

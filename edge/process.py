@@ -42,7 +42,7 @@ from vlac.edge.policy import Policy, RandomPolicy, ScriptedPolicy
 from vlac.edge.robots import registry
 from vlac.edge.robots.metaworld import MetaWorldRobotConfig
 from vlac.edge.robots.robot import Observation, Robot, RobotConfig
-from vlac.edge.transport.recorder import EpisodeRecorder
+from vlac.edge.transport.recorder import DEFAULT_CHUNK_STEPS, EpisodeRecorder
 from vlac.edge.transport.sender import Sender, SenderConfig
 from vlac.edge.updater import UpdaterConfig, WeightUpdater
 from vlac.shared.config import ConfigError, check, describe, opt
@@ -84,7 +84,7 @@ class EdgeAgentConfig:
                           "slower than the fleet; 0: never wait).")
     sync_timeout_s: float = opt(600.0, "Longest wait for a newer version (then go on).")
     episodes: int = opt(3, "Episodes to run, then flush the spool and exit (0: only flush).")
-    chunk_steps: int = opt(16, "Steps per chunk on the wire.")
+    chunk_steps: int = opt(DEFAULT_CHUNK_STEPS, "Steps per chunk on the wire.")
     step_hz: float = opt(0.0, "Control rate (0: as fast as the robot goes).")
     drain_timeout_s: float = opt(120.0, "How long to wait for the last acknowledgements.")
     quiet: bool = opt(False, "Do not print the config and the summary.")

@@ -53,7 +53,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +192,17 @@ class EpisodeStore(IndexedStore):
         is left behind, whatever raises."""
         files: list[tuple[Path, Path]] = []
         try:
-            for c in chunks:
-                files.append(self._write_tmp(c))
+            # Parquet building and its zstd release the GIL: a batch's files are written on
+            # the pool's threads at once, so ingest uses more than one core.
+            if len(chunks) == 1:
+                files.append(self._write_tmp(chunks[0]))
+            else:
+                futures = [self._pool().submit(self._write_tmp, c) for c in chunks]
+                wait(futures)
+                files += [f.result() for f in futures if f.exception() is None]
+                for f in futures:  # after every written file is listed, for the cleanup
+                    if f.exception() is not None:
+                        raise f.exception()
             if self.fsync:
                 # fsync releases the GIL: concurrent fsyncs share the file system's journal
                 # commits, which is where batching pays.

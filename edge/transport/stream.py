@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from vlac.edge.transport.recorder import EpisodeRecorder
+from vlac.edge.transport.recorder import DEFAULT_CHUNK_STEPS, EpisodeRecorder
 from vlac.edge.transport.sender import Sender, SenderConfig
 from vlac.shared import wire
 from vlac.shared.config import check, describe, opt
@@ -25,7 +25,7 @@ class SyntheticStreamConfig:
                                  metadata={"help": "Connection and spool settings."})
     episodes: int = opt(3, "Episodes to stream, then drain the spool and exit.")
     steps_per_episode: int = opt(64, "Steps in each episode.")
-    chunk_steps: int = opt(16, "Steps per chunk on the wire.")
+    chunk_steps: int = opt(DEFAULT_CHUNK_STEPS, "Steps per chunk on the wire.")
     task: str = opt("push the puck to the goal", "Task sentence recorded with each episode.")
     seed: int = opt(0, "Seed of the synthetic frames.")
     step_hz: float = opt(0.0, "Steps per second (0: as fast as possible).")
