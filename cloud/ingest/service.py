@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from vlac.cloud.store.base import ChunkWrite
 from vlac.cloud.store.location import open_episode_store, store_location
 from vlac.shared import keys, wire
 from vlac.shared.config import check, describe, opt
-from vlac.shared.episode import validate_chunk
+from vlac.shared.episode import StepColumns, validate_chunk
 from vlac.shared.shards import home_shard, parse_shard
 from vlac.shared.signals import on_stop_signals
 
@@ -113,9 +114,26 @@ class _Pending:
 
 
 @dataclass
+class _Unvalidated:
+    """A chunk that passed every cheap check; validating it (decompressing its camera
+    blocks, checking every value) runs on the validation threads with the turn's others."""
+
+    robot: str
+    msg: wire.EpisodeChunk
+    spec: wire.RobotSpec
+
+
+@dataclass
 class _Session:
     robot_id: str
     spec: wire.RobotSpec
+
+
+def _try_validate(u: _Unvalidated) -> StepColumns | Exception:
+    try:
+        return validate_chunk(u.msg, u.spec)
+    except Exception as e:  # returned, not raised: the serving thread turns it into a reply
+        return e
 
 
 class Ingest:
@@ -131,6 +149,7 @@ class Ingest:
         self._own_ctx = ctx is None
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._validators: ThreadPoolExecutor | None = None
         self.sessions: dict[bytes, _Session] = {}
         self.robots: dict[str, RobotStatus] = {}
         self.fleet = None
@@ -183,6 +202,9 @@ class Ingest:
         finally:
             sock.close(linger=0)
             auth.stop()
+            if self._validators is not None:
+                self._validators.shutdown(wait=True)
+                self._validators = None
             if self._own_ctx:
                 self._ctx.term()
         return self.summary()
@@ -208,7 +230,7 @@ class Ingest:
     def _turn(self, sock: zmq.Socket) -> None:
         """One loop turn: up to ``batch_max`` messages in, their chunks written together
         (group commit), then every reply out."""
-        replies: list[tuple[zmq.Frame, wire.Message | _Pending]] = []
+        replies: list[tuple[zmq.Frame, wire.Message | _Pending | _Unvalidated]] = []
         for _ in range(self.cfg.batch_max):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -217,6 +239,7 @@ class Ingest:
             reply = self._handle(frames)
             if reply is not None:
                 replies.append((frames[0], reply))
+        self._validate_all(replies)
         self._commit([r for _, r in replies if isinstance(r, _Pending)])
         for ident, reply in replies:
             msg = reply.reply if isinstance(reply, _Pending) else reply
@@ -254,7 +277,7 @@ class Ingest:
         return wire.Error(code=code, message=message, field=fld, episode_id=episode_id,
                           seq=seq, retry=retry)
 
-    def _handle(self, frames: list[zmq.Frame]) -> wire.Message | _Pending | None:
+    def _handle(self, frames: list[zmq.Frame]) -> wire.Message | _Unvalidated | None:
         """One frame in, at most one reply out. Whatever one frame raises while it is
         decoded, validated or checked becomes an Error reply on its own connection: a
         hostile or buggy robot can never stop the loop that serves every other robot."""
@@ -275,7 +298,7 @@ class Ingest:
             key = b""
         return self.allowed.get(key, "")
 
-    def _handle_frame(self, frames: list[zmq.Frame]) -> wire.Message | _Pending | None:
+    def _handle_frame(self, frames: list[zmq.Frame]) -> wire.Message | _Unvalidated | None:
         if len(frames) != 2:
             return self._error("", "malformed", f"expected one frame per message, got "
                                f"{len(frames) - 1}")
@@ -341,7 +364,7 @@ class Ingest:
         return wire.HandshakeReply(accepted=True, ingest_id=self.ingest_id)
 
     def _chunk(self, ident: bytes, robot: str, session: _Session | None,
-               msg: wire.EpisodeChunk) -> wire.Message | _Pending:
+               msg: wire.EpisodeChunk) -> wire.Message | _Unvalidated:
         ep, seq = msg.episode_id, msg.seq
         if session is None:
             return wire.Error(code="handshake_required", message="send a handshake first "
@@ -354,11 +377,36 @@ class Ingest:
         if self.store.has(robot, ep, seq):
             st.duplicates += 1
             return wire.Ack(robot_id=robot, episode_id=ep, seq=seq, status="duplicate")
-        try:
-            cols = validate_chunk(msg, session.spec)
-        except wire.WireError as e:
-            return self._error(robot, e.code, e.detail, e.field, ep, seq)
-        return _Pending(ChunkWrite(robot, ep, seq, msg.task, cols, msg.final, msg.first_step,
+        return _Unvalidated(robot, msg, session.spec)
+
+    def _validate_all(self, replies: list[tuple[zmq.Frame, wire.Message | _Pending
+                                                | _Unvalidated]]) -> None:
+        """Validate the turn's chunks in place, on the validation threads when there are
+        several (zstd and numpy release the GIL: decompression is most of ingest's time).
+        The threads only validate; replies, counters and logs stay on this thread."""
+        todo = [i for i, (_, r) in enumerate(replies) if isinstance(r, _Unvalidated)]
+        if len(todo) > 1:
+            if self._validators is None:
+                self._validators = ThreadPoolExecutor(2, thread_name_prefix="ingest-validate")
+            results = list(self._validators.map(_try_validate, [replies[i][1] for i in todo]))
+        else:
+            results = [_try_validate(replies[i][1]) for i in todo]
+        for i, result in zip(todo, results, strict=True):
+            replies[i] = (replies[i][0], self._validated(replies[i][1], result))
+
+    def _validated(self, u: _Unvalidated, result: StepColumns | Exception
+                   ) -> wire.Message | _Pending:
+        msg, robot = u.msg, u.robot
+        ep, seq = msg.episode_id, msg.seq
+        if isinstance(result, wire.WireError):
+            return self._error(robot, result.code, result.detail, result.field, ep, seq)
+        if isinstance(result, Exception):  # as in _handle: a surprise is its own refusal
+            log.error("a frame from %s raised while being validated", robot, exc_info=result)
+            return self._error(robot, "internal", f"ingest could not validate this chunk "
+                               f"({type(result).__name__}: {result}); it was not stored. "
+                               "Check the robot's software version, and report it if it "
+                               "persists", "", ep, seq)
+        return _Pending(ChunkWrite(robot, ep, seq, msg.task, result, msg.final, msg.first_step,
                                    msg.source, msg.task_id),
                         wire.Ack(robot_id=robot, episode_id=ep, seq=seq, status="stored"))
 
