@@ -91,8 +91,7 @@ def _encoded_chunks(robot_id: str, parts, codec: str) -> list[bytes]:
         final = wire.Outcome(success=True, n_chunks=len(parts), n_steps=len(parts) * len(p)) \
             if i == len(parts) - 1 else None
         out.append(wire.encode(make_chunk(robot_id, "bench-ep", i, "push the puck", p, final,
-                                          first_step=i * len(p),
-                                          image_codec="" if codec == "none" else codec)))
+                                          first_step=i * len(p), image_codec=codec)))
     return out
 
 

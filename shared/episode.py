@@ -43,9 +43,11 @@ class StepColumns:
 
     def to_wire(self, image_codec: str = "") -> Steps:
         """The wire's columns; ``image_codec="zstd"`` compresses each camera's block of
-        frames (the other columns are a few hundred bytes per chunk)."""
+        frames (the other columns are a few hundred bytes per chunk). "none" (the config's
+        word, ``SenderConfig.image_codec``) and "" both send them raw."""
+        codec = "" if image_codec == "none" else image_codec
         return Steps(
-            images={k: Array.from_numpy(v, image_codec) for k, v in self.images.items()},
+            images={k: Array.from_numpy(v, codec) for k, v in self.images.items()},
             **{f: Array.from_numpy(np.asarray(getattr(self, f), dtype=_DTYPES[f]))
                for f in STEP_FIELDS},
         )

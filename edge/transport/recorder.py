@@ -36,7 +36,7 @@ class EpisodeRecorder:
         if image_codec not in wire.IMAGE_CODECS:
             raise ValueError(f"image_codec {image_codec!r} is not one of "
                              f"{list(wire.IMAGE_CODECS)}")
-        self.image_codec = "" if image_codec == "none" else image_codec
+        self.image_codec = image_codec
         self.spool = spool
         self.robot_id = robot_id
         self.task = task
