@@ -166,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--per-update", type=int, default=8, help="episodes per learner update")
     ap.add_argument("--window", type=int, default=20, help="episodes of the rolling success")
     ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--action-repeat", type=int, default=1,
+                    help="simulator steps each action is held for (the robots' "
+                         "--robot.action-repeat): k times fewer decisions per episode; "
+                         "--max-steps still counts simulator steps")
     ap.add_argument("--layout-repeats", type=int, default=1,
                     help="rollouts per drawn layout (the robots' --robot.layout-repeats): "
                     "groups from the same start, for --algorithm.set group_by=start")
@@ -234,7 +238,8 @@ def job(a: argparse.Namespace, variant: str, seed: int, operator: OperatorConfig
             "hitl": HitlConfig(demo_replay=helped, guide_on_stall=helped, operator=operator,
                                bc=bc),
             "episodes": a.episodes, "per_update": a.per_update, "max_steps": a.max_steps,
-            "layout_repeats": a.layout_repeats, "overrides": overrides(a),
+            "layout_repeats": a.layout_repeats, "action_repeat": a.action_repeat,
+            "overrides": overrides(a),
             "temperature": a.temperature, "demos": a.demos,
             "final_eval": a.final_eval, "hitl_return": a.hitl_return, "encoder": a.encoder,
             "encoder_memo": a.encoder_memo, "init": a.init, "critic": a.critic,

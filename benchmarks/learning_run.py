@@ -157,7 +157,8 @@ class Rollouts:
         self.oracle = learner.rewards if isinstance(learner.rewards, OracleRewards) else None
         self.robots = {t: MetaWorldRobot(MetaWorldRobotConfig(
             task=t, seed=robot_seed(args["seed"], i), max_steps=args["max_steps"],
-            layout_repeats=args.get("layout_repeats", 1)))
+            layout_repeats=args.get("layout_repeats", 1),
+            action_repeat=args.get("action_repeat", 1)))
             for i, t in enumerate(args["tasks"])}
         for r in self.robots.values():
             r.connect()
@@ -248,7 +249,8 @@ def final_evaluation(args: dict, actor, version: int) -> list[dict]:
     rows = []
     for mode in MODES:
         for ti, t in enumerate(args["tasks"]):
-            cfg = MetaWorldRobotConfig(task=t, seed=EVAL_SEED + ti, max_steps=args["max_steps"])
+            cfg = MetaWorldRobotConfig(task=t, seed=EVAL_SEED + ti, max_steps=args["max_steps"],
+                                       action_repeat=args.get("action_repeat", 1))
             with MetaWorldRobot(cfg) as robot:
                 for i in range(args["final_eval"]):
                     actor.rng = np.random.default_rng([EVAL_SEED, args["seed"], ti, i])

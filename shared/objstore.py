@@ -235,3 +235,20 @@ def open_store(uri: str | Path) -> LocalObjectStore | S3ObjectStore:
     if text.startswith("file://"):
         text = urlparse(text).path
     return LocalObjectStore(text)
+
+
+def download_prefix(store: ObjectStore, prefix: str, dest: str | Path) -> Path:
+    """Every object under ``prefix/`` (a checkpoint folder, say) into ``dest``, keeping the
+    relative paths (each one downloaded whole, then renamed into place). Returns ``dest``.
+    Nothing under the prefix is an error that names it."""
+    prefix = check_key(prefix.strip("/")) + "/"
+    keys = store.list(prefix)
+    if not keys:
+        raise ObjectStoreError(f"nothing under {prefix!r} in the object store: upload the "
+                               "folder there first, or give a local path")
+    dest = Path(dest)
+    for key in keys:
+        target = dest / key[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store.get_file(key, target)
+    return dest

@@ -15,7 +15,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 import numpy as np
@@ -52,16 +52,94 @@ class InProcessRewards:
         return self.critic.episode_rewards(task, frames, stride, reference, from_first)
 
 
+BACKENDS = ("small", "transformers", "vllm")
+
+
 @dataclass
 class RewardServiceConfig:
-    critic: Path = opt(Path(".cache/critic/critic.pt"), "Critic checkpoint to serve.")
+    critic: Path = opt(Path(".cache/critic/critic.pt"),
+                       "Critic to serve: the small critic's .pt file (--backend small), or "
+                       "the folder of a prepared transformers checkpoint (transformers, "
+                       "vllm); with --object-store, that folder's key prefix there.")
+    backend: Literal["small", "transformers", "vllm"] = opt(
+        "small", "What scores the pairs: the small VLAC critic (torch), a transformers "
+                 "checkpoint (TransformersCritic), or the same checkpoint decoded by vLLM "
+                 "(run from vLLM's own venv: infra/vllm/install.sh).")
+    object_store: str = opt("", "Fetch --critic (a key prefix) from this object store (a "
+                                "folder or s3://bucket/prefix) into --cache-dir first.")
+    cache_dir: Path = opt(Path(".cache/critic-models"),
+                          "Where checkpoints fetched from the object store are kept.")
+    device: str = opt("cpu", "transformers backend: torch device (cuda on GPU hosts).")
+    dtype: Literal["float32", "bfloat16", "float16"] = opt(
+        "float32", "transformers and vllm backends: weights' dtype (bfloat16 on GPUs).")
+    image_tiles: bool = opt(True, "InternVL processors: tile large frames into 448 px crops "
+                                  "(off: one tile per frame). Must match the fine-tuning.")
+    max_reference_frames: int = opt(8, "vllm backend: most reference frames per request "
+                                       "(vLLM sizes its multimodal budget by it).")
+    max_model_len: int = opt(4096, "vllm backend: longest prompt, in tokens.")
+    kv_cache_mib: int = opt(512, "vllm backend on CPU: KV cache size (0: vLLM's own sizing, "
+                                 "e.g. --vllm-args gpu_memory_utilization=0.85 on GPUs).")
+    vllm_args: list[str] = opt([], "vllm backend: more vllm.LLM arguments as KEY=VALUE "
+                                     "(values read as YAML: 0.85, true, 2).")
     bind: str = opt("tcp://127.0.0.1:5560", "ZeroMQ address to serve on.")
     duration_s: float = opt(0.0, "Stop after this many seconds (0: until stopped).")
 
     def __post_init__(self) -> None:
         self.critic = Path(self.critic)
+        self.cache_dir = Path(self.cache_dir)
         check(self.bind.startswith(("tcp://", "ipc://", "inproc://")), "bind",
               f"{self.bind!r} is not a ZeroMQ address")
+        check(self.backend in BACKENDS, "backend", f"use one of {', '.join(BACKENDS)}")
+        check(self.max_reference_frames >= 0, "max_reference_frames", "use 0 or more")
+        check(self.max_model_len >= 64, "max_model_len", "use 64 tokens or more")
+        check(self.kv_cache_mib >= 0, "kv_cache_mib", "use 0 (vLLM's sizing) or more MiB")
+        self.engine_args()  # refuse a malformed KEY=VALUE now, not after a model load
+
+    def engine_args(self) -> dict:
+        """``--vllm-args`` as a dict."""
+        import yaml
+
+        out = {}
+        for item in self.vllm_args:
+            key, sep, value = item.partition("=")
+            check(bool(sep and key.strip()), "vllm_args",
+                  f"{item!r} is not KEY=VALUE (e.g. gpu_memory_utilization=0.85)")
+            out[key.strip()] = yaml.safe_load(value)
+        return out
+
+
+def critic_path(cfg: RewardServiceConfig) -> Path:
+    """--critic, fetched from --object-store into --cache-dir first when one is given."""
+    if not cfg.object_store:
+        return cfg.critic
+    from vlac.shared.objstore import download_prefix, open_store
+
+    key = cfg.critic.as_posix().strip("/")
+    store = open_store(cfg.object_store)
+    if cfg.backend == "small":  # one file
+        return store.get_file(key, cfg.cache_dir / key)
+    return download_prefix(store, key, cfg.cache_dir / key)
+
+
+def load_critic(cfg: RewardServiceConfig):
+    """The critic ``cfg`` names, on its backend (anything with ``episode_rewards``)."""
+    path = critic_path(cfg)
+    tiles = None if cfg.image_tiles else {"crop_to_patches": False}
+    if cfg.backend == "small":
+        return SmallVLACCritic.load(path)
+    if cfg.backend == "transformers":
+        import torch
+
+        from vlac.cloud.models.hf_critic import TransformersCritic
+
+        return TransformersCritic(path, device=cfg.device, dtype=getattr(torch, cfg.dtype),
+                                  images_kwargs=tiles)
+    from vlac.cloud.models.vllm_critic import VLLMCritic
+
+    return VLLMCritic(path, dtype=cfg.dtype, max_reference_frames=cfg.max_reference_frames,
+                      max_model_len=cfg.max_model_len,
+                      kv_cache_bytes=cfg.kv_cache_mib << 20, images_kwargs=tiles,
+                      engine_args=cfg.engine_args())
 
 
 class RewardServer:
@@ -189,7 +267,7 @@ class RewardClient:
 
 def main(cfg: RewardServiceConfig) -> None:
     print(describe(cfg), flush=True)
-    server = RewardServer(SmallVLACCritic.load(cfg.critic), cfg.bind)
+    server = RewardServer(load_critic(cfg), cfg.bind)
     on_stop_signals(server.stop)
     server.serve(cfg.duration_s)
     print(f"reward service stopped after {server.served} requests ({server.errors} refused)")

@@ -39,6 +39,9 @@ class MetaWorldRobotConfig(RobotConfig):
                                  "whose goal is part of the scene).")
     instruction: int = opt(-1, "Which paraphrase to use (-1: a random one per episode).")
     fixed_layout: bool = opt(False, "Use the same goal/object layout every episode.")
+    action_repeat: int = opt(1, "Simulator steps each action is held for: k > 1 decides once "
+                                "every k steps (k times fewer decisions per episode, frames "
+                                "only at decisions); max_steps still counts simulator steps.")
     layout_repeats: int = opt(1, "Episodes per drawn layout and instruction: k > 1 starts k "
                                  "consecutive episodes from the same state (groups of "
                                  "rollouts that the learner's group advantages compare).")
@@ -53,6 +56,8 @@ class MetaWorldRobotConfig(RobotConfig):
         check(16 <= self.image_size <= 1024, "image_size", "use 16 to 1024 pixels")
         check(1 <= self.max_steps <= 500, "max_steps", "use 1 to 500 (Meta-World's limit)")
         check(self.layout_repeats >= 1, "layout_repeats", "use 1 or more")
+        check(1 <= self.action_repeat <= self.max_steps, "action_repeat",
+              f"use 1 to max_steps ({self.max_steps})")
 
     def spec(self) -> RobotSpec:
         s = self.image_size
@@ -179,12 +184,16 @@ class MetaWorldRobot(Robot):
             raise ValueError(f"action must have 4 values (dx, dy, dz, gripper), got {a.shape}")
         if not np.isfinite(a).all():
             raise ValueError("action contains NaN or infinity")
-        state, reward, _term, _trunc, info = env.step(np.clip(a, -1.0, 1.0))
-        self._step += 1
-        success = bool(info.get("success", 0.0) > 0.5)
+        a = np.clip(a, -1.0, 1.0)
+        for _ in range(self.cfg.action_repeat):  # held until the next decision
+            state, reward, _term, _trunc, info = env.step(a)
+            self._step += 1
+            success = bool(info.get("success", 0.0) > 0.5)
+            truncated = self._step >= self.cfg.max_steps
+            done = truncated or (success and self.cfg.terminate_on_success)
+            if done:
+                break
         self._obs = self._make_obs(state)
-        truncated = self._step >= self.cfg.max_steps
-        done = truncated or (success and self.cfg.terminate_on_success)
         return StepResult(self._obs, success, done, truncated and not success,
                           {"step": self._step, "reward": float(reward)})
 

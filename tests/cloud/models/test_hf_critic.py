@@ -306,3 +306,36 @@ def test_checkpoints_without_critic_tokens_are_refused(ckpts):
 def test_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         TransformersCritic(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------ the reward service
+def test_reward_service_serves_a_transformers_checkpoint_from_the_object_store(ckpts, critic,
+                                                                               tmp_path):
+    """`vlac critic serve --backend transformers --object-store URI --critic PREFIX`: the
+    folder comes down from the store and scores exactly as the local checkpoint does."""
+    from vlac.cloud.critic.service import RewardServiceConfig, load_critic
+    from vlac.shared.config import ConfigError
+    from vlac.shared.objstore import ObjectStoreError, open_store
+
+    store = open_store(tmp_path / "store")
+    for f in ckpts["ready"].rglob("*"):
+        if f.is_file():
+            store.put_file(f"critics/tiny/{f.relative_to(ckpts['ready']).as_posix()}", f)
+    cfg = RewardServiceConfig(critic="critics/tiny", backend="transformers",
+                              object_store=str(tmp_path / "store"),
+                              cache_dir=tmp_path / "cache", image_tiles=False)
+    served = load_critic(cfg)
+    assert type(served).__name__ == "TransformersCritic"
+    assert (tmp_path / "cache" / "critics" / "tiny" / "config.json").is_file()
+    ep = frames(4, seed=9)
+    np.testing.assert_array_equal(served.episode_rewards(TASKS[0], ep)[0],
+                                  critic.episode_rewards(TASKS[0], ep)[0])
+    with pytest.raises(ObjectStoreError, match="nothing under 'critics/none/'"):
+        load_critic(RewardServiceConfig(critic="critics/none", backend="transformers",
+                                        object_store=str(tmp_path / "store"),
+                                        cache_dir=tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"`vllm_args`.*KEY=VALUE"):
+        RewardServiceConfig(backend="vllm", vllm_args=["gpu_memory_utilization"])
+    assert RewardServiceConfig(vllm_args=["gpu_memory_utilization=0.85", "enforce_eager=true"]
+                               ).engine_args() == {"gpu_memory_utilization": 0.85,
+                                                   "enforce_eager": True}

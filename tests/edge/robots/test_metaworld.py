@@ -131,6 +131,44 @@ def test_layout_repeats_start_consecutive_episodes_from_the_same_state():
         MetaWorldRobotConfig(layout_repeats=0)
 
 
+def test_action_repeat_holds_each_action_for_k_simulator_steps():
+    """``action_repeat`` k: one act() is k simulator steps of the same action, the same
+    trajectory as k act() calls at k = 1; the step limit still counts simulator steps, and
+    a success inside a hold ends the episode at once."""
+    action = np.array([0.6, -0.4, 0.3, 1.0])
+
+    def run(k, acts, **kw):
+        cfg = MetaWorldRobotConfig(task="reach-v3", seed=2, action_repeat=k, **kw)
+        with MetaWorldRobot(cfg) as r:
+            r.reset()
+            res = [r.act(action) for _ in range(acts)]
+            return res, r._env.data.qpos.copy()
+
+    held, q_held = run(3, 2)
+    plain, q_plain = run(1, 6)
+    np.testing.assert_array_equal(q_held, q_plain)
+    last_held, last_plain = held[-1].observation, plain[-1].observation
+    np.testing.assert_array_equal(last_held.proprio, last_plain.proprio)
+    np.testing.assert_array_equal(last_held.images["corner"], last_plain.images["corner"])
+    assert held[-1].info["step"] == 6
+    # 7 simulator steps: the third hold stops after one step, at the limit
+    limited, _ = run(3, 3, max_steps=7)
+    assert [r.done for r in limited] == [False, False, True] and limited[-1].info["step"] == 7
+    with MetaWorldRobot(MetaWorldRobotConfig(task="reach-v3", seed=2, action_repeat=50,
+                                             max_steps=500)) as r:
+        obs, steps = r.reset(), 0
+        while True:  # the scripted expert's action, held: success ends the hold early
+            res = r.act(r.expert_action(obs))
+            obs, steps = res.observation, res.info["step"]
+            if res.done:
+                break
+        assert res.success and steps % 50 != 0
+    with pytest.raises(ConfigError, match="`action_repeat`"):
+        MetaWorldRobotConfig(action_repeat=0)
+    with pytest.raises(ConfigError, match="`action_repeat`"):
+        MetaWorldRobotConfig(action_repeat=200, max_steps=150)
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="`task`"):
         MetaWorldRobotConfig(task="push")
