@@ -97,7 +97,7 @@ def plot(rows: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=65, help="frames of the episode")
     ap.add_argument("--singles", type=int, default=32, help="one-pair calls timed")
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--vllm-venv", type=Path, default=Path(os.environ.get(
         "VLAC_VLLM_VENV", ROOT / ".cache" / "vllm-venv")))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     python = a.vllm_venv / "bin" / "python"
     if not python.exists():
         sys.exit(f"no vLLM venv at {a.vllm_venv}: run infra/vllm/install.sh first")
@@ -135,6 +135,7 @@ def main() -> None:
     print(f"vllm_pairs_per_s={rows['vllm']['episode']:.1f} "
           f"transformers_pairs_per_s={ref:.1f} small_pairs_per_s={rows['small']['episode']:.1f} "
           f"vllm_vs_transformers={rows['vllm']['episode'] / ref:.2f}")
+    return rows
 
 
 if __name__ == "__main__":
