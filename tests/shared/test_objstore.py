@@ -9,6 +9,7 @@ from vlac.shared.objstore import (
     LocalObjectStore,
     ObjectStoreError,
     S3ObjectStore,
+    download_prefix,
     open_store,
 )
 
@@ -36,6 +37,22 @@ def test_round_trips_and_listing(store, tmp_path):
     assert store.list("weights/") == ["weights/v1/actor.onnx", "weights/v1/manifest.msgpack"]
     store.delete("weights/v1/manifest.msgpack")
     assert store.list() == ["weights/v1/actor.onnx"]
+
+
+def test_download_prefix_fetches_a_folder(store, tmp_path):
+    """A checkpoint folder under a prefix comes down whole, relative paths kept; a prefix
+    that merely starts the same (critics/tiny-2) is not part of it."""
+    files = {"config.json": b"{}", "model.safetensors": os.urandom(1000),
+             "tokenizer/vocab.txt": b"a\nb\n"}
+    for name, data in files.items():
+        store.put_bytes(f"critics/tiny/{name}", data)
+    store.put_bytes("critics/tiny-2/config.json", b"other")
+    dest = download_prefix(store, "critics/tiny/", tmp_path / "ck")
+    got = {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*")
+           if p.is_file()}
+    assert got == files
+    with pytest.raises(ObjectStoreError, match="nothing under 'critics/none/'"):
+        download_prefix(store, "critics/none", tmp_path / "none")
 
 
 def test_missing_objects_and_bad_keys(store, tmp_path):
