@@ -97,6 +97,7 @@ __all__ = [
     "DONE_TOKENS",
     "PROGRESS_TOKENS",
     "QUESTION",
+    "PairScoring",
     "TransformersCritic",
     "critic_messages",
     "critic_prompt",
@@ -298,7 +299,36 @@ def cached_step(nxt: torch.Tensor, mask: torch.Tensor, cache, c: Opened) -> dict
 
 
 # ---------------------------------------------------------------------------------- critic
-class TransformersCritic:
+class PairScoring:
+    """``critique`` and ``episode_rewards`` of a critic whose ``critique_output`` scores a
+    batch of pairs (the transformers and the vLLM critic)."""
+
+    def critique_output(self, tasks: list[str], obs_a: np.ndarray, obs_b: np.ndarray,
+                        reference: np.ndarray | None = None) -> CriticOutput:
+        raise NotImplementedError
+
+    def critique(self, tasks: list[str], obs_a: np.ndarray, obs_b: np.ndarray,
+                 reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """B sentences, (B, H, W, 3) uint8 earlier and later observations, optional (K, H, W, 3)
+        reference frames of one demonstration -> (delta in [-1, 1], done prob), each (B,)."""
+        out = self.critique_output(tasks, obs_a, obs_b, reference)
+        return (out.delta.numpy().astype(np.float32),
+                out.done_prob.numpy().astype(np.float32))
+
+    def episode_rewards(self, task: str, frames: np.ndarray, stride: int = 1,
+                        reference: np.ndarray | None = None, from_first: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Dense rewards for an episode of T frames: r_t = delta(o_t, o_min(t+stride, T-1))
+        (or delta(o_0, o_t+1) with ``from_first``) for t < T - 1, and the done probability
+        at the later frame; each (T - 1,). All T - 1 pairs go to ``critique`` at once."""
+        frames = _check_frames("frames", frames)
+        if len(frames) < 2:
+            raise ValueError("an episode needs at least 2 frames to score progress")
+        ia, ib = pair_indices(len(frames), stride, from_first)
+        return self.critique([task] * len(ia), frames[ia], frames[ib], reference)
+
+
+class TransformersCritic(PairScoring):
     """The ``Critic`` protocol on a prepared and fine-tuned image-text-to-text checkpoint."""
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu",
@@ -402,23 +432,3 @@ class TransformersCritic:
         return CriticOutput(*(torch.cat([getattr(o, f).cpu() for o in outs])
                               for f in ("delta", "done_prob", "progress_token",
                                         "progress_logits", "done_logits")))
-
-    def critique(self, tasks: list[str], obs_a: np.ndarray, obs_b: np.ndarray,
-                 reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """B sentences, (B, H, W, 3) uint8 earlier and later observations, optional (K, H, W, 3)
-        reference frames of one demonstration -> (delta in [-1, 1], done prob), each (B,)."""
-        out = self.critique_output(tasks, obs_a, obs_b, reference)
-        return (out.delta.numpy().astype(np.float32),
-                out.done_prob.numpy().astype(np.float32))
-
-    def episode_rewards(self, task: str, frames: np.ndarray, stride: int = 1,
-                        reference: np.ndarray | None = None, from_first: bool = False
-                        ) -> tuple[np.ndarray, np.ndarray]:
-        """Dense rewards for an episode of T frames: r_t = delta(o_t, o_min(t+stride, T-1))
-        (or delta(o_0, o_t+1) with ``from_first``) for t < T - 1, and the done probability
-        at the later frame; each (T - 1,)."""
-        frames = _check_frames("frames", frames)
-        if len(frames) < 2:
-            raise ValueError("an episode needs at least 2 frames to score progress")
-        ia, ib = pair_indices(len(frames), stride, from_first)
-        return self.critique([task] * len(ia), frames[ia], frames[ib], reference)

@@ -1,8 +1,9 @@
 """The transformers critic's checkpoint served by vLLM: the same decode, batched by its engine.
 
-``VLLMCritic`` implements the ``Critic`` protocol (``critique``, ``critique_output``,
-``episode_rewards``) on a checkpoint made by ``hf_critic.prepare_checkpoint`` and fine-tuned,
-with the prompt and decode of ``TransformersCritic``:
+``VLLMCritic`` implements the ``Critic`` protocol (``critique_output``; ``critique`` and
+``episode_rewards`` come from ``hf_critic.PairScoring``) on a checkpoint made by
+``hf_critic.prepare_checkpoint`` and fine-tuned, with the prompt and decode of
+``TransformersCritic``:
 
 1. every pair's prompt (``critic_prompt``: reference frames, sentence, image 1, image 2, the
    question) is one vLLM request whose next token is restricted to the 201 progress tokens
@@ -41,11 +42,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlac.cloud.critic.model import _check_frames, pair_indices
+from vlac.cloud.critic.model import _check_frames
 from vlac.cloud.models.hf_critic import (
     CRITIC_TOKENS,
     DONE_TOKENS,
     PROGRESS_TOKENS,
+    PairScoring,
     critic_prompt,
     load_processor,
 )
@@ -95,7 +97,7 @@ def distribution(logprobs: dict[int, Any], ids: list[int], what: str) -> np.ndar
     return np.array([logprobs[i].logprob for i in ids], np.float64)
 
 
-class VLLMCritic:
+class VLLMCritic(PairScoring):
     """The ``Critic`` protocol on a prepared and fine-tuned image-text-to-text checkpoint,
     decoded by a vLLM engine."""
 
@@ -196,25 +198,6 @@ class VLLMCritic:
                             progress_token=torch.from_numpy(token),
                             progress_logits=torch.from_numpy(p_logp).float(),
                             done_logits=torch.from_numpy(d_logp).float())
-
-    def critique(self, tasks: list[str], obs_a: np.ndarray, obs_b: np.ndarray,
-                 reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """B sentences, (B, H, W, 3) uint8 earlier and later observations, optional (K, H, W, 3)
-        reference frames of one demonstration -> (delta in [-1, 1], done prob), each (B,)."""
-        out = self.critique_output(tasks, obs_a, obs_b, reference)
-        return (out.delta.numpy().astype(np.float32),
-                out.done_prob.numpy().astype(np.float32))
-
-    def episode_rewards(self, task: str, frames: np.ndarray, stride: int = 1,
-                        reference: np.ndarray | None = None, from_first: bool = False
-                        ) -> tuple[np.ndarray, np.ndarray]:
-        """Dense rewards for an episode of T frames, as ``TransformersCritic.episode_rewards``:
-        all T - 1 pairs in one batched pass per decoding step."""
-        frames = _check_frames("frames", frames)
-        if len(frames) < 2:
-            raise ValueError("an episode needs at least 2 frames to score progress")
-        ia, ib = pair_indices(len(frames), stride, from_first)
-        return self.critique([task] * len(ia), frames[ia], frames[ib], reference)
 
 
 __all__ = ["DONE_TOKENS", "INSTALL_HINT", "VLLMCritic"]
