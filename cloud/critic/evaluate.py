@@ -14,7 +14,9 @@
   checks on the argmax token are reported too.
 - Done precision/recall: pairs (first frame, frame t) of held-out successful episodes, done
   for t in the last 5% (at least 2 steps, as labelled in training), and the last frames of
-  failed episodes (never done).
+  failed episodes (never done); at 0.5, and at the threshold chosen on half the episodes
+  for precision >= 0.9 (``done.calibrate``), judged on the other half. That threshold is
+  what ``--rewards.done-threshold`` should be before done ends episodes.
 Writes a table, ``eval.json`` and plots (progress along a successful and a failed episode).
 """
 
@@ -30,6 +32,7 @@ from rich.table import Table
 from scipy.stats import spearmanr
 
 from vlac.cloud.critic.data import EpisodeFeatures, done_from, load_episodes, split_holdout
+from vlac.cloud.critic.done import calibrate, precision_recall, split_episodes
 from vlac.cloud.critic.model import SmallVLACCritic, accumulated_progress, write_json
 from vlac.cloud.critic.train import TRAIN_TASKS, UNSEEN_TASKS
 from vlac.cloud.models.encoders import FeatureCache
@@ -162,27 +165,36 @@ def _score_group(critic, cfg: CriticEvalConfig, rng: random.Random, group: str,
                 "episodes": len(v["voc"])} for t, v in sorted(per_task.items())}
 
 
-def _done_metrics(critic, held: list[EpisodeFeatures], failed: list[EpisodeFeatures]) -> dict:
-    """Done precision/recall: (first, t) pairs of held-out successes, failed final frames."""
-    tp = fp = fn = tn = 0
+def _done_scores(critic, held: list[EpisodeFeatures], failed: list[EpisodeFeatures]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Done probabilities and labels: (first, t) pairs of successful episodes (done in the
+    labelled tail) and the last frame of failed ones (never done)."""
+    probs, truth = [np.zeros(0)], [np.zeros(0, bool)]
     for ep in held:
         t = len(ep)
         _, p, _ = _critique(critic, ep.sentence, np.repeat(ep.feats[:1], t, 0), ep.feats)
-        truth = np.arange(t) >= done_from(t)
-        pred = p > 0.5
-        tp += int((pred & truth).sum())
-        fp += int((pred & ~truth).sum())
-        fn += int((~pred & truth).sum())
-        tn += int((~pred & ~truth).sum())
+        probs.append(np.asarray(p, np.float64))
+        truth.append(np.arange(t) >= done_from(t))
     for ep in failed:
         _, p, _ = _critique(critic, ep.sentence, ep.feats[:1], ep.feats[-1:])
-        fp += int(p[0] > 0.5)
-        tn += int(p[0] <= 0.5)
-    return {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
-            "failed_final_frames": len(failed)}
+        probs.append(np.asarray(p, np.float64))
+        truth.append(np.zeros(1, bool))
+    return np.concatenate(probs), np.concatenate(truth)
+
+
+def _done_metrics(critic, held: list[EpisodeFeatures], failed: list[EpisodeFeatures],
+                  seed: int = 0) -> dict:
+    """Done precision/recall at 0.5 on all of it, and the threshold chosen on half the
+    episodes (``done.calibrate``) judged on the other half."""
+    precision, recall = precision_recall(*_done_scores(critic, held, failed), 0.5)
+    (hv, ht), (fv, ft) = split_episodes(held, seed), split_episodes(failed, seed)
+    cal = calibrate(_done_scores(critic, hv, fv), _done_scores(critic, ht, ft))
+    return {"precision": precision, "recall": recall, "failed_final_frames": len(failed),
+            "calibration": cal}
 
 
 def _summary(results: dict, neg: dict[str, dict[str, list[bool]]]) -> dict:
+    cal = results["done"]["calibration"]
     sr = [x for g in neg.values() for x in g["static"] + g["reversed"]]
     mm = [x for g in neg.values() for x in g["mismatched"]]
     unseen_rows = results["voc"].get("unseen", {})
@@ -197,6 +209,9 @@ def _summary(results: dict, neg: dict[str, dict[str, list[bool]]]) -> dict:
         "mismatched_ok": float(np.mean(mm)) if mm else None,
         "done_precision": results["done"]["precision"],
         "done_recall": results["done"]["recall"],
+        "done_threshold": cal["threshold"],
+        "done_precision_test": (cal["test_at_threshold"] or (None, None))[0],
+        "done_recall_test": (cal["test_at_threshold"] or (None, None))[1],
     }
 
 
@@ -214,7 +229,7 @@ def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
         results["voc"][group] = _score_group(critic, cfg, rng, group, group_eps,
                                              refs_pool[group], scores)
     failed = [e for e in eps.seen_all + eps.unseen if not e.success]
-    results["done"] = _done_metrics(critic, eps.held, failed)
+    results["done"] = _done_metrics(critic, eps.held, failed, cfg.seed)
     if failed:
         ep = failed[0]
         _, prog, done = episode_voc(critic, ep, ep.sentence)

@@ -58,6 +58,15 @@ def test_eval_reports_voc_negatives_and_done(trained):
         assert s[k] is not None and -1 <= s[k] <= 1
     assert s["voc_unseen_ref"] is not None  # one-shot reference from another demo
     assert set(res["voc"]["unseen"]) == {"button-press-v3"}
+    # the done threshold: chosen on one half of the episodes, judged on the other
+    cal = res["done"]["calibration"]
+    assert cal["min_precision"] == 0.9 and cal["val_frames"] > 0
+    if cal["threshold"] is not None:
+        assert cal["val_at_threshold"][0] >= 0.9
+        assert s["done_threshold"] == cal["threshold"]
+        assert s["done_precision_test"] == (cal["test_at_threshold"] or (None,))[0]
+    else:
+        assert s["done_threshold"] is None and s["done_precision_test"] is None
     assert (root / "eval" / "progress_curves.png").exists()
 
 
