@@ -15,7 +15,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import msgspec
 import numpy as np
@@ -52,7 +52,8 @@ class InProcessRewards:
         return self.critic.episode_rewards(task, frames, stride, reference, from_first)
 
 
-BACKENDS = ("small", "transformers", "vllm")
+Backend = Literal["small", "transformers", "vllm"]
+BACKENDS = get_args(Backend)  # one list: the flag's choices and the check below
 
 
 @dataclass
@@ -61,7 +62,7 @@ class RewardServiceConfig:
                        "Critic to serve: the small critic's .pt file (--backend small), or "
                        "the folder of a prepared transformers checkpoint (transformers, "
                        "vllm); with --object-store, that folder's key prefix there.")
-    backend: Literal["small", "transformers", "vllm"] = opt(
+    backend: Backend = opt(
         "small", "What scores the pairs: the small VLAC critic (torch), a transformers "
                  "checkpoint (TransformersCritic), or the same checkpoint decoded by vLLM "
                  "(run from vLLM's own venv: infra/vllm/install.sh).")
