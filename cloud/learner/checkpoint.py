@@ -2,9 +2,10 @@
 
 A checkpoint is the DeepSpeed checkpoint of the algorithm's engine (weights, optimizer, and a
 client state: version, consumed episodes, log, the algorithm's ``state_dict``) plus the actor
-(``actor.pt``), uploaded as ``learner/checkpoints/step<version>/...``; ``latest`` names the
-newest and is written last, so it never names a partial one. A learner resumes from the object
-store alone (a fresh output folder is fine); the oldest checkpoints beyond ``keep`` are pruned.
+(``actor.pt``, or the folder ``actor/`` of a transformers actor), uploaded as
+``learner/checkpoints/step<version>/...``; ``latest`` names the newest and is written last,
+so it never names a partial one. A learner resumes from the object store alone (a fresh
+output folder is fine); the oldest checkpoints beyond ``keep`` are pruned.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vlac.cloud.actor.model import TorchActor
+from vlac.cloud.learner.actors import LearnerActor
 from vlac.cloud.learner.distributed import barrier
 from vlac.cloud.models import engine as eng
 
@@ -39,18 +40,21 @@ class Checkpoints:
         barrier()
         return eng.load(engine, self.local)
 
-    def save(self, engine, version: int, state: dict[str, Any], actor: TorchActor,
+    def save(self, engine, version: int, state: dict[str, Any], actor: LearnerActor,
              also: Path | None = None) -> None:
         """Checkpoint ``engine`` with ``state`` as version ``version``; rank 0 saves
         ``actor`` beside it (and to ``also``) and uploads."""
         eng.save(engine, self.local, version, state)
         tag = f"step{version}"
         barrier()
+        with actor.gathered():  # every process: ZeRO-3 gathers the weights here
+            if self.rank == 0:
+                saved = self.local / tag / actor.checkpoint_name
+                actor.save(saved)
+                if also is not None:  # a copy, not a second save (a merge, a 2B write)
+                    _copy(saved, also)
         if self.rank != 0:
             return
-        actor.save(self.local / tag / "actor.pt")
-        if also is not None:
-            actor.save(also)
         for f in sorted((self.local / tag).rglob("*")):
             if f.is_file():
                 self.objects.put_file(f"{CHECKPOINT_PREFIX}/{tag}/"
@@ -66,3 +70,13 @@ class Checkpoints:
             for key in self.objects.list(f"{CHECKPOINT_PREFIX}/{tag}/"):
                 self.objects.delete(key)
             shutil.rmtree(self.local / tag, ignore_errors=True)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """A saved actor (a file or a checkpoint folder) copied over ``dst``."""
+    if src.is_dir():
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)

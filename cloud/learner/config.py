@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlac.cloud.fleet.publisher import PublisherConfig
+from vlac.cloud.learner.actors import ActorConfig
 from vlac.cloud.learner.algorithms import AlgorithmConfig, algorithm_config
 from vlac.cloud.learner.algorithms.base import default_algorithm_config
 from vlac.shared.config import check, opt
@@ -77,7 +78,8 @@ class LearnerConfig:
     store_root: Path | str = opt(Path(".cache/store"), "Episode store the fleet's episodes "
                                  "arrive in: a folder or s3://BUCKET/PREFIX?endpoint=URL.")
     init: Path = opt(Path(".cache/actor/actor.pt"), "Actor checkpoint to start from "
-                     "(`vlac actor pretrain`); its version is the learner's first version.")
+                     "(`vlac actor pretrain`; with --actor.type hf a transformers checkpoint "
+                     "folder); its version is the learner's first version.")
     out: Path = opt(Path(".cache/learner"), "Output folder: local checkpoints, TensorBoard "
                     "events (tb/), learner_curves.png, learner_log.json, actor.pt.")
     object_store: str = opt("", "Where checkpoints are uploaded and resumed from (a folder or "
@@ -94,10 +96,12 @@ class LearnerConfig:
     poll_s: float = opt(2.0, "Seconds between looks at the store while waiting.")
     checkpoint_every: int = opt(10, "Updates between checkpoints (and one at exit).")
     keep_checkpoints: int = opt(3, "Checkpoints kept in the object store.")
-    zero_stage: int = opt(0, "DeepSpeed ZeRO stage (0, 1 or 2).")
+    zero_stage: int = opt(0, "DeepSpeed ZeRO stage (0, 1 or 2; 3 with --actor.type hf).")
     ds_config: Path | None = opt(None, "DeepSpeed JSON config (default: infra/deepspeed/).")
     seed: int = opt(0, "Seed of minibatch shuffling and BC sampling.")
     threads: int = opt(0, "torch threads (0: torch's default).")
+    actor: ActorConfig = field(default_factory=ActorConfig, metadata={
+        "help": "The actor being trained: its type and (hf) how."})
     rewards: RewardsConfig = field(default_factory=RewardsConfig, metadata={
         "help": "Where rewards come from and how they are shaped."})
     algorithm: AlgorithmConfig = field(default_factory=default_algorithm_config, metadata={
@@ -118,10 +122,29 @@ class LearnerConfig:
             check(self.ds_config.exists(), "ds_config", f"{self.ds_config} does not exist")
         self.algorithm = algorithm_config(self.algorithm)  # a mapping from YAML/flags
         check(self.episodes_per_update >= 1, "episodes_per_update", "must be >= 1")
-        check(self.zero_stage in (0, 1, 2), "zero_stage", "use 0, 1 or 2 (ZeRO-3 partitions "
-              "the weights the learner saves and publishes whole)")
+        check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "use 0, 1, 2 or 3")
+        self._check_actor()
         check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         check(self.max_updates >= 0, "max_updates", "must be >= 0 (0: no limit)")
         check(self.idle_timeout_s >= 0, "idle_timeout_s", "must be >= 0 (0: wait forever)")
         check(self.poll_s > 0, "poll_s", "must be > 0")
+
+    def _check_actor(self) -> None:
+        """What a transformers actor (``--actor.type hf``) cannot do yet, refused up front."""
+        hf = self.actor.type == "hf"
+        check(self.zero_stage < 3 or hf, "zero_stage", "ZeRO-3 serves --actor.type hf; the "
+              "small actor is published whole from rank 0 (use 0, 1 or 2)")
+        check(not (hf and self.zero_stage == 3 and self.actor.lora_rank), "zero_stage",
+              "LoRA adapters are merged on one process: use ZeRO-2 with --actor.lora-rank "
+              "(the adapters' optimizer state is small), or ZeRO-3 without LoRA")
+        check(not (hf and self.publish.enabled), "publish.enabled",
+              "a transformers actor has no edge export yet (issue 21, item 3): run without "
+              "--publish.enabled; each checkpoint holds the actor as a checkpoint folder")
+        if hf:
+            name = getattr(self.algorithm, "name", "")
+            check(name == "ppo", "algorithm.name", f"{name!r} reads the small actor's image "
+                  "features; a transformers actor trains with --algorithm.name ppo")
+            check(getattr(self.algorithm, "value", "shared") == "shared", "algorithm.value",
+                  "the separate value network reads the small actor's image features; use "
+                  "--algorithm.value shared with --actor.type hf")

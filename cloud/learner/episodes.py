@@ -1,7 +1,9 @@
 """The store's episodes as the learner sees them: which ones are new, and each one featurised.
 
 ``EpisodeData`` is what an algorithm trains on (``algorithms.base.UpdateBatch``): the steps'
-image features (the encoders are frozen, so once per frame), the robot's behaviour log-probs,
+observations as the trained actor takes them (``actors.LearnerActor.observe``: the small
+actor's image features, computed once per frame since its encoders are frozen, or a
+transformers actor's raw frames), the robot's behaviour log-probs,
 policy versions and intervention flags, and the rewards of ``rewards.shape_rewards``.
 """
 
@@ -9,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vlac.cloud.actor.model import TorchActor
 from vlac.cloud.store.episodes import Episode, EpisodeStore
+
+if TYPE_CHECKING:
+    from vlac.cloud.learner.actors import LearnerActor
 
 
 def episode_key(info: dict) -> str:
@@ -26,8 +31,8 @@ class EpisodeData:
 
     key: str
     success: bool
-    text: np.ndarray  # (384,) the task sentence
-    feat: np.ndarray  # (T, 16, 1280) float16
+    text: np.ndarray  # the task sentence: (384,) embedding (small actor) or 0-d str (hf)
+    feat: np.ndarray  # per step: (T, 16, 1280) float16 features or (T, H, W, 3) uint8 frames
     proprio: np.ndarray
     tokens: np.ndarray  # (T, A) int64
     logprob: np.ndarray  # behaviour log-probs (T,)
@@ -44,10 +49,10 @@ class EpisodeData:
 
 
 class EpisodeLoader:
-    """Reads episodes from the (read-only) store and featurises them with the actor's
-    frozen encoders, seeing through ``camera``."""
+    """Reads episodes from the (read-only) store and turns them into the trained actor's
+    observations (``LearnerActor.observe``), seeing through ``camera``."""
 
-    def __init__(self, store: EpisodeStore, actor: TorchActor, camera: str) -> None:
+    def __init__(self, store: EpisodeStore, actor: LearnerActor, camera: str) -> None:
         self.store, self.actor, self.camera = store, actor, camera
 
     def unconsumed(self, consumed: set[str]) -> list[dict]:
@@ -64,7 +69,7 @@ class EpisodeLoader:
         return ep, ep.steps.images[self.camera]
 
     def text(self, task: str) -> np.ndarray:
-        return self.actor.text_encoder.encode([task])[0]
+        return self.actor.text(task)
 
     def featurise(self, info: dict, ep: Episode, frames: np.ndarray, rewards: np.ndarray,
                   terminal: bool) -> EpisodeData:
@@ -72,7 +77,7 @@ class EpisodeLoader:
         return EpisodeData(
             key=episode_key(info), success=bool(info["outcome"]["success"]),
             task=info.get("task_id") or ep.task, text=self.text(ep.task),
-            feat=self.actor.image_encoder.encode(frames), proprio=s.proprio,
+            feat=self.actor.observe(frames), proprio=s.proprio,
             tokens=s.action_tokens.astype(np.int64), logprob=s.logprob,
             policy_version=s.policy_version, intervention=s.intervention.astype(bool),
             rewards=rewards, terminal=terminal, start=start_fingerprint(frames, s.proprio))

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from vlac.cloud.actor.model import TorchActor
 from vlac.cloud.critic.model import write_json
 from vlac.cloud.critic.service import RewardSource
+from vlac.cloud.learner.actors import load_learner_actor
 from vlac.cloud.learner.algorithms import Context, UpdateBatch, make_algorithm
 from vlac.cloud.learner.checkpoint import Checkpoints
 from vlac.cloud.learner.config import LearnerConfig
@@ -53,7 +54,6 @@ from vlac.cloud.learner.replay import BCReplay
 from vlac.cloud.learner.rewards import critic_scores, reward_source, shape_rewards
 from vlac.cloud.models import engine as eng
 from vlac.cloud.models.encoders import ImageEncoder, TextEncoder
-from vlac.cloud.models.vlac import SmallVLAC
 from vlac.cloud.store.episodes import Episode
 from vlac.cloud.store.location import open_episode_store
 from vlac.shared.config import check, describe
@@ -94,19 +94,18 @@ class Learner:
             else reward_source(cfg.rewards)
         self.on_publish = on_publish
         store = open_episode_store(cfg.store_root, read_only=True)  # ingest writes beside us
-        self.actor = TorchActor.load(cfg.init, image_encoder=image_encoder,
-                                     text_encoder=text_encoder)
+        self.actor = load_learner_actor(cfg, image_encoder, text_encoder)
         self.camera = cfg.camera or self.actor.camera
         self.actor.camera = self.camera
         self.init_version = self.actor.version
         make_engine = functools.partial(eng.make_engine, zero_stage=cfg.zero_stage,
                                         ds_config=cfg.ds_config)
-        self.algorithm = make_algorithm(cfg.algorithm, self.actor.model, Context(
+        self.algorithm = make_algorithm(cfg.algorithm, self.actor.module, Context(
             bc=cfg.bc, seed=cfg.seed, world=int(os.environ.get("WORLD_SIZE", "1")),
             make_engine=make_engine))
         self.rank, self.world = rank_and_world()
         self.episodes = EpisodeLoader(store, self.actor, self.camera)
-        self.replay = BCReplay(cfg.bc, self.episodes, cfg.features, self.rank, self.world)
+        self.replay = BCReplay(cfg.bc, self.episodes, self.rank, self.world)
         self.objects = open_store(cfg.object_store or cfg.out / "objects")
         self.checkpoints = Checkpoints(self.objects, cfg.out / "checkpoints",
                                        cfg.keep_checkpoints, self.rank)
@@ -146,7 +145,7 @@ class Learner:
                  "algorithm": {"name": self.algorithm.name,
                                "state": self.algorithm.state_dict()}}
         self.checkpoints.save(self.algorithm.engine, self.version, state, self.actor,
-                              also=self.cfg.out / "actor.pt")
+                              also=self.cfg.out / self.actor.checkpoint_name)
         self._dirty = False
 
     # ------------------------------------------------------------------ episodes
@@ -257,7 +256,7 @@ class Learner:
     def run(self) -> dict[str, Any]:
         """Update until a stop condition; checkpoint at the end. Returns a summary."""
         cfg, t0, updates, consumed = self.cfg, time.monotonic(), 0, 0
-        _ = self.actor.image_encoder, self.actor.text_encoder  # load before the progress bar
+        self.actor.warm()  # load the encoders before the progress bar
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -311,14 +310,9 @@ class Learner:
                 plot_curves(self.log, self.cfg.out / "learner_curves.png")
 
     def snapshot(self) -> TorchActor:
-        """A copy of the current weights as an actor (safe to keep while training goes on)."""
-        policy = self.algorithm.policy
-        model = SmallVLAC(policy.cfg)
-        model.load_state_dict(policy.state_dict())
-        tok = self.actor.tokenizer
-        return TorchActor(model, tok.low, tok.high, camera=self.camera, version=self.version,
-                          image_encoder=self.actor.image_encoder,
-                          text_encoder=self.actor.text_encoder)
+        """A copy of the current weights as an actor (safe to keep while training goes on):
+        a ``TorchActor``, or a ``TransformersActor`` with ``--actor.type hf``."""
+        return self.actor.snapshot(self.version)
 
 
 def main(cfg: LearnerConfig, on_publish: Callable[[TorchActor, int], None] | None = None

@@ -5,8 +5,8 @@
   N, those of the last N episodes that had one (HG-DAgger's aggregated data: expert actions in
   states the policy itself reached). Takeover steps are never PPO samples.
 - Demonstrations: up to ``demo_episodes`` stored successful demos, round-robin over tasks
-  (offline demonstration replay); their image features come from the cache shared with
-  `vlac actor pretrain`.
+  (offline demonstration replay); the small actor's image features of them come from the
+  cache shared with `vlac actor pretrain` (``actors.LearnerActor.observe_demo``).
 - Successes (``success_replay`` N): the policy's own steps of the fleet's last N successful
   episodes (self-imitation).
 
@@ -16,15 +16,14 @@ The pools live in memory: a restarted learner starts them afresh.
 from __future__ import annotations
 
 from collections import deque
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from vlac.cloud.learner.actors import model_input
 from vlac.cloud.learner.distributed import barrier
 from vlac.cloud.learner.episodes import EpisodeData, EpisodeLoader, episode_key
-from vlac.cloud.models.encoders import FeatureCache
 
 if TYPE_CHECKING:
     from vlac.cloud.learner.config import BCConfig
@@ -40,7 +39,7 @@ class StepPool:
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
 
-    def sample(self, rng: np.random.Generator, k: int) -> dict[str, torch.Tensor]:
+    def sample(self, rng: np.random.Generator, k: int) -> dict[str, torch.Tensor | list[str]]:
         idx = rng.integers(0, len(self), k)
         part = np.searchsorted(self.ends, idx, side="right")
         starts = np.concatenate([[0], self.ends[:-1]])
@@ -49,8 +48,7 @@ class StepPool:
             sel = idx[part == i] - starts[i]
             for name in rows:
                 rows[name].append(self.parts[i][name][sel])
-        return {name: torch.from_numpy(np.concatenate(v).astype(
-            np.int64 if name == "tokens" else np.float32)) for name, v in rows.items()}
+        return {name: model_input(name, np.concatenate(v)) for name, v in rows.items()}
 
 
 def steps_of(text: np.ndarray, feat: np.ndarray, proprio: np.ndarray,
@@ -66,15 +64,14 @@ def _steps_where(ep: EpisodeData, mask: np.ndarray) -> dict[str, np.ndarray]:
 class BCReplay:
     """Builds each update's ``StepPool`` and keeps what later updates replay."""
 
-    def __init__(self, cfg: BCConfig, loader: EpisodeLoader, features: Path, rank: int = 0,
+    def __init__(self, cfg: BCConfig, loader: EpisodeLoader, rank: int = 0,
                  world: int = 1) -> None:
-        self.cfg, self.loader, self.features = cfg, loader, features
+        self.cfg, self.loader = cfg, loader
         self.rank, self.world = rank, world
         self._wins: deque[dict[str, np.ndarray]] = deque(maxlen=cfg.success_replay or None)
         self._takeovers: deque[dict[str, np.ndarray]] = deque(
             maxlen=cfg.takeover_replay or None)
         self._demos: dict[str, dict[str, np.ndarray]] = {}
-        self._cache: FeatureCache | None = None
 
     def demo_episodes(self) -> list[dict]:
         """Up to ``demo_episodes`` successful demonstrations, taken round-robin over tasks."""
@@ -105,10 +102,7 @@ class BCReplay:
         return StepPool(taken + self._demo_steps(demos) + list(self._wins))
 
     def _demo_features(self, info: dict) -> np.ndarray:
-        if self._cache is None:
-            self._cache = FeatureCache(self.features, self.loader.actor.image_encoder)
-        return self._cache.get(info["robot_id"], info["episode_id"], self.loader.camera,
-                               lambda: self.loader.frames(info)[1])
+        return self.loader.actor.observe_demo(info, lambda: self.loader.frames(info)[1])
 
     def _demo_steps(self, infos: list[dict]) -> list[dict[str, np.ndarray]]:
         """BC steps of the replayed demonstrations (features from the shared cache, which

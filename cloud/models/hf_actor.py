@@ -226,10 +226,12 @@ class TransformersActor:
     def action_dim(self) -> int:
         return self.tokenizer.dim
 
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, model=None) -> Path:
         """Model, processor and value head to ``out_dir``, loadable as a ``TransformersActor``
-        (the action box, camera and version are constructor arguments, not saved)."""
-        return _save(self.model, self.processor, out_dir, self.value_head)
+        (the action box, camera and version are constructor arguments, not saved). ``model``:
+        other weights of the same architecture to save instead (LoRA adapters merged)."""
+        return _save(self.model if model is None else model, self.processor, out_dir,
+                     self.value_head)
 
     def parameters(self):
         """The trainable parameters: the model's, then the value head's."""

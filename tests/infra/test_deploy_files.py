@@ -467,6 +467,7 @@ def test_training_docs_lab_commands_parse(tmp_path, monkeypatch, capsys):
 # file -> (subcommand, one flag that overrides a value of the file, that flag's value)
 ROLE_CONFIGS = {"critic.yaml": (["critic", "serve"], "--bind", "tcp://0.0.0.0:5561"),
                 "learner.yaml": (["learner", "run"], "--seed", "7"),
+                "learner-hf.yaml": (["learner", "run"], "--actor.lora-rank", "0"),
                 "edge.yaml": (["edge", "run"], "--sender.robot-id", "arm-08")}
 
 
@@ -489,6 +490,9 @@ def test_role_configs_load_through_the_cli(name, monkeypatch, capsys):
     elif name == "learner.yaml":
         assert cfg.seed == 7 and cfg.zero_stage == 2 and cfg.publish.enabled
         assert cfg.rewards.service == "tcp://critic-host:5560"
+    elif name == "learner-hf.yaml":
+        assert cfg.actor.type == "hf" and cfg.actor.dtype == "bfloat16"
+        assert cfg.zero_stage == 3 and not cfg.publish.enabled and cfg.algorithm.lr == 2e-6
     else:
         assert cfg.sender.robot_id == value and cfg.policy == "onnx"
         assert cfg.sender.ingest_endpoints == ["tcp://ingest-0:5555", "tcp://ingest-1:5555"]

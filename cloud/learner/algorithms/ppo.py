@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from vlac.cloud.learner.actors import model_input
 from vlac.cloud.learner.algorithms.advantages import (  # noqa: F401 (PPO's API)
     ADVANTAGES,
     Estimator,
@@ -241,23 +242,17 @@ def anchor_pass(model, episodes: list[EpisodeData], batch: int = 256,
             sl = slice(s, s + batch)
             n = len(ep.proprio[sl])
             logp, _, value = model.action_logprobs(
-                torch.from_numpy(np.repeat(ep.text[None], n, 0)),
-                torch.from_numpy(ep.feat[sl].astype(np.float32)),
-                torch.from_numpy(ep.proprio[sl].astype(np.float32)),
-                torch.from_numpy(ep.tokens[sl]), temperature)
-            logps.append(logp.numpy())
-            values.append(value.numpy())
+                model_input("text", np.repeat(ep.text[None], n, 0)),
+                model_input("feat", ep.feat[sl]), model_input("proprio", ep.proprio[sl]),
+                model_input("tokens", ep.tokens[sl]), temperature)
+            logps.append(logp.float().cpu().numpy())
+            values.append(value.float().cpu().numpy())
         out.append((np.concatenate(logps), np.concatenate(values)))
     return out
 
 
 def _to_torch(b: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in b.items():
-        x = v[idx]
-        out[k] = torch.from_numpy(x.astype(np.int64) if k in ("tokens", "b_version_lag")
-                                  else x.astype(np.float32))
-    return out
+    return {k: model_input(k, v[idx]) for k, v in b.items()}
 
 
 def train_minibatch(engine, mb: dict[str, torch.Tensor] | None,
