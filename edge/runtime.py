@@ -5,6 +5,12 @@ onnxruntime build offers (``onnxruntime-gpu`` on a Jetson or a CUDA box lists th
 the plain ``onnxruntime`` wheel only has CPU), and the choice is logged. The CPU path is the
 one the tests prove. ``act`` samples with a temperature (or greedily) and returns the tokens,
 the continuous action they decode to, the behaviour log-probability and the policy version.
+
+Two kinds of export run here: the small actor's (``vlac actor export``: the sentence is looked
+up among the exported ones' embeddings) and a transformers actor's (``cloud.actor.hf_export``,
+metadata ``kind: transformers``: the robot tokenizes the prompt and preprocesses the frame
+itself with ``shared.hf_prompt.HFPrompt``, so any sentence within the exported prompt length
+works).
 """
 
 from __future__ import annotations
@@ -71,8 +77,14 @@ class OnnxPolicy(Policy):
         self.version = int(self.meta["policy_version"])
         self.camera = self.meta["observation"]["camera"]
         self.image_shape = tuple(self.meta["observation"]["image_shape"])
-        self.text = {s: np.asarray(v, np.float32) for s, v in
-                     self.meta["text_embeddings"].items()}
+        self.prompt = None
+        if self.meta.get("kind") == "transformers":
+            from vlac.shared.hf_prompt import HFPrompt
+
+            self.prompt, self.text = HFPrompt(self.meta["prompt"]), {}
+        else:
+            self.text = {s: np.asarray(v, np.float32) for s, v in
+                         self.meta["text_embeddings"].items()}
         self.temperature = temperature
         self.greedy = greedy
         self.rng = np.random.default_rng(seed)
@@ -81,7 +93,7 @@ class OnnxPolicy(Policy):
     def run(self, image: np.ndarray, proprio: np.ndarray, task: str, greedy: bool | None = None
             ) -> tuple[np.ndarray, np.ndarray, float]:
         """Raw call: (tokens (A,), log-probs (A,), value)."""
-        if task not in self.text:
+        if self.prompt is None and task not in self.text:
             known = sorted(self.text)[:8]
             raise ValueError(f"task sentence {task!r} was not exported with this policy; "
                              f"known sentences include {known}. Re-export with its task")
@@ -91,10 +103,17 @@ class OnnxPolicy(Policy):
         greedy = self.greedy if greedy is None else greedy
         gumbel = np.zeros((1, self._a, self._bins), np.float32) if greedy else \
             self.rng.gumbel(size=(1, self._a, self._bins)).astype(np.float32)
-        tokens, logps, value = self.session.run(None, {
-            "image": image[None], "proprio": np.asarray(proprio, np.float32)[None],
-            "text": self.text[task][None], "gumbel": gumbel,
-            "temperature": np.array([self.temperature], np.float32)})
+        feeds = {"gumbel": gumbel, "temperature": np.array([self.temperature], np.float32)}
+        if self.prompt is not None:  # a transformers actor: its own prompt and pixels
+            proprio = np.asarray(proprio, np.float64)
+            want = self.meta["observation"]["proprio_dim"]
+            if proprio.shape != (want,) or not np.isfinite(proprio).all():
+                raise ValueError(f"proprio must be {want} finite numbers, got {proprio}")
+            feeds.update(self.prompt.feeds(image, proprio, task))
+        else:
+            feeds.update(image=image[None], proprio=np.asarray(proprio, np.float32)[None],
+                         text=self.text[task][None])
+        tokens, logps, value = self.session.run(None, feeds)
         return tokens[0].astype(np.int32), logps[0], float(value[0])
 
     def act(self, obs: Observation) -> PolicyStep:

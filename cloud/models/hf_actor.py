@@ -75,6 +75,7 @@ from vlac.cloud.models.hf_critic import (
     position_ids,
     user_prompt,
 )
+from vlac.shared.hf_prompt import PROPRIO_SLOT, TASK_SLOT, proprio_text
 from vlac.shared.tokenizer import ActionTokenizer
 
 ACTION_BINS = 256
@@ -92,6 +93,7 @@ __all__ = [
     "TransformersActor",
     "actor_messages",
     "actor_prompt",
+    "actor_prompt_template",
     "actor_target_text",
     "prepare_actor_checkpoint",
 ]
@@ -100,30 +102,38 @@ _PREPARE = "vlac.cloud.models.hf_actor.prepare_actor_checkpoint(model, processor
 
 
 # ---------------------------------------------------------------------------------- prompt
-def _proprio_text(proprio: Sequence[float] | np.ndarray) -> str:
-    # round first and add 0.0 so that -0.0 and -0.0001 both print as 0.000
-    values = [round(float(v), 3) + 0.0 for v in np.asarray(proprio, np.float64).reshape(-1)]
-    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+def _messages(task: str, proprio: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [
+        {"type": "text", "text": "Camera:"}, {"type": "image"},
+        {"type": "text", "text": f"Task: {task}"},
+        {"type": "text", "text": f"Robot state (proprioception): {proprio}"},
+        {"type": "text", "text": ACTOR_QUESTION}]}]
+
+
+def _prompt(processor, task: str, proprio: str) -> str:
+    def plain(bos: str, image: str) -> str:
+        return (f"{bos}Camera: {image}\nTask: {task}\n"
+                f"Robot state (proprioception): {proprio}\n"
+                f"{ACTOR_QUESTION}\nAnswer: ")
+
+    return user_prompt(processor, _messages(task, proprio), plain)
 
 
 def actor_messages(task: str, proprio: Sequence[float] | np.ndarray) -> list[dict[str, Any]]:
     """The chat (one user turn) for one observation; the image placeholder is the camera."""
-    return [{"role": "user", "content": [
-        {"type": "text", "text": "Camera:"}, {"type": "image"},
-        {"type": "text", "text": f"Task: {task}"},
-        {"type": "text", "text": f"Robot state (proprioception): {_proprio_text(proprio)}"},
-        {"type": "text", "text": ACTOR_QUESTION}]}]
+    return _messages(task, proprio_text(proprio))
 
 
 def actor_prompt(processor, task: str, proprio: Sequence[float] | np.ndarray) -> str:
     """The prompt text for one observation, ending where the first action token is to be
     predicted (``vlac.cloud.models.hf_critic.user_prompt``)."""
-    def plain(bos: str, image: str) -> str:
-        return (f"{bos}Camera: {image}\nTask: {task}\n"
-                f"Robot state (proprioception): {_proprio_text(proprio)}\n"
-                f"{ACTOR_QUESTION}\nAnswer: ")
+    return _prompt(processor, task, proprio_text(proprio))
 
-    return user_prompt(processor, actor_messages(task, proprio), plain)
+
+def actor_prompt_template(processor) -> str:
+    """The prompt with ``shared.hf_prompt``'s slots where the task and the proprioception go
+    (what a robot fills in to prompt an exported actor)."""
+    return _prompt(processor, TASK_SLOT, PROPRIO_SLOT)
 
 
 def actor_target_text(tokens: Sequence[int] | np.ndarray) -> str:
