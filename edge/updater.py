@@ -117,7 +117,7 @@ def blank_observation(policy: Policy) -> Observation:
     shape = tuple(meta.get("observation", {}).get("image_shape", (128, 128, 3)))
     camera = meta.get("observation", {}).get("camera", "corner")
     dim = meta.get("observation", {}).get("proprio_dim", 4)
-    task = sorted(meta.get("text_embeddings", {"": 0}))[0]
+    task = sorted(meta.get("text_embeddings") or meta.get("tasks") or [""])[0]
     return Observation({camera: np.zeros(shape, np.uint8)}, np.zeros(dim, np.float32), task)
 
 

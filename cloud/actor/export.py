@@ -328,6 +328,8 @@ class ActorPublisher:
 
     def publish(self, actor: TorchActor, version: int):
         precision = self.publisher.cfg.precision
+        if hasattr(actor, "processor"):  # a TransformersActor (the learner's --actor.type hf)
+            return self._publish_transformers(actor, version, precision)
         if self.samples is None:
             warning = int8_parity_warning(actor) if precision == "int8" else None
             if warning:
@@ -341,6 +343,19 @@ class ActorPublisher:
             path = export_artifacts(actor, Path(tmp), meta, self.samples,
                                     (precision,))[precision]
             return self.publisher.upload(path, version, meta=dict(meta, precision=precision))
+
+
+    def _publish_transformers(self, actor, version: int, precision: str):
+        from vlac.cloud.actor.hf_export import export_hf_actor, prompt_samples
+
+        if self.samples is None:
+            self.samples = prompt_samples(actor, self.store_root, self.tasks,
+                                          min(self.calibration_frames, 8))
+        actor.version = version
+        with tempfile.TemporaryDirectory(prefix="vlac-publish-") as tmp:
+            path = export_hf_actor(actor, Path(tmp), self.samples, version=version,
+                                   precisions=(precision,))[precision]
+            return self.publisher.upload(path, version)
 
 
 def sha256(path: Path) -> str:

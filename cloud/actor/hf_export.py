@@ -124,6 +124,25 @@ def check_prompt(actor, prompt: HFPrompt, samples: list[tuple[np.ndarray, np.nda
                              "cannot be exported yet")
 
 
+def prompt_samples(actor, store_root, tasks: list[str], n: int, seed: int = 0
+                   ) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Up to ``n`` (frame, proprio, sentence) of stored episodes of ``tasks``: the export's
+    example inputs and the check of the robot's prompt."""
+    from vlac.cloud.store.location import open_episode_store
+
+    store = open_episode_store(store_root, read_only=True)
+    eps = [e for e in store.list_episodes() if (e.get("task_id") or e["task"]) in tasks]
+    if not eps:
+        raise ValueError(f"no episodes of {tasks} in {store_root} to export with; collect "
+                         "demonstrations first")
+    rng, out = np.random.default_rng(seed), []
+    for e in eps[:n]:
+        ep = store.load_episode(e["robot_id"], e["episode_id"])
+        t = int(rng.integers(len(ep)))
+        out.append((ep.steps.images[actor.camera][t], ep.steps.proprio[t], ep.task))
+    return out
+
+
 # ---------------------------------------------------------------------- export
 @contextmanager
 def _traceable(model):
@@ -143,9 +162,11 @@ def _traceable(model):
             os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = before
 
 
-def metadata(actor, version: int, image_shape: tuple[int, ...], length: int) -> dict:
+def metadata(actor, version: int, image_shape: tuple[int, ...], length: int,
+             tasks: list[str]) -> dict:
     return {"format": "vlac-actor-onnx", "format_version": 1, "kind": "transformers",
-            "policy_version": version, "inputs": list(INPUTS), "outputs": list(OUTPUTS),
+            "policy_version": version, "tasks": sorted(set(tasks)),
+            "inputs": list(INPUTS), "outputs": list(OUTPUTS),
             "action_tokenizer": actor.tokenizer.spec(),
             "observation": {"camera": actor.camera, "image_shape": list(image_shape),
                             "proprio_dim": actor.proprio_dim},
@@ -170,7 +191,7 @@ def export_hf_actor(actor, out: Path, samples: list[tuple[np.ndarray, np.ndarray
         lengths = [int(actor.build_inputs(i[None], p[None], [t])["attention_mask"].sum())
                    for i, p, t in samples]
         length = max(lengths) + 16
-    meta = metadata(actor, version, image_shape, length)
+    meta = metadata(actor, version, image_shape, length, [t for _, _, t in samples])
     prompt = HFPrompt(meta["prompt"])
     check_prompt(actor, prompt, samples)
     image, proprio, task = samples[0]

@@ -138,9 +138,6 @@ class LearnerConfig:
         check(not (hf and self.zero_stage == 3 and self.actor.lora_rank), "zero_stage",
               "LoRA adapters are merged on one process: use ZeRO-2 with --actor.lora-rank "
               "(the adapters' optimizer state is small), or ZeRO-3 without LoRA")
-        check(not (hf and self.publish.enabled), "publish.enabled",
-              "a transformers actor has no edge export yet (issue 21, item 3): run without "
-              "--publish.enabled; each checkpoint holds the actor as a checkpoint folder")
         if hf:
             name = getattr(self.algorithm, "name", "")
             check(name == "ppo", "algorithm.name", f"{name!r} reads the small actor's image "

@@ -133,7 +133,11 @@ class HFLearnerActor(LearnerActor):
         self.actor.save(path, model=self._plain_model())
 
     def snapshot(self, version: int) -> Any:
-        """A ``TransformersActor`` with a copy of the current weights (adapters merged)."""
+        """A ``TransformersActor`` with a copy of the current weights (adapters merged).
+        Under ZeRO-3, only inside ``gathered`` (every process)."""
+        if any(p.numel() == 0 for p in _partitioned(self.module)):
+            raise RuntimeError("the weights are partitioned (ZeRO-3): snapshot inside "
+                               "`with actor.gathered():` on every process")
         copied = copy.copy(self.actor)
         copied.model = copy.deepcopy(self._plain_model())
         copied.value_head = copy.deepcopy(self.actor.value_head)

@@ -28,6 +28,7 @@ ranks share ``out`` (one host, or a shared file system).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -302,12 +303,20 @@ class Learner:
             self._writer.flush()
         if not stats["learned"]:
             return  # same weights as before: nothing to publish or checkpoint yet
-        if self.rank == 0 and self.on_publish is not None and v % self.cfg.publish.every == 0:
-            self.on_publish(self.snapshot(), v)
+        if v % self.cfg.publish.every == 0:
+            self._publish(v)
         if v % self.cfg.checkpoint_every == 0:
             self.save_checkpoint()
             if self.rank == 0:
                 plot_curves(self.log, self.cfg.out / "learner_curves.png")
+
+    def _publish(self, version: int) -> None:
+        """Rank 0 hands a snapshot to ``on_publish``; with --publish.enabled every process
+        takes part (ZeRO-3 gathers the weights for it)."""
+        gather = self.cfg.publish.enabled and self.world > 1
+        with self.actor.gathered() if gather else contextlib.nullcontext():
+            if self.rank == 0 and self.on_publish is not None:
+                self.on_publish(self.snapshot(), version)
 
     def snapshot(self) -> TorchActor:
         """A copy of the current weights as an actor (safe to keep while training goes on):
@@ -329,8 +338,10 @@ def main(cfg: LearnerConfig, on_publish: Callable[[TorchActor, int], None] | Non
         on_publish = ActorPublisher(publisher, cfg.store_root, cfg.publish.tasks).publish
 
     learner = Learner(cfg, on_publish=on_publish)
-    if publisher is not None and publisher.fleet.latest_version() is None:
-        on_publish(learner.snapshot(), learner.version)  # the fleet starts from the init
+    if cfg.publish.enabled:  # the fleet starts from the init (every rank: ZeRO-3 gathers)
+        with learner.actor.gathered():
+            if publisher is not None and publisher.fleet.latest_version() is None:
+                on_publish(learner.snapshot(), learner.version)
     on_stop_signals(learner.stop)
     try:
         return learner.run()

@@ -133,6 +133,34 @@ def test_lora_trains_the_adapters_and_the_value_head_only(tmp_path, init):
     np.testing.assert_allclose(episode_logps(saved, tmp_path), after, atol=1e-3)
 
 
+def test_published_versions_reach_the_robot_as_onnx_that_acts_as_the_learner(tmp_path, init):
+    """The publish hook exports the learner's transformers actor (ONNX, INT8-stored weights),
+    signs and uploads it; the robot's OnnxPolicy loads it and picks the learner's tokens."""
+    from vlac.cloud.actor.export import ActorPublisher
+    from vlac.cloud.fleet.publisher import Publisher, PublisherConfig, artifact_keys
+    from vlac.edge.runtime import OnnxPolicy
+
+    fill_store(tmp_path, demo=True)
+    pub = Publisher(PublisherConfig(fleet_dir=tmp_path / "fleet",
+                                    object_store=str(tmp_path / "objects"), precision="fp32",
+                                    signing_key=tmp_path / "keys" / "publisher.ed25519"))
+    hook = ActorPublisher(pub, tmp_path / "store", ["button-v3"])
+    learner = Learner(config(tmp_path, init), on_publish=hook.publish)
+    learner.run()
+    assert pub.fleet.latest_version() == 1
+    local = tmp_path / "robot" / "actor.onnx"
+    pub.store.get_file(artifact_keys(1, "fp32")[0], local)
+    policy = OnnxPolicy(local)
+    assert policy.version == 1 and policy.meta["tasks"] == [TASK]
+    snap = learner.snapshot()
+    s = EpisodeStore(tmp_path / "store").load_episode("robot-0", "ep-0").steps
+    for t in range(3):
+        image, proprio = s.images["corner"][t], s.proprio[t]
+        _, tokens, logp, _ = snap.act(image, proprio, TASK, greedy=True)
+        got, logps, _ = policy.run(image, proprio, TASK, greedy=True)
+        assert got.tolist() == tokens.tolist() and abs(float(logps.sum()) - logp) < 1e-3
+
+
 RANK_SCRIPT = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
@@ -189,7 +217,6 @@ def test_what_a_transformers_actor_cannot_do_yet_is_refused(tmp_path, init):
         with pytest.raises(ConfigError, match=match):
             config(tmp_path, init, **kw)
 
-    refused("no edge export yet", publish=PublishConfig(enabled=True))
     refused("LoRA adapters are merged", zero_stage=3, actor={"lora_rank": 4})
     with pytest.raises(ConfigError, match="ZeRO-3 serves --actor"):
         LearnerConfig(zero_stage=3)
