@@ -47,6 +47,10 @@ class HFPrompt:
         self.length = int(spec["length"])
         self.pad_id = int(spec["pad_id"])
         self.tokenizer = Tokenizer.from_str(spec["tokenizer"])
+        # a tokenizer.json keeps the padding/truncation its last user set; the graph's
+        # padding is ours (on the left, to ``length``), and a long prompt must fail loudly
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
         img = spec["image"]
         self.size = (int(img["width"]), int(img["height"]))
         self.resample = int(img["resample"])

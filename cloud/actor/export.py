@@ -83,7 +83,9 @@ class ActorHead(nn.Module):
 
 @dataclass
 class ActorExportConfig:
-    actor: Path = opt(Path(".cache/actor/actor.pt"), "Actor checkpoint to export.")
+    actor: Path = opt(Path(".cache/actor/actor.pt"), "Actor checkpoint to export: the small "
+                      "actor's .pt, or a transformers actor's checkpoint folder (the "
+                      "learner's --actor.type hf saves one; cloud/actor/hf_export.py).")
     out: Path = opt(Path(".cache/actor/export"), "Folder for the .onnx files and metadata.")
     store_root: Path | str = opt(Path(".cache/store"), "Episode store: calibration frames "
                                  "(a folder or s3://BUCKET/PREFIX?endpoint=URL).")
@@ -98,9 +100,18 @@ class ActorExportConfig:
                           "closer tokens to torch, slower graph). An INT8-encoder actor "
                           "fixed this at pretraining (`vlac actor pretrain --fp32-convs`).")
 
+    low: list[float] = opt([-1.0] * 4, "Transformers actor: the action box's lower bounds.")
+    high: list[float] = opt([1.0] * 4, "Transformers actor: the action box's upper bounds.")
+    proprio_dim: int = opt(4, "Transformers actor: values of proprioception in the prompt.")
+    camera: str = opt("corner", "Transformers actor: the camera it sees.")
+    prompt_length: int = opt(0, "Transformers actor: the graph's fixed prompt length in "
+                             "tokens (0: the longest calibration prompt's plus 16).")
+
     def __post_init__(self) -> None:
         self.actor, self.out = Path(self.actor), Path(self.out)
         self.store_root = store_location(self.store_root)
+        check(len(self.low) == len(self.high), "low", "one lower bound per upper bound")
+        check(self.prompt_length >= 0, "prompt_length", "must be >= 0 (0: automatic)")
         check(self.actor.exists(), "actor", f"{self.actor} does not exist; run `vlac actor "
               "pretrain` first")
         check(self.calibration_frames >= 8, "calibration_frames", "use at least 8")
@@ -366,8 +377,29 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def export_transformers(cfg: ActorExportConfig) -> dict:
+    """``vlac actor export`` of a transformers actor's checkpoint folder."""
+    from vlac.cloud.actor.hf_export import export_hf_actor, prompt_samples
+    from vlac.cloud.models.hf_actor import TransformersActor
+
+    actor = TransformersActor(cfg.actor, cfg.low, cfg.high, camera=cfg.camera,
+                              version=cfg.version, proprio_dim=cfg.proprio_dim,
+                              images_kwargs={"crop_to_patches": False})
+    samples = prompt_samples(actor, cfg.store_root, cfg.tasks, min(cfg.calibration_frames, 16))
+    paths = export_hf_actor(actor, cfg.out, samples, version=cfg.version,
+                            length=cfg.prompt_length)
+    result = {k: str(v) for k, v in paths.items()}
+    for k, v in paths.items():
+        result[f"{k}_bytes"], result[f"{k}_sha256"] = os.path.getsize(v), sha256(v)
+    print(f"exported {paths['fp32']} ({result['fp32_bytes'] / 1e6:.1f} MB) and "
+          f"{paths['int8']} ({result['int8_bytes'] / 1e6:.1f} MB)", flush=True)
+    return result
+
+
 def main(cfg: ActorExportConfig) -> dict:
     print(describe(cfg), flush=True)
+    if cfg.actor.is_dir():
+        return export_transformers(cfg)
     actor = TorchActor.load(cfg.actor, image_encoder=ImageEncoder())
     actor.version = cfg.version
     sentences = sorted({s for t in cfg.tasks for s in task_text.instructions(t)})

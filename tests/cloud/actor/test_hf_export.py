@@ -59,6 +59,13 @@ def test_the_robots_prompt_is_the_processors(exported):
     assert ids.shape == mask.shape == (1, prompt.length) and not mask[0, :-n].any()
     assert ids[0, -n:].tolist() == enc["input_ids"][0].tolist()
     np.testing.assert_allclose(prompt.pixels(image), enc["pixel_values"].numpy(), atol=1e-5)
+    # a tokenizer.json saved while padding was on (the processor leaves it so) pads nothing
+    from tokenizers import Tokenizer
+
+    padded = Tokenizer.from_str(prompt.spec["tokenizer"])
+    padded.enable_padding(length=300)
+    again = HFPrompt(dict(prompt.spec, tokenizer=padded.to_str())).token_ids(task, proprio)
+    assert [x.tolist() for x in again] == [ids.tolist(), mask.tolist()]
     with pytest.raises(PromptTooLong, match="re-export with a longer"):
         prompt.token_ids(" ".join(["press the button"] * 40), proprio)
     with pytest.raises(ValueError, match="proprio must be 4 finite numbers"):
@@ -99,3 +106,20 @@ def test_int8_weights_are_smaller_and_mostly_agree(exported):
         agree.append(np.mean(a == b))
         gaps.append(float(np.abs(la - lb).max()))
     assert np.mean(agree) >= 0.75 and np.median(gaps) < 0.5, (agree, gaps)
+
+
+def test_cli_exports_a_checkpoint_folder(exported, tmp_path):
+    from tests.cloud.test_learner import make_steps
+    from vlac.cloud.store.episodes import EpisodeStore
+    from vlac.infra.cli import main as cli
+
+    actor, _ = exported
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    store.write_episode("operator", "demo-0", TASKS[0], make_steps(5), True, source="demo",
+                        task_id="button-v3")
+    assert cli(["actor", "export", "--actor", str(actor.path), "--store-root",
+                str(tmp_path / "store"), "--tasks", "button-v3", "--out", str(tmp_path / "x"),
+                "--version", "7", "--prompt-length", "160"]) == 0
+    policy = OnnxPolicy(tmp_path / "x" / "actor_int8.onnx")
+    assert policy.version == 7 and policy.prompt.length == 160
+    assert policy.meta["tasks"] == [TASKS[0]] and policy.meta["precision"] == "int8"
