@@ -110,6 +110,12 @@ def test_ppo_moves_the_transformers_actor_toward_the_success_and_saves_a_folder(
     snap = learner.snapshot()
     assert isinstance(snap, TransformersActor) and snap.version == 1
     np.testing.assert_allclose(episode_logps(HFPolicy(snap), tmp_path), after, atol=1e-4)
+    # a fresh output folder resumes from the object store: version, weights, optimizer
+    again = Learner(config(tmp_path, init, out=tmp_path / "out2"))
+    assert again.version == 1 and again.consumed == learner.consumed
+    assert len(again.algorithm.engine.optimizer.state) > 0
+    torch.testing.assert_close(again.algorithm.policy.state_dict(),
+                               learner.algorithm.policy.state_dict())
 
 
 def test_lora_trains_the_adapters_and_the_value_head_only(tmp_path, init):
