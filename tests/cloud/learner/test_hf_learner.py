@@ -167,25 +167,48 @@ def test_published_versions_reach_the_robot_as_onnx_that_acts_as_the_learner(tmp
         assert got.tolist() == tokens.tolist() and abs(float(logps.sum()) - logp) < 1e-3
 
 
+def test_behaviour_cloning_on_a_demonstrations_frames_and_sentence(tmp_path, init):
+    """BC alone (the one fleet episode has no group to be compared with): the demo's tokens
+    become more likely."""
+    store = EpisodeStore(tmp_path / "store", fsync=False)
+    store.write_episode("robot-0", "ep-0", TASK, make_steps(4, seed=0), True, task_id="b")
+    demo = make_steps(5, seed=9)
+    store.write_episode("operator", "demo-0", TASK, demo, True, source="demo", task_id="b")
+
+    def demo_logp(policy):
+        with torch.no_grad():
+            return float(policy.action_logprobs(
+                [TASK] * 5, torch.from_numpy(demo.images["corner"]),
+                torch.from_numpy(demo.proprio),
+                torch.from_numpy(demo.action_tokens.astype(np.int64)))[0].sum())
+
+    learner = Learner(config(tmp_path, init, bc={"coef": 1.0, "steps": 5, "lr": 3e-3}))
+    before = demo_logp(learner.algorithm.policy)
+    stats = learner.update(learner.poll(), learner.demo_episodes())
+    assert stats["bc_samples"] == 5 and stats["ppo_samples"] == 4 and stats["learned"]
+    assert demo_logp(learner.algorithm.policy) > before + 1.0
+
+
 RANK_SCRIPT = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
     root, repo, init, stage = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     sys.path.insert(0, repo)
-    from tests.cloud.learner.test_hf_learner import config
+    from tests.cloud.learner.test_hf_learner import config, episode_logps, loaded
     from vlac.cloud.learner.process import Learner
 
-    learner = Learner(config(root, init, zero_stage=stage, max_updates=1,
-                             bc={"coef": 0.1, "batch_size": 4}))
+    before = episode_logps(loaded(init), root)
+    learner = Learner(config(root, init, zero_stage=stage, max_updates=1))
     assert learner.world == 2, learner.world
     partitioned = [hasattr(p, "ds_id") for p in learner.algorithm.policy.parameters()]
     assert all(partitioned) if stage == 3 else not any(partitioned), partitioned
     summary = learner.run()
     assert summary["version"] == 1, summary
-    log = learner.log[0]  # behaviour cloning on the demo's frames and sentence ran too
-    assert log["bc_samples"] == 5 and log["bc_loss"] == log["bc_loss"], log
     with learner.actor.gathered():  # ZeRO-3: every rank gathers the partitioned weights
         state = {k: v.detach().clone() for k, v in learner.algorithm.policy.state_dict().items()}
+        after = episode_logps(learner.algorithm.policy, root)
+    # toward the reward: the success's tokens more likely, the failure's less
+    assert after[0] > before[0] and after[1] < before[1], (before, after)
     torch.save(state, root / f"rank{learner.rank}.pt")
     learner.close()
 """)
