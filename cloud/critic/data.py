@@ -102,8 +102,10 @@ def done_from(t: int, tail: float = 0.05) -> int:
 
 
 class PairSampler:
-    def __init__(self, episodes: list[EpisodeFeatures], text: TextEncoder,
+    def __init__(self, episodes: list[EpisodeFeatures], text: TextEncoder | None,
                  mix: PairMix | None = None, seed: int = 0) -> None:
+        """``text`` None: rows only (``sample_rows``), for a critic that reads the sentence
+        itself."""
         self.mix = mix or PairMix()
         self.rng = random.Random(seed)
         self.success = [e for e in episodes if e.success and len(e) >= 2]
@@ -118,7 +120,8 @@ class PairSampler:
         self.sentences = {t: task_text.instructions(t) for t in self.task_ids}
         all_sentences = sorted({s for v in self.sentences.values() for s in v}
                                | {e.sentence for e in episodes})
-        self.text_emb = dict(zip(all_sentences, text.encode(all_sentences), strict=True))
+        self.text_emb = {} if text is None else dict(
+            zip(all_sentences, text.encode(all_sentences), strict=True))
 
     def _sentence(self, task_id: str) -> str:
         return self.rng.choice(self.sentences[task_id])
@@ -132,6 +135,10 @@ class PairSampler:
         return self.rng.choice(pool).reference() if pool else None
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
+        return self._collate(self.sample_rows(n))
+
+    def sample_rows(self, n: int) -> list[tuple]:
+        """``n`` pairs as (episode, i, j, sentence, delta, done, progress known)."""
         m = self.mix
         rows = []
         for _ in range(n):
@@ -162,7 +169,7 @@ class PairSampler:
             delta = (j - i) / (t - 1)
             done = int(j >= done_from(t, m.done_tail))
             rows.append((ep, i, j, self._sentence(ep.task_id), delta, done, 1))
-        return self._collate(rows)
+        return rows
 
     def _collate(self, rows) -> dict[str, torch.Tensor]:
         refs, ref_pos, ref_mask = [], [], []

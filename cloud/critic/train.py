@@ -1,4 +1,6 @@
-"""`vlac critic train`: the small VLAC critic on pairs from stored demonstrations.
+"""`vlac critic train`: the small VLAC critic on pairs from stored demonstrations (or, with
+``--backend transformers``, a transformers checkpoint fine-tuned on the same pairs and losses:
+``critic.hf_train``).
 
 Runs on the DeepSpeed engine wrapper the learner shares (``vlac.cloud.models.engine``), checkpoints
 every ``checkpoint_every`` steps and resumes from the latest checkpoint in ``out``, shows
@@ -12,6 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,6 +24,7 @@ from vlac.cloud.critic.data import PairSampler, load_episodes, split_holdout
 from vlac.cloud.critic.model import SmallVLACCritic, write_json
 from vlac.cloud.models import engine as eng
 from vlac.cloud.models.encoders import FeatureCache, TextEncoder
+from vlac.cloud.models.lora import LORA_TARGETS
 from vlac.cloud.models.vlac import SmallVLAC, VLACConfig, cosine_lr, critic_loss, param_count
 from vlac.cloud.store.location import open_episode_store, store_location
 from vlac.shared.config import check, describe, opt
@@ -34,6 +38,18 @@ UNSEEN_TASKS = ["button-press-topdown-v3", "window-close-v3", "coffee-button-v3"
 
 @dataclass
 class CriticTrainConfig:
+    backend: Literal["small", "transformers"] = opt(
+        "small", "small: train the small VLAC critic from scratch (writes critic.pt); "
+        "transformers: fine-tune the checkpoint folder --init (prepared by "
+        "hf_critic.prepare_checkpoint; writes the folder OUT/critic).")
+    init: Path | None = opt(None, "transformers: the checkpoint folder to fine-tune.")
+    lora_rank: int = opt(0, "transformers: LoRA adapters of this rank (peft), the rest "
+                         "frozen (0: every weight trains).")
+    lora_alpha: float = opt(16.0, "transformers: LoRA's scale numerator.")
+    lora_targets: list[str] = opt(list(LORA_TARGETS),
+                                  "transformers: the module names LoRA adapts.")
+    dtype: Literal["float32", "bfloat16"] = opt("float32", "transformers: the weights' type.")
+    image_tiles: bool = opt(False, "transformers: let InternVL's processor tile frames.")
     store_root: Path | str = opt(Path(".cache/store"), "Episode store with demonstrations "
                                  "(a folder or s3://BUCKET/PREFIX?endpoint=URL).")
     out: Path = opt(Path(".cache/critic"), "Output folder: checkpoints, critic.pt, logs.")
@@ -60,6 +76,15 @@ class CriticTrainConfig:
         check(0 <= self.zero_stage <= 3, "zero_stage", "use 0, 1, 2 or 3")
         check(self.holdout >= 0, "holdout", "must be >= 0")
         check(len(self.tasks) >= 1, "tasks", "name at least one task id")
+        check(self.backend in ("small", "transformers"), "backend", "use small or transformers")
+        if self.init is not None:
+            self.init = Path(self.init)
+        check(self.backend == "small" or (self.init is not None and self.init.is_dir()),
+              "init", f"--backend transformers fine-tunes a checkpoint folder: {self.init} "
+              "is not one (make it with hf_critic.prepare_checkpoint)")
+        check(self.lora_rank >= 0, "lora_rank", "must be >= 0 (0: no LoRA)")
+        check(self.lora_rank == 0 or self.backend == "transformers", "lora_rank",
+              "LoRA adapts a transformers critic only (--backend transformers)")
 
 
 def main(cfg: CriticTrainConfig) -> dict:
@@ -70,6 +95,10 @@ def main(cfg: CriticTrainConfig) -> dict:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     store = open_episode_store(cfg.store_root, read_only=True)
+    if cfg.backend == "transformers":
+        from vlac.cloud.critic.hf_train import train_transformers
+
+        return train_transformers(cfg, store)
     cache = FeatureCache(cfg.features)
     episodes = load_episodes(store, cache, cfg.tasks, cfg.camera,
                              progress=lambda x: tqdm(x, desc="image features", unit="ep"))

@@ -29,10 +29,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from vlac.cloud.models.lora import LORA_TARGETS
 from vlac.shared.config import check, opt
 
 ActorType = Literal["small", "hf"]
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # attention of Qwen2/InternLM/Llama
 
 
 @dataclass

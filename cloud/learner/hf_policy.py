@@ -89,16 +89,14 @@ class HFLearnerActor(LearnerActor):
         self.module = HFPolicy(self.actor)
 
     def _with_lora(self, cfg: ActorConfig):
-        from peft import LoraConfig, get_peft_model
+        from vlac.cloud.models.lora import with_lora
 
-        try:
-            peft_model = get_peft_model(self.actor.model, LoraConfig(
-                r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                target_modules=list(cfg.lora_targets)))
-        except ValueError as e:  # no module matched the targets
-            raise ConfigError(f"config field `actor.lora_targets`: {e}") from e
-        # the adapters are injected into actor.model in place; the value head trains too
-        self.actor.value_head.requires_grad_(True)
+        try:  # injected into actor.model in place, with the action tokens' rows
+            peft_model = with_lora(self.actor.model, cfg.lora_rank, cfg.lora_alpha,
+                                   cfg.lora_targets, self.actor.action_ids.tolist())
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("`lora_targets`", "`actor.lora_targets`")) from e
+        self.actor.value_head.requires_grad_(True)  # the value head trains too
         return peft_model
 
     camera = property(lambda self: self.actor.camera,
@@ -127,7 +125,9 @@ class HFLearnerActor(LearnerActor):
         """The model to save: the adapters merged into a copy, or the model itself."""
         if self.peft is None:
             return self.actor.model
-        return copy.deepcopy(self.peft).merge_and_unload()
+        from vlac.cloud.models.lora import merged
+
+        return merged(self.peft)
 
     def save(self, path: Path) -> None:
         self.actor.save(path, model=self._plain_model())

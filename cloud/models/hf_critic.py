@@ -382,6 +382,29 @@ class TransformersCritic(PairScoring):
         return self.processor(text=texts, images=images, return_tensors="pt", padding=True,
                               padding_side="left", add_special_tokens=False, **kw)
 
+    # ------------------------------------------------------------------ training
+    def pair_logits(self, tasks: list[str], obs_a: np.ndarray, obs_b: np.ndarray,
+                    progress_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced, with gradients, in one pass over prompt + the given progress token:
+        the progress logits (B, 201) at the answer's first position and the done logits
+        (B, 2) after ``progress_tokens`` (B,), float32 (what ``vlac critic train --backend
+        transformers`` fits)."""
+        inputs = model_inputs(self.build_inputs(tasks, obs_a, obs_b), self._accepts,
+                              self.device, self.dtype)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        nxt = self.progress_ids[progress_tokens.long().to(self.device)][:, None]
+        step = {k: (torch.cat([v, v[:, -1:]], 1)
+                    if v.ndim == 2 and v.shape == ids.shape and k != "input_ids" else v)
+                for k, v in inputs.items()}
+        mask2 = torch.cat([mask, torch.ones_like(nxt)], 1)
+        step.update(input_ids=torch.cat([ids, nxt], 1), attention_mask=mask2, use_cache=False)
+        if self._positions:
+            step["position_ids"] = position_ids(mask2)
+        if "logits_to_keep" in self._accepts:
+            step["logits_to_keep"] = 2
+        logits = self.model(**step).logits[:, -2:].float()
+        return logits[:, 0][:, self.progress_ids], logits[:, 1][:, self.done_ids]
+
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
     def _score(self, enc) -> CriticOutput:

@@ -313,6 +313,15 @@ def critic_loss(model, batch: dict[str, torch.Tensor], bin_values: torch.Tensor 
     target_tok = delta_to_token(batch["delta"])
     p_logits, d_logits = model(batch["text"], batch["feat_a"], batch["feat_b"], target_tok,
                                batch.get("ref"), batch.get("ref_pos"), batch.get("ref_mask"))
+    return critic_loss_of_logits(p_logits, d_logits, batch, bin_values, done_weight)
+
+
+def critic_loss_of_logits(p_logits: torch.Tensor, d_logits: torch.Tensor,
+                          batch: dict[str, torch.Tensor], bin_values: torch.Tensor,
+                          done_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+    """``critic_loss`` from any critic's progress logits (B, 201) and done logits (B, 2),
+    the done logits teacher-forced on the target progress token (the small critic's and a
+    transformers critic's alike)."""
     logp = F.log_softmax(p_logits, -1)
     p_loss_each = -(soft_progress_targets(batch["delta"]) * logp).sum(-1)
     m = batch["progress_mask"].float()

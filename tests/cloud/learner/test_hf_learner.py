@@ -125,7 +125,10 @@ def test_lora_trains_the_adapters_and_the_value_head_only(tmp_path, init):
     learner = Learner(config(tmp_path, init, actor={"lora_rank": 4}, lr=3e-2))
     policy = learner.algorithm.policy
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or n.startswith("value_head") for n in trainable)
+    # the adapters, the action tokens' rows (cloud.models.lora) and the value head
+    assert trainable and all("lora_" in n or "trainable_tokens" in n or
+                             n.startswith("value_head") for n in trainable)
+    assert any("trainable_tokens" in n for n in trainable)
     base = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
     assert learner.update(learner.poll())["learned"]
     for n, p in policy.named_parameters():
