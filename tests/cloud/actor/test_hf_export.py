@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cloud.models.test_hf_critic import NO_TILES, raw_and_prepared
+from tests.cloud.models.test_hf_critic import NO_TILES
 from vlac.cloud.actor.hf_export import export_hf_actor
-from vlac.cloud.models.hf_actor import TransformersActor, prepare_actor_checkpoint
+from vlac.cloud.models.hf_actor import TransformersActor
+from vlac.cloud.models.tiny import tiny_internvl_actor
 from vlac.edge.robots.robot import Observation
 from vlac.edge.runtime import OnnxPolicy
 from vlac.shared.hf_prompt import HFPrompt, PromptTooLong
@@ -23,18 +24,8 @@ TASKS = ["press the button", "open the drawer on the left"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf_export")
-    model, _, n_tok = raw_and_prepared(root, prepare_actor_checkpoint)
-    gen = torch.Generator().manual_seed(2)  # as a fine-tuned actor: varied, input-dependent
-    with torch.no_grad():
-        model.get_input_embeddings().weight[n_tok:].normal_(0, 0.02, generator=gen)
-        model.get_output_embeddings().weight[n_tok:].normal_(0, 0.5, generator=gen)
-        for name, w in model.model.language_model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                w.mul_(10)
-    model.save_pretrained(root / "ready")
-    actor = TransformersActor(root / "ready", images_kwargs=NO_TILES, version=3)
-    torch.manual_seed(1)
-    torch.nn.init.normal_(actor.value_head.weight)
+    actor = TransformersActor(tiny_internvl_actor(root / "ready"), images_kwargs=NO_TILES,
+                              version=3)
     samples = [(*obs(i), TASKS[i % 2]) for i in range(4)]
     paths = export_hf_actor(actor, root / "export", samples, version=3)
     return actor, paths
