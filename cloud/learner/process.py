@@ -313,7 +313,7 @@ class Learner:
     def _publish(self, version: int) -> None:
         """Rank 0 hands a snapshot to ``on_publish``; with --publish.enabled every process
         takes part (ZeRO-3 gathers the weights for it)."""
-        gather = self.cfg.publish.enabled and self.world > 1
+        gather = self.cfg.publish.enabled  # gathered() costs nothing unless ZeRO-3
         with self.actor.gathered() if gather else contextlib.nullcontext():
             if self.rank == 0 and self.on_publish is not None:
                 self.on_publish(self.snapshot(), version)
