@@ -32,7 +32,7 @@ from vlac.cloud.critic.data import PairMix, PairSampler, split_holdout
 from vlac.cloud.critic.model import write_json
 from vlac.cloud.models import engine as eng
 from vlac.cloud.models.lora import merged, with_lora
-from vlac.cloud.models.vlac import cosine_lr, critic_loss_of_logits, delta_to_token
+from vlac.cloud.models.vlac import critic_loss_of_logits, delta_to_token
 
 
 @dataclass
@@ -76,6 +76,7 @@ def batch_of(rows: list[tuple]) -> tuple[list[str], np.ndarray, np.ndarray, dict
 
 def train_transformers(cfg, store) -> dict:
     """The training run of ``critic.train.main`` for ``--backend transformers``."""
+    from vlac.cloud.critic.train import resume, train_steps
     from vlac.cloud.models.hf_critic import TransformersCritic
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -94,33 +95,21 @@ def train_transformers(cfg, store) -> dict:
     sampler = PairSampler(train_eps, None, PairMix(with_reference=0.0), seed=cfg.seed)
     engine = eng.make_engine(critic.model, lr=cfg.lr, zero_stage=cfg.zero_stage,
                              micro_batch=cfg.batch_size)
-    ckpt_dir = cfg.out / "checkpoints"
-    client = eng.load(engine, ckpt_dir)
-    start = int(client["step"]) if client else 0
-    log = client.get("log", []) if client else []
+    start, log = resume(engine, cfg, sampler)
     trainable = sum(p.numel() for p in critic.model.parameters() if p.requires_grad)
     print(f"{len(train_eps)} training episodes ({sum(map(len, train_eps))} frames), "
           f"{len(held)} held out; {trainable / 1e6:.2f} M trainable params"
           f"{' (LoRA)' if peft else ''}; "
           f"{'resuming at step ' + str(start) if start else 'starting fresh'}", flush=True)
-    sampler.rng.seed(cfg.seed * 1_000_003 + start)
-    t0, stats = time.monotonic(), {}
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="critic",
-               mininterval=5)
-    engine.train()
-    for step in bar:
-        eng.set_lr(engine, cosine_lr(step, cfg.steps, cfg.lr, warmup=min(100, cfg.steps // 10)))
+    t0 = time.monotonic()
+
+    def batch_loss():
         tasks, a, b, targets = batch_of(sampler.sample_rows(cfg.batch_size))
         p_logits, d_logits = critic.pair_logits(tasks, a, b, delta_to_token(targets["delta"]))
-        loss, stats = critic_loss_of_logits(p_logits, d_logits, targets,
-                                            critic.bin_values.float())
-        engine.backward(loss)
-        engine.step()
-        if step % 10 == 0 or step == cfg.steps - 1:
-            log.append({"step": step, **stats})
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", mae=f"{stats['delta_mae']:.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
-            eng.save(engine, ckpt_dir, step + 1, {"log": log})
+        return critic_loss_of_logits(p_logits, d_logits, targets, critic.bin_values.float())
+
+    stats = train_steps(engine, cfg, start, log, batch_loss, log_every=10,
+                        warmup=min(100, cfg.steps // 10))
     model = merged(peft) if peft is not None else critic.model
     out = cfg.out / "critic"
     model.save_pretrained(out)

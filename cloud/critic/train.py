@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -112,30 +113,17 @@ def main(cfg: CriticTrainConfig) -> dict:
     model = SmallVLAC(VLACConfig(d_model=cfg.d_model, layers=cfg.layers))
     engine = eng.make_engine(model, lr=cfg.lr, zero_stage=cfg.zero_stage,
                              micro_batch=cfg.batch_size)
-    ckpt_dir = cfg.out / "checkpoints"
-    client = eng.load(engine, ckpt_dir)
-    start = int(client["step"]) if client else 0
-    log = client.get("log", []) if client else []
+    start, log = resume(engine, cfg, sampler)
     print(f"{len(train_eps)} training episodes ({sum(map(len, train_eps))} frames), "
           f"{len(held)} held out; model {param_count(model) / 1e6:.2f} M trainable params; "
           f"{'resuming at step ' + str(start) if start else 'starting fresh'}", flush=True)
-    sampler.rng.seed(cfg.seed * 1_000_003 + start)  # a resumed run does not replay batches
     t0 = time.monotonic()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="critic",
-               mininterval=5)
-    stats: dict[str, float] = {}
-    engine.train()
-    for step in bar:
-        eng.set_lr(engine, cosine_lr(step, cfg.steps, cfg.lr))
-        batch = sampler.sample(cfg.batch_size)
-        loss, stats = critic_loss(engine, batch, bin_values=engine.module.bin_values)
-        engine.backward(loss)
-        engine.step()
-        if step % 50 == 0 or step == cfg.steps - 1:
-            log.append({"step": step, **stats})
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", mae=f"{stats['delta_mae']:.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
-            eng.save(engine, ckpt_dir, step + 1, {"log": log})
+
+    def batch_loss():
+        return critic_loss(engine, sampler.sample(cfg.batch_size),
+                           bin_values=engine.module.bin_values)
+
+    stats = train_steps(engine, cfg, start, log, batch_loss, log_every=50)
     critic = SmallVLACCritic(engine.module.eval())
     critic.save(cfg.out / "critic.pt")
     summary = {"steps": cfg.steps, "seconds": time.monotonic() - t0, "final": stats,
@@ -145,6 +133,39 @@ def main(cfg: CriticTrainConfig) -> dict:
     _plot(log, cfg.out / "train_loss.png")
     print(f"critic saved to {cfg.out / 'critic.pt'}", flush=True)
     return summary
+
+
+def resume(engine, cfg: CriticTrainConfig, sampler: PairSampler) -> tuple[int, list[dict]]:
+    """The step and log of the latest checkpoint in ``out/checkpoints`` (loaded into
+    ``engine``; 0 and [] for a fresh run); the sampler is reseeded so that a resumed run does
+    not replay batches."""
+    client = eng.load(engine, cfg.out / "checkpoints")
+    start = int(client["step"]) if client else 0
+    sampler.rng.seed(cfg.seed * 1_000_003 + start)
+    return start, client.get("log", []) if client else []
+
+
+def train_steps(engine, cfg: CriticTrainConfig, start: int, log: list[dict],
+                batch_loss: Callable[[], tuple[torch.Tensor, dict[str, float]]], *,
+                log_every: int, warmup: int = 100) -> dict[str, float]:
+    """Steps ``start`` .. ``cfg.steps`` of ``batch_loss()`` at the cosine learning rate, with
+    a progress bar, a log row every ``log_every`` steps and a checkpoint every
+    ``checkpoint_every``. Returns the last step's metrics."""
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="critic",
+               mininterval=5)
+    stats: dict[str, float] = {}
+    engine.train()
+    for step in bar:
+        eng.set_lr(engine, cosine_lr(step, cfg.steps, cfg.lr, warmup=warmup))
+        loss, stats = batch_loss()
+        engine.backward(loss)
+        engine.step()
+        if step % log_every == 0 or step == cfg.steps - 1:
+            log.append({"step": step, **stats})
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", mae=f"{stats['delta_mae']:.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
+            eng.save(engine, cfg.out / "checkpoints", step + 1, {"log": log})
+    return stats
 
 
 def _plot(log: list[dict], path: Path) -> None:
