@@ -355,7 +355,6 @@ class ActorPublisher:
                                     (precision,))[precision]
             return self.publisher.upload(path, version, meta=dict(meta, precision=precision))
 
-
     def _publish_transformers(self, actor, version: int, precision: str):
         from vlac.cloud.actor.hf_export import export_hf_actor, prompt_samples
 

@@ -91,11 +91,10 @@ class HFLearnerActor(LearnerActor):
     def _with_lora(self, cfg: ActorConfig):
         from vlac.cloud.models.lora import with_lora
 
-        try:  # injected into actor.model in place, with the action tokens' rows
-            peft_model = with_lora(self.actor.model, cfg.lora_rank, cfg.lora_alpha,
-                                   cfg.lora_targets, self.actor.action_ids.tolist())
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("`lora_targets`", "`actor.lora_targets`")) from e
+        # injected into actor.model in place, with the action tokens' rows
+        peft_model = with_lora(self.actor.model, cfg.lora_rank, cfg.lora_alpha,
+                               cfg.lora_targets, self.actor.action_ids.tolist(),
+                               field="actor.lora_targets")
         self.actor.value_head.requires_grad_(True)  # the value head trains too
         return peft_model
 
@@ -121,13 +120,14 @@ class HFLearnerActor(LearnerActor):
         with deepspeed.zero.GatheredParameters(parts, modifier_rank=None):
             yield
 
-    def _plain_model(self):
-        """The model to save: the adapters merged into a copy, or the model itself."""
+    def _plain_model(self, *, own: bool = False):
+        """The model without adapters: merged into a copy, or the model itself (a copy of it
+        with ``own``, for a caller that keeps it while training goes on)."""
         if self.peft is None:
-            return self.actor.model
+            return copy.deepcopy(self.actor.model) if own else self.actor.model
         from vlac.cloud.models.lora import merged
 
-        return merged(self.peft)
+        return merged(self.peft)  # already a copy
 
     def save(self, path: Path) -> None:
         self.actor.save(path, model=self._plain_model())
@@ -139,7 +139,7 @@ class HFLearnerActor(LearnerActor):
             raise RuntimeError("the weights are partitioned (ZeRO-3): snapshot inside "
                                "`with actor.gathered():` on every process")
         copied = copy.copy(self.actor)
-        copied.model = copy.deepcopy(self._plain_model())
+        copied.model = self._plain_model(own=True)
         copied.value_head = copy.deepcopy(self.actor.value_head)
         copied.version = version
         return copied

@@ -17,10 +17,12 @@ from vlac.shared.config import ConfigError
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # attention of Qwen2/InternLM/Llama
 
 
-def with_lora(model, rank: int, alpha: float, targets: list[str], token_ids: list[int]):
+def with_lora(model, rank: int, alpha: float, targets: list[str], token_ids: list[int], *,
+              field: str = "lora_targets"):
     """``model`` with adapters of ``rank`` injected in place into the modules named
     ``targets``, and the rows ``token_ids`` of its input embeddings and LM head trainable;
-    returns the ``PeftModel`` (keep it for ``merged``)."""
+    returns the ``PeftModel`` (keep it for ``merged``). ``field``: the config field that
+    named ``targets``, for the error when none matches."""
     from peft import LoraConfig, get_peft_model
 
     emb = _module_name(model, model.get_input_embeddings())
@@ -33,7 +35,7 @@ def with_lora(model, rank: int, alpha: float, targets: list[str], token_ids: lis
             r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets),
             trainable_token_indices=tokens))
     except ValueError as e:  # no module matched the targets
-        raise ConfigError(f"config field `lora_targets`: {e}") from e
+        raise ConfigError(f"config field `{field}`: {e}") from e
 
 
 def merged(peft_model):
