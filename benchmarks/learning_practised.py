@@ -45,7 +45,8 @@ def practised_rows(actor_path: Path, variant: str, seed: int, tasks: list[str], 
             with MetaWorldRobot(cfg) as robot:
                 for i in range(layouts):
                     actor.rng = np.random.default_rng([7, seed, ti, i])
-                    policy = ActorPolicy(actor, temperature, greedy=mode == "greedy")
+                    policy = ActorPolicy(actor, temperature, greedy=mode == "greedy",
+                                         mean=mode == "mean")
                     res = run_episode(robot, policy, lambda _: Collect(keep=False))
                     rows.append({"variant": variant, "seed": seed, "task": t, "mode": mode,
                                  "layout": i, "success": bool(res.success)})

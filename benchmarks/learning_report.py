@@ -2,7 +2,7 @@
 
 Rows are the jobs' log rows: one per rollout (``variant``, ``seed``, ``task``, ``episode``,
 ``success``, ``interventions``, ``returned``, ...) and one per final-evaluation layout
-(``eval`` True, ``mode`` greedy or sampled, ``layout``, ``success``). The numbers of the key
+(``eval`` True, ``mode`` greedy, sampled or mean, ``layout``, ``success``). The numbers of the key
 line are pure functions of them (``paired_points``, ``episodes_to_reach``, ``key_line``).
 """
 
@@ -17,7 +17,11 @@ from learning_variants import FROZEN, HELP, best_algorithm, variant_order
 
 from vlac.shared.hitl import unassisted
 
-MODES = ("greedy", "sampled")
+MODES = ("greedy", "sampled", "mean")
+"""How a final policy decodes its tokens in the evaluation: the argmax, a sample at the rollout
+temperature, or the mean bin (``TorchActor.mean_tokens``). The key line reads greedy."""
+HOW = {"greedy": "greedy", "sampled": "sampled at the rollout temperature",
+       "mean": "the mean bin of each dimension"}
 RESULTS_GLOB = "*-s*.json"  # OUT_RUN/<variant>-s<seed>.json
 
 
@@ -133,13 +137,12 @@ def rollout_table(rows: list[dict], variants: list[str], tasks: list[str], w: in
 
 
 def final_eval_table(rows: list[dict], variants: list[str], tasks: list[str], mode: str):
-    """Each variant's final policy on the shared evaluation layouts (greedy, or sampling at
-    the rollout temperature with the same noise for every variant), and the paired
+    """Each variant's final policy on the shared evaluation layouts (greedy, sampling at the
+    rollout temperature with the same noise for every variant, or the mean bin), and the paired
     difference (layout by layout, seed by seed) against the frozen control."""
     from rich.table import Table
 
-    how = "greedy" if mode == "greedy" else "sampled at the rollout temperature"
-    table = Table(title=f"final policies, {how}, on the same fixed evaluation layouts")
+    table = Table(title=f"final policies, {HOW[mode]}, on the same fixed evaluation layouts")
     for col in ("variant", *tasks, "mean", "vs frozen (paired)"):
         table.add_column(col)
     frozen = eval_outcomes(rows, FROZEN, mode)

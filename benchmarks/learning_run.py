@@ -254,7 +254,8 @@ def final_evaluation(args: dict, actor, version: int) -> list[dict]:
             with MetaWorldRobot(cfg) as robot:
                 for i in range(args["final_eval"]):
                     actor.rng = np.random.default_rng([EVAL_SEED, args["seed"], ti, i])
-                    policy = ActorPolicy(actor, args["temperature"], greedy=mode == "greedy")
+                    policy = ActorPolicy(actor, args["temperature"], greedy=mode == "greedy",
+                                         mean=mode == "mean")
                     res = run_episode(robot, policy, lambda _: Collect(keep=False))
                     rows.append({"variant": args["variant"], "seed": args["seed"], "task": t,
                                  "eval": True, "mode": mode, "layout": i,

@@ -26,14 +26,19 @@ EVAL_SEED = 100_000
 class ActorPolicy(Policy):
     """Edge Policy interface over a cloud TorchActor (for evaluation in one process)."""
 
-    def __init__(self, actor, temperature: float = 1.0, greedy: bool = True) -> None:
+    def __init__(self, actor, temperature: float = 1.0, greedy: bool = True,
+                 mean: bool = False) -> None:
         self.actor = actor
         self.temperature = temperature
         self.greedy = greedy
+        self.mean = mean  # the mean-bin decode (TorchActor.mean_tokens) instead
         self.version = actor.version
 
     def act(self, obs: Observation) -> PolicyStep:
         image = obs.images[self.actor.camera]
+        if self.mean:
+            tokens = self.actor.mean_tokens(image, obs.proprio, obs.task, self.temperature)
+            return PolicyStep(self.actor.tokenizer.decode(tokens), tokens, 0.0, self.version)
         action, tokens, logp, _ = self.actor.act(image, obs.proprio, obs.task,
                                                   self.temperature, self.greedy)
         return PolicyStep(action, tokens, logp, self.version)

@@ -91,3 +91,22 @@ class TorchActor(LazyEncoders):
                                              torch.tensor([temperature]))
         tokens = tokens[0].numpy().astype(np.int32)
         return (self.tokenizer.decode(tokens), tokens, float(logp.sum()), float(value[0]))
+
+    @torch.no_grad()
+    def mean_tokens(self, image: np.ndarray, proprio: np.ndarray, task: str,
+                    temperature: float = 1.0) -> np.ndarray:
+        """A deterministic decode that reads the whole distribution instead of its peak: each
+        dimension's token is the nearest bin to the mean bin under softmax(logits / T), given
+        the dimensions decoded before it. Bins are ordinal, so this is the expected action;
+        a bimodal dimension decodes between its modes. Returns (A,) int32 tokens."""
+        feat = torch.from_numpy(self.image_encoder.encode(image[None]).astype(np.float32))
+        text = torch.from_numpy(self.text_encoder.encode([task]))
+        a, bins = self.model.cfg.action_dim, self.model.cfg.action_bins
+        centres = torch.arange(bins, dtype=torch.float32)
+        tokens = torch.zeros(1, a, dtype=torch.long)
+        for k in range(a):
+            logits, _ = self.model.actor_forward(text, feat, torch.from_numpy(proprio[None]),
+                                                 tokens)
+            p = torch.softmax(logits[0, k].float() / temperature, -1)
+            tokens[0, k] = int(torch.round((p * centres).sum()).clamp(0, bins - 1))
+        return tokens[0].numpy().astype(np.int32)

@@ -49,10 +49,11 @@ class HFPolicy(torch.nn.Module):
                              "right for the --init checkpoint?")
         return frames, _numpy(proprio).astype(np.float64), [str(t) for t in text]
 
-    def action_logprobs(self, text, feat, proprio, tokens, temperature: float = 1.0):
+    def action_logprobs(self, text, feat, proprio, tokens, temperature: float = 1.0,
+                        sigma: float = 0.0):
         """(summed log-prob of ``tokens``, mean per-token entropy, value), each (B,)."""
         return self.actor.action_logprobs(*self._inputs(text, feat, proprio), tokens,
-                                          temperature)
+                                          temperature, sigma)
 
     def actor_forward(self, text, feat, proprio, tokens):
         """(logits (B, A, 256) restricted to the action tokens, value (B,))."""

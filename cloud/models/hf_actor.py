@@ -75,6 +75,7 @@ from vlac.cloud.models.hf_critic import (
     position_ids,
     user_prompt,
 )
+from vlac.cloud.models.vlac import token_logprobs
 from vlac.shared.hf_prompt import PROPRIO_SLOT, TASK_SLOT, proprio_text
 from vlac.shared.tokenizer import ActionTokenizer
 
@@ -372,16 +373,16 @@ class TransformersActor:
         return logits, self._value(out.hidden_states[-1][:, -a])
 
     def action_logprobs(self, images: np.ndarray, proprio: np.ndarray, tasks: list[str],
-                        tokens: np.ndarray | torch.Tensor, temperature: float = 1.0
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        tokens: np.ndarray | torch.Tensor, temperature: float = 1.0,
+                        sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) uint8 images, (B, proprio_dim) proprio, B task sentences, (B, A) action
         tokens -> log-probability of the tokens under softmax(logits / temperature), summed
         over dimensions (B,), mean per-token entropy (B,) and value (B,): what PPO recomputes
-        with the learner's weights (at the temperature the robots sampled with)."""
+        with the learner's weights (at the temperature the robots sampled with). With
+        ``sigma``, each token's term is that of a bump around it (``vlac.token_logprobs``)."""
         t = self._check_temperature(temperature)
         logits, value = self.action_logits(images, proprio, tasks, tokens)
         logp_all = torch.log_softmax(logits / t, -1)
-        idx = _as_tokens(tokens).long().to(logits.device)
-        logp = torch.gather(logp_all, 2, idx[..., None])[..., 0]
+        logp = token_logprobs(logp_all, _as_tokens(tokens), sigma)
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean(-1)
         return logp.sum(-1), entropy, value

@@ -262,16 +262,32 @@ class SmallVLAC(nn.Module):
         return tokens, torch.stack(logps, 1), value
 
     def action_logprobs(self, text: torch.Tensor, feat: torch.Tensor, proprio: torch.Tensor,
-                        tokens: torch.Tensor, temperature: float = 1.0
+                        tokens: torch.Tensor, temperature: float = 1.0, sigma: float = 0.0
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probability of given tokens (B, A) under softmax(logits / temperature) (summed
-        over dimensions), the per-token entropy (B,) and the value (B,): what PPO recomputes
-        with the learner's weights (at the temperature the robots sampled with)."""
+        over dimensions; with ``sigma``, of a bump around each token: ``token_logprobs``), the
+        per-token entropy (B,) and the value (B,): what PPO recomputes with the learner's
+        weights (at the temperature the robots sampled with)."""
         logits, value = self.actor_forward(text, feat, proprio, tokens)
         logp_all = torch.log_softmax(logits / temperature, -1)
-        logp = torch.gather(logp_all, 2, tokens.long()[..., None])[..., 0].sum(-1)
+        logp = token_logprobs(logp_all, tokens, sigma).sum(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean(-1)
         return logp, entropy, value
+
+
+def token_logprobs(logp_all: torch.Tensor, tokens: torch.Tensor, sigma: float = 0.0
+                   ) -> torch.Tensor:
+    """(B, A, bins) log-probabilities and (B, A) tokens -> (B, A): the log-probability of each
+    token, or with ``sigma`` > 0 the mean log-probability of the bins around it weighted by
+    a Gaussian of that std in bins (BC's soft target, ``soft_token_targets``). Bins are
+    ordinal, so crediting the neighbourhood raises a bump around a rewarded action instead of
+    a spike on its single bin: the argmax then follows where rewarded samples cluster
+    instead of jumping to whichever bin was credited last."""
+    idx = tokens.long().to(logp_all.device)
+    if sigma <= 0:
+        return torch.gather(logp_all, -1, idx[..., None])[..., 0]
+    target = soft_token_targets(idx, logp_all.shape[-1], sigma).to(logp_all.dtype)
+    return (target * logp_all).sum(-1)
 
 
 def soft_token_targets(tokens: torch.Tensor, bins: int, sigma: float = 1.0) -> torch.Tensor:

@@ -28,7 +28,7 @@ def init_actor(tmp_path) -> Path:
     return path
 
 
-def test_a_tiny_oracle_run_learns_from_metaworld_rewards_and_evaluates_both_ways(tmp_path):
+def test_a_tiny_oracle_run_learns_from_metaworld_rewards_and_evaluates_three_ways(tmp_path):
     a = learning.parser().parse_args([
         "--algorithms", "ppo", "--rewards", "oracle", "--hitl", "none", "--tasks", "reach-v3",
         "--episodes", "2", "--max-steps", "20", "--per-update", "2", "--final-eval", "1",
@@ -39,7 +39,7 @@ def test_a_tiny_oracle_run_learns_from_metaworld_rewards_and_evaluates_both_ways
     evals = [r for r in rows if r.get("eval")]
     assert [(r["variant"], r["task"], r["episode"]) for r in rollouts] == [
         ("ppo-oracle", "reach-v3", 0), ("ppo-oracle", "reach-v3", 1)]
-    assert [r["mode"] for r in evals] == ["greedy", "sampled"]
+    assert [r["mode"] for r in evals] == ["greedy", "sampled", "mean"]
     assert all(r["layout"] == 0 and r["steps"] >= 1 for r in evals)
     # the update consumed both episodes: their oracle rewards were found by their frames
     log = json.loads((tmp_path / "work" / "ppo-oracle-s0" / "learner_log.json").read_text())

@@ -192,15 +192,17 @@ def _prob_high(learner, episodes):
     return float(np.concatenate(probs).mean()), float(np.concatenate(logps).mean())
 
 
-@pytest.mark.parametrize("advantage", ["gae", "horizon"])
-def test_ppo_raises_the_probability_of_rewarded_tokens(tmp_path, encoders, advantage):
-    """Per-step credit: GAE with gamma 0, or the next step's reward (horizon 1)."""
+@pytest.mark.parametrize("advantage,sigma", [("gae", 0.0), ("horizon", 0.0), ("gae", 3.0)])
+def test_ppo_raises_the_probability_of_rewarded_tokens(tmp_path, encoders, advantage, sigma):
+    """Per-step credit: GAE with gamma 0, or the next step's reward (horizon 1); and GAE
+    crediting a bump (std 3 bins) around each token."""
     img, txt = encoders
     tiny_actor(tmp_path / "init.pt", seed=1)
     store = EpisodeStore(tmp_path / "store", fsync=False)
     cfg = config(tmp_path, episodes_per_update=4, max_updates=1,
                  algorithm=dict(epochs=4, minibatch_size=32, lr=3e-3, gamma=0.0,
-                                target_kl=0.0, advantage=advantage, horizon=1),
+                                target_kl=0.0, advantage=advantage, horizon=1,
+                                token_sigma=sigma),
                  bc=dict(coef=0.0), rewards=dict(pairs="consecutive"))
     learner = Learner(cfg, TokenRewards(), image_encoder=img, text_encoder=txt)
     for i in range(4):

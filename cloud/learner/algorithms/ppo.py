@@ -97,6 +97,11 @@ class PPOConfig(AlgorithmConfig):
                              "samples (0: off, no reference copy is kept).")
     temperature: float = opt(1.0, "Sampling temperature of the robots: PPO scores their "
                              "tokens under softmax(logits / T), so give the robots' value.")
+    token_sigma: float = opt(0.0, "Credit each sampled token's neighbourhood: PPO's "
+                             "log-probability of a token (in its ratio and the KL to the "
+                             "reference) is the mean log-probability of the bins around it, "
+                             "Gaussian-weighted with this std in bins, as BC's soft targets "
+                             "(0: the token alone).")
     rho_max: float = opt(1.0, "Truncation of the importance weight anchor/behaviour.")
     max_version_lag: int = opt(4, "Steps of policies older than this many versions get "
                                "weight 0.")
@@ -128,6 +133,8 @@ class PPOConfig(AlgorithmConfig):
         check(self.clip > 0, "algorithm.clip", "must be > 0 (0.1-0.3 is usual)")
         check(self.target_kl >= 0, "algorithm.target_kl", "must be >= 0 (0: off)")
         check(self.rho_max > 0, "algorithm.rho_max", "must be > 0")
+        check(0 <= self.token_sigma <= 64, "algorithm.token_sigma",
+              "must lie in [0, 64] bins (0: off; 1-4 credits a neighbourhood)")
         check(self.max_version_lag >= 0, "algorithm.max_version_lag", "must be >= 0")
         check(self.max_grad_norm > 0, "algorithm.max_grad_norm", "must be > 0")
         check(self.kl_ref_coef >= 0, "algorithm.kl_ref_coef", "must be >= 0 (0: off)")
@@ -137,12 +144,14 @@ class PPOConfig(AlgorithmConfig):
 
 # ---------------------------------------------------------------------- the PPO samples
 def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.ndarray]],
-                version: int, cfg: PPOConfig, refs: list[np.ndarray] | None = None
-                ) -> dict[str, np.ndarray]:
+                version: int, cfg: PPOConfig, refs: list[np.ndarray] | None = None,
+                bumps: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """GAE per episode (the value targets), then the PPO samples: used, policy-chosen,
     not-too-stale steps, with the advantages of ``cfg.advantage``. ``anchors``: (log-prob,
     value) per step of each episode; ``refs``: the reference policy's log-probs per episode
-    (the ``b_ref_logp`` column, for ``kl_ref_coef``). {} when no episode has a used step."""
+    (the ``b_ref_logp`` column, for ``kl_ref_coef``); ``bumps``: the anchor's log-probs of
+    the tokens' neighbourhoods (the ``b_anchor_bump_logp`` column, for ``token_sigma``).
+    {} when no episode has a used step."""
     estimator = ADVANTAGES[cfg.advantage]
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "text", "feat", "proprio", "tokens", "b_behaviour_logp", "b_anchor_logp",
@@ -169,6 +178,8 @@ def build_batch(episodes: list[EpisodeData], anchors: list[tuple[np.ndarray, np.
         cols["b_step"].append(np.flatnonzero(keep))
         if refs is not None:
             cols.setdefault("b_ref_logp", []).append(refs[i][:n][keep])
+        if bumps is not None:
+            cols.setdefault("b_anchor_bump_logp", []).append(bumps[i][:n][keep])
     if not cols["text"]:
         return {}
     out = {k: np.concatenate(v) for k, v in cols.items()}
@@ -193,11 +204,16 @@ def ppo_loss(mb_new_logp: torch.Tensor, mb_anchor_logp: torch.Tensor,
              mb_version_lag: torch.Tensor, *, clip: float = 0.2, vf_coef: float = 0.5,
              ent_coef: float = 0.0, rho_max: float = 1.0, max_version_lag: int = 4,
              normalize_advantages: bool = True, mb_ref_logp: torch.Tensor | None = None,
-             kl_ref_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+             kl_ref_coef: float = 0.0, mb_ratio_anchor_logp: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped PPO on token log-probs, weighted by the truncated importance weight, plus
     ``kl_ref_coef`` x KL(new || reference) when ``mb_ref_logp`` (a frozen reference policy's
     log-probs of the same tokens) is given: the k3 estimator exp(r) - r - 1 with
     r = ref - new, non-negative, on the batch's samples (as GRPO uses it).
+
+    With ``mb_ratio_anchor_logp`` the ratio is new / that instead of new / anchor: with
+    ``token_sigma``, ``mb_new_logp`` and it are of the tokens' neighbourhoods, while the
+    importance weight stays exact, of the tokens the robot sampled.
 
     All inputs are (N,). Returns (loss, metrics)."""
     weight = truncated_importance(mb_anchor_logp, mb_behaviour_logp, mb_version_lag,
@@ -205,7 +221,8 @@ def ppo_loss(mb_new_logp: torch.Tensor, mb_anchor_logp: torch.Tensor,
     adv = mb_advantages
     if normalize_advantages and adv.numel() > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    log_ratio = mb_new_logp - mb_anchor_logp
+    ratio_anchor = mb_anchor_logp if mb_ratio_anchor_logp is None else mb_ratio_anchor_logp
+    log_ratio = mb_new_logp - ratio_anchor
     ratio = log_ratio.exp()
     pg1 = -adv * ratio
     pg2 = -adv * ratio.clamp(1 - clip, 1 + clip)
@@ -233,8 +250,10 @@ def ppo_loss(mb_new_logp: torch.Tensor, mb_anchor_logp: torch.Tensor,
 # ---------------------------------------------------------------------- the update
 @torch.no_grad()
 def anchor_pass(model, episodes: list[EpisodeData], batch: int = 256,
-                temperature: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The learner's own weights at the start of the update: (log-prob, value) per step."""
+                temperature: float = 1.0, sigma: float = 0.0
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The learner's own weights at the start of the update: (log-prob, value) per step
+    (log-probs of the tokens' neighbourhoods with ``sigma``)."""
     out = []
     for ep in episodes:
         logps, values = [], []
@@ -244,7 +263,7 @@ def anchor_pass(model, episodes: list[EpisodeData], batch: int = 256,
             logp, _, value = model.action_logprobs(
                 model_input("text", np.repeat(ep.text[None], n, 0)),
                 model_input("feat", ep.feat[sl]), model_input("proprio", ep.proprio[sl]),
-                model_input("tokens", ep.tokens[sl]), temperature)
+                model_input("tokens", ep.tokens[sl]), temperature, sigma)
             logps.append(logp.float().cpu().numpy())
             values.append(value.float().cpu().numpy())
         out.append((np.concatenate(logps), np.concatenate(values)))
@@ -263,7 +282,8 @@ def train_minibatch(engine, mb: dict[str, torch.Tensor] | None,
     loss, stats = None, {}
     if mb is not None:
         new_logp, entropy, new_value = model.action_logprobs(
-            mb["text"], mb["feat"], mb["proprio"], mb["tokens"], cfg.temperature)
+            mb["text"], mb["feat"], mb["proprio"], mb["tokens"], cfg.temperature,
+            cfg.token_sigma)
         loss, stats = ppo_loss(new_logp, mb["b_anchor_logp"], mb["b_behaviour_logp"],
                                mb["b_advantages"], mb["b_returns"], new_value, entropy,
                                mb["b_version_lag"], clip=cfg.clip,
@@ -271,7 +291,8 @@ def train_minibatch(engine, mb: dict[str, torch.Tensor] | None,
                                ent_coef=cfg.ent_coef, rho_max=cfg.rho_max,
                                max_version_lag=cfg.max_version_lag,
                                normalize_advantages=values,
-                               mb_ref_logp=mb.get("b_ref_logp"), kl_ref_coef=cfg.kl_ref_coef)
+                               mb_ref_logp=mb.get("b_ref_logp"), kl_ref_coef=cfg.kl_ref_coef,
+                               mb_ratio_anchor_logp=mb.get("b_anchor_bump_logp"))
     if bc_mb is not None and bc_coef > 0:
         b_loss, b_stats = bc_loss(model, bc_mb)
         loss = bc_coef * b_loss if loss is None else loss + bc_coef * b_loss
@@ -358,14 +379,17 @@ class PPO(Algorithm):
 
     def update(self, batch: UpdateBatch) -> dict[str, Any]:
         cfg, episodes = self.cfg, batch.episodes
-        anchors = anchor_pass(self.engine.module, episodes, temperature=cfg.temperature)
+        t, w = cfg.temperature, cfg.token_sigma
+        anchors = anchor_pass(self.engine.module, episodes, temperature=t)
+        bumps = None if w == 0 else [
+            logp for logp, _ in anchor_pass(self.engine.module, episodes, temperature=t, sigma=w)]
         refs = None if self.reference is None else [
-            logp for logp, _ in anchor_pass(self.reference, episodes, temperature=cfg.temperature)]
+            logp for logp, _ in anchor_pass(self.reference, episodes, temperature=t, sigma=w)]
         fitted = {}
         if self.value is not None:  # GAE on the separate network's values, then fit it
             anchors = [(lp, v) for (lp, _), v in zip(anchors, self.value.values(episodes),
                                                      strict=True)]
-        samples = build_batch(episodes, anchors, batch.version, cfg, refs)
+        samples = build_batch(episodes, anchors, batch.version, cfg, refs, bumps)
         if self.value is not None and samples:
             fitted = self.value.fit(samples, self.seed + batch.version)
         warm = self.value is not None and self.seen < cfg.vf_warmup_updates

@@ -327,3 +327,23 @@ def test_feature_noise_is_relative_and_off_by_default():
     np.testing.assert_array_equal(_noisy(f, 0.0, gen).numpy(), f)
     noisy = _noisy(f, 0.2, gen).numpy()
     assert abs(noisy.mean() - 2.0) < 0.01 and abs(noisy.std() - 0.4) < 0.01
+
+
+def test_mean_tokens_decode_each_dimensions_mean_bin(exported):
+    """The mean-bin decode by hand: each dimension's token is the rounded expected bin under
+    softmax(logits / T), given the dimensions decoded before it."""
+    root, actor, _, _ = exported
+    task, frames, proprio = _frames(root, 1)
+    t = torch.from_numpy
+    text = t(actor.text_encoder.encode([task]))
+    feat = t(actor.image_encoder.encode(frames[:1]).astype(np.float32))
+    p = t(proprio[:1].astype(np.float32))
+    for temperature in (1.0, 0.5):
+        tokens = actor.mean_tokens(frames[0], proprio[0].astype(np.float32), task, temperature)
+        expected = torch.zeros(1, 4, dtype=torch.long)
+        with torch.no_grad():
+            for k in range(4):
+                logits, _ = actor.model.actor_forward(text, feat, p, expected)
+                probs = (logits[0, k] / temperature).softmax(-1).numpy()
+                expected[0, k] = int(np.round((probs * np.arange(256)).sum()))
+        assert tokens.dtype == np.int32 and tokens.tolist() == expected[0].tolist()

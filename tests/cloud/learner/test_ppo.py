@@ -22,6 +22,7 @@ from vlac.cloud.learner.algorithms.ppo import (
 )
 from vlac.cloud.learner.episodes import EpisodeData
 from vlac.cloud.learner.rewards import shape_rewards
+from vlac.cloud.models.vlac import token_logprobs
 from vlac.shared.config import ConfigError
 
 
@@ -120,6 +121,65 @@ def test_kl_to_the_reference_by_hand():
     loss.backward()
     assert m["kl_ref"] == 0.0 and new.grad.abs().item() < 1e-6
     assert "kl_ref" not in ppo_loss(new, **args)[1]
+
+
+def test_token_logprobs_of_a_neighbourhood_by_hand():
+    logp = torch.tensor([[[0.1, 0.2, 0.4, 0.2, 0.1]]]).log()
+    tok = torch.tensor([[2]])
+    assert math.isclose(token_logprobs(logp, tok).exp().item(), 0.4, rel_tol=1e-6)
+    # sigma 1 around bin 2: weights exp(-k^2 / 2) for k = -2..2, normalised
+    w = np.exp(-0.5 * np.arange(-2, 3) ** 2)
+    w /= w.sum()
+    expected = float((w * np.log([0.1, 0.2, 0.4, 0.2, 0.1])).sum())
+    assert math.isclose(token_logprobs(logp, tok, 1.0).item(), expected, rel_tol=1e-5)
+    # at the edge the bump is cut and renormalised: bins 0 and 1 only (bins 2-4 negligible)
+    w0 = np.exp(-0.5 * np.arange(5) ** 2 / 0.25)
+    w0 /= w0.sum()
+    edge = float((w0 * np.log([0.1, 0.2, 0.4, 0.2, 0.1])).sum())
+    assert math.isclose(token_logprobs(logp, torch.tensor([[0]]), 0.5).item(), edge,
+                        rel_tol=1e-5)
+
+
+def test_the_bump_sets_the_ratio_and_the_sampled_token_the_weight():
+    # ratio: exp(log .6 - log .5) = 1.2 from the bumps' log-probs; the importance weight
+    # exp(anchor - behaviour) = 0.5 from the tokens' own: pg = -0.5 * 1.2 / 0.5
+    args = dict(mb_behaviour_logp=t(math.log(0.2)), mb_advantages=t(1.0), mb_returns=t(0.0),
+                mb_values=t(0.0), mb_entropy=t(0.0), mb_version_lag=t(0), clip=0.5,
+                normalize_advantages=False, vf_coef=0.0)
+    _, m = ppo_loss(t(math.log(0.6)), mb_anchor_logp=t(math.log(0.1)),
+                    mb_ratio_anchor_logp=t(math.log(0.5)), **args)
+    assert math.isclose(m["pg_loss"], -1.2, rel_tol=1e-6)
+    assert math.isclose(m["mean_weight"], 0.5, rel_tol=1e-6)
+    assert PPOConfig(token_sigma=3.0).token_sigma == 3.0
+    with pytest.raises(ConfigError, match="token_sigma"):
+        PPOConfig(token_sigma=-1.0)
+
+
+def _credited(sigma: float, rewarded=(97, 103), steps: int = 20) -> torch.Tensor:
+    """A peaked 256-bin distribution (BC's shape, peak at bin 90) after gradient steps that
+    raise the log-probs of rewarded samples: the final distribution."""
+    bins = torch.arange(256).float()
+    logits = (-0.5 * ((bins - 90) / 6) ** 2)[None, None].clone().requires_grad_(True)
+    opt = torch.optim.SGD([logits], lr=2.0)
+    tokens = torch.tensor([[r] for r in rewarded])
+    for _ in range(steps):
+        opt.zero_grad()
+        logp_all = torch.log_softmax(logits, -1).expand(len(rewarded), 1, 256)
+        (-token_logprobs(logp_all, tokens, sigma)).sum().backward()
+        opt.step()
+    return logits.detach().softmax(-1)[0, 0]
+
+
+def test_a_bump_moves_the_argmax_to_where_rewarded_samples_cluster():
+    """The toy problem: two rewarded samples at bins 97 and 103. Credited alone, each becomes
+    a spike and the argmax lands on one of them, with the bins between them lower than at
+    the start; credited as bumps (sigma 3), every bin between them rises and the argmax
+    moves to their middle."""
+    bins = torch.arange(256).float()
+    start = (-0.5 * ((bins - 90) / 6) ** 2).softmax(-1)
+    alone, bump = _credited(0.0), _credited(3.0)
+    assert int(alone.argmax()) in (97, 103) and (alone[98:103] < start[98:103]).all()
+    assert 98 <= int(bump.argmax()) <= 102 and (bump[97:104] > start[97:104]).all()
 
 
 def test_window_sums_look_ahead_horizon_steps():
