@@ -2,7 +2,10 @@
 
 The expert acts through the same operator interface a person would use (every step is an
 operator takeover, so steps are marked ``intervention=True``); ``noise`` perturbs its actions
-so demonstrations are diverse and some fail (the critic needs failures too). Episode ids are
+so demonstrations are diverse and some fail (the critic needs failures too). With
+``stop_after`` the expert gives up part-way and the arm holds still until the step limit:
+failures that made some progress, the ones a critic must tell from a success by its final
+progress. Episode ids are
 derived from (task, seed, index), so running the same collection twice stores nothing twice.
 """
 
@@ -31,6 +34,9 @@ class DemosCollectConfig:
     image_size: int = opt(128, "Square image size in pixels.")
     max_steps: int = opt(150, "Step limit per episode.")
     hide_goal: bool = opt(False, "Hide Meta-World's goal marker.")
+    stop_after: int = opt(0, "0: the expert acts to the end; N > 0: it acts for a random "
+                          "number of steps in [N/4, N] and the arm then holds still until "
+                          "--max-steps (most such episodes fail part-way).")
     seed: int = opt(0, "Seed: layouts, instructions and noise.")
     robot_id: str = opt("sim-demo", "Robot id the demonstrations are stored under.")
 
@@ -42,7 +48,39 @@ class DemosCollectConfig:
         check(len(self.tasks) > 0, "tasks", "name at least one task, e.g. push-v3")
         check(self.episodes >= 1, "episodes", "must be >= 1")
         check(self.noise >= 0, "noise", "must be >= 0")
+        check(self.stop_after >= 0, "stop_after", "must be >= 0 (0: the expert finishes)")
         check_id(self.robot_id, "robot_id")
+
+
+class _HoldStill:
+    """The policy once a stopping expert has given up: the zero action (the arm stays put)."""
+
+    version = -1
+
+    def __init__(self, spec) -> None:
+        from vlac.shared.tokenizer import ActionTokenizer
+
+        tok = ActionTokenizer(spec.action_low, spec.action_high, spec.action_bins)
+        self.tokens = tok.encode(np.zeros(tok.dim, np.float32))
+        self.action = tok.decode(self.tokens)
+
+    def act(self, obs):
+        from vlac.edge.policy import PolicyStep
+
+        return PolicyStep(self.action, self.tokens, 0.0, self.version)
+
+
+def _stopping_expert(task: str, cfg: DemosCollectConfig, seed: int):
+    """A scripted expert that acts for a random number of steps in [N/4, N] of each
+    episode (``stop_after`` N), then lets go."""
+    from vlac.edge.hitl.operator import ScriptedExpert
+
+    class StoppingExpert(ScriptedExpert):
+        def on_episode_start(self, task: str) -> None:
+            n = cfg.stop_after
+            self.engage(int(self._rng.integers(max(1, n // 4), n + 1)))
+
+    return StoppingExpert(task, noise=cfg.noise, seed=seed)
 
 
 class _Collect:
@@ -87,13 +125,18 @@ def main(cfg: DemosCollectConfig) -> dict[str, dict]:
                                         hide_goal=cfg.hide_goal)
             lengths, successes, new = [], [], 0
             with MetaWorldRobot(rcfg) as robot:
-                expert = ScriptedExpert(task, always=True, noise=cfg.noise,
-                                        seed=cfg.seed * 1000 + ti)
-                policy = RandomPolicy(robot.spec, version=-1)  # never asked: expert always acts
+                if cfg.stop_after:
+                    expert = _stopping_expert(task, cfg, cfg.seed * 1000 + ti)
+                    policy = _HoldStill(robot.spec)
+                else:
+                    expert = ScriptedExpert(task, always=True, noise=cfg.noise,
+                                            seed=cfg.seed * 1000 + ti)
+                    policy = RandomPolicy(robot.spec, version=-1)  # never asked
                 for i in range(cfg.episodes):
                     sink = _Collect()
                     res = run_episode(robot, policy, lambda _t, s=sink: s, operator=expert)
-                    ep_id = f"demo-{task}-s{cfg.seed}-{i:05d}"
+                    kind = f"stop{cfg.stop_after}-" if cfg.stop_after else ""
+                    ep_id = f"demo-{task}-{kind}s{cfg.seed}-{i:05d}"
                     if not store.has(cfg.robot_id, ep_id, 0):
                         store.write_episode(cfg.robot_id, ep_id, res.task,
                                             concat_steps(sink.parts), res.success, res.reason,
@@ -106,7 +149,8 @@ def main(cfg: DemosCollectConfig) -> dict[str, dict]:
                              "success_rate": float(np.mean(successes)),
                              "mean_len": float(np.mean(lengths)), "min_len": min(lengths),
                              "max_len": max(lengths)}
-    table = Table(title=f"demonstrations in {cfg.store_root} (noise {cfg.noise})")
+    stop = f", the expert stops within {cfg.stop_after} steps" if cfg.stop_after else ""
+    table = Table(title=f"demonstrations in {cfg.store_root} (noise {cfg.noise}{stop})")
     for col in ("task", "episodes", "new", "success", "mean len", "min", "max"):
         table.add_column(col)
     for task, r in results.items():

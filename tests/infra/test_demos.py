@@ -41,6 +41,26 @@ def test_noise_knob_makes_failures(tmp_path):
     assert actions.std() > 0.3
 
 
+def test_an_expert_that_stops_part_way_makes_failures_with_some_progress(tmp_path):
+    """stop_after 12: the expert acts for 3-12 steps, then the arm holds still; reach needs
+    about 35-70 expert steps, so every episode fails, at the step limit."""
+    res = main(DemosCollectConfig(tasks=["reach-v3"], episodes=3, noise=0.0, max_steps=30,
+                                  stop_after=12, store_root=tmp_path))
+    assert res["reach-v3"]["success_rate"] == 0.0
+    store = EpisodeStore(tmp_path)
+    eps = store.list_episodes()
+    assert len(eps) == 3 and all("stop12" in e["episode_id"] for e in eps)
+    for e in eps:
+        steps = store.load_episode(e["robot_id"], e["episode_id"]).steps
+        taken = int(steps.intervention.sum())
+        assert len(steps.intervention) == 30 and 3 <= taken <= 12
+        assert steps.intervention[:taken].all()  # the expert first, then never again
+        assert np.abs(steps.action[taken:]).max() < 0.01  # holding still
+        assert np.abs(steps.action[:taken]).max() > 0.1
+    with pytest.raises(ConfigError, match="`stop_after`"):
+        DemosCollectConfig(stop_after=-1)
+
+
 def test_cli_rejects_unknown_tasks(tmp_path, capsys):
     assert cli(["demos", "collect", "--tasks", "fly-v3", "--store-root", str(tmp_path)]) == 2
     assert "unknown Meta-World task(s) ['fly-v3']" in capsys.readouterr().err
