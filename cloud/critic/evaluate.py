@@ -17,6 +17,11 @@
   failed episodes (never done); at 0.5, and at the threshold chosen on half the episodes
   for precision >= 0.9 (``done.calibrate``), judged on the other half. That threshold is
   what ``--rewards.done-threshold`` should be before done ends episodes.
+- Success against failure: the AUC of the final progress delta(o_0, o_T) of each task's
+  successful against its failed episodes (0.5 is chance; None for a task with only one
+  outcome), with and without the reference: can the critic's reward tell them apart.
+Every metric is reported per task as well as per split, and the done threshold chosen on
+the seen tasks is judged on the unseen ones too (a new task has no validation data).
 Writes a table, ``eval.json`` and plots (progress along a successful and a failed episode).
 """
 
@@ -29,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import spearmanr
+from scipy.stats import mannwhitneyu, spearmanr
 
 from vlac.cloud.critic.data import EpisodeFeatures, done_from, load_episodes, split_holdout
 from vlac.cloud.critic.done import calibrate, precision_recall, split_episodes
@@ -88,6 +93,20 @@ def direct_voc(critic, ep: EpisodeFeatures, sentence: str, ref=None) -> float:
     return _spearman(d)
 
 
+def final_progress(critic, ep: EpisodeFeatures, sentence: str, ref=None) -> float:
+    """delta(o_0, o_T): the progress the critic credits the whole episode with."""
+    d, _, _ = _critique(critic, sentence, ep.feats[:1], ep.feats[-1:], ref)
+    return float(d[0])
+
+
+def success_auc(successes: list[float], failures: list[float]) -> float | None:
+    """P(a success scores above a failure), ties counting half (the Mann-Whitney AUC);
+    None without both outcomes."""
+    if not successes or not failures:
+        return None
+    return float(mannwhitneyu(successes, failures).statistic / (len(successes) * len(failures)))
+
+
 def negatives(critic, ep: EpisodeFeatures, sentence: str, other: str,
               rng: random.Random) -> dict[str, list[bool]]:
     t = len(ep)
@@ -142,27 +161,53 @@ def _load(cfg: CriticEvalConfig) -> _Episodes:
 def _score_group(critic, cfg: CriticEvalConfig, rng: random.Random, group: str,
                  eps: list[EpisodeFeatures], refs: list[EpisodeFeatures],
                  scores: _Scores) -> dict:
-    """VOC per task of one group's episodes; adds their negatives and first curve to scores."""
-    per_task: dict[str, dict[str, list[float]]] = {}
+    """Per task of one group's episodes: VOC (accumulated and direct, with and without a
+    reference) and the negatives on its successes, the final-progress AUC on all of them;
+    adds the negatives and the first curve to scores."""
+    per_task: dict[str, dict[str, list]] = {}
     for ep in eps:
         sentence = ep.sentence
         pool = [e for e in refs if e.task_id == ep.task_id and e is not ep and e.success]
         ref = rng.choice(pool).reference() if pool else None
+        row = per_task.setdefault(ep.task_id, {k: [] for k in _ROW_LISTS})
+        final = row["final_ok" if ep.success else "final_failed"]
+        final_ref = row["final_ref_ok" if ep.success else "final_ref_failed"]
+        final.append(final_progress(critic, ep, sentence))
+        if ref is not None:
+            final_ref.append(final_progress(critic, ep, sentence, ref))
+        if not ep.success:
+            continue
         voc, prog, done = episode_voc(critic, ep, sentence)
-        row = per_task.setdefault(ep.task_id, {"voc": [], "voc_ref": [], "direct": []})
         row["voc"].append(voc)
         row["direct"].append(direct_voc(critic, ep, sentence))
         if ref is not None:
             row["voc_ref"].append(episode_voc(critic, ep, sentence, ref)[0])
+            row["direct_ref"].append(direct_voc(critic, ep, sentence, ref))
         scores.curves.setdefault(f"{group}-success", (ep, prog, done))
         others = [t for t in cfg.seen_tasks + cfg.unseen_tasks if t != ep.task_id]
         n = negatives(critic, ep, sentence, task_text.instruction(rng.choice(others), rng), rng)
         for k, v in n.items():
             scores.neg[group][k] += v
-    return {t: {"voc": float(np.mean(v["voc"])),
-                "voc_ref": float(np.mean(v["voc_ref"])) if v["voc_ref"] else None,
-                "voc_direct": float(np.mean(v["direct"])),
-                "episodes": len(v["voc"])} for t, v in sorted(per_task.items())}
+            row.setdefault(k, []).extend(v)
+    return {t: _task_row(v) for t, v in sorted(per_task.items()) if v["voc"]}
+
+
+_ROW_LISTS = ("voc", "voc_ref", "direct", "direct_ref", "final_ok", "final_failed",
+              "final_ref_ok", "final_ref_failed")
+
+
+def _mean(x: list) -> float | None:
+    return float(np.mean(x)) if x else None
+
+
+def _task_row(v: dict[str, list]) -> dict:
+    return {"voc": _mean(v["voc"]), "voc_ref": _mean(v["voc_ref"]),
+            "voc_direct": _mean(v["direct"]), "voc_direct_ref": _mean(v["direct_ref"]),
+            "auc": success_auc(v["final_ok"], v["final_failed"]),
+            "auc_ref": success_auc(v["final_ref_ok"], v["final_ref_failed"]),
+            "static": _mean(v.get("static", [])), "reversed": _mean(v.get("reversed", [])),
+            "mismatched": _mean(v.get("mismatched", [])),
+            "episodes": len(v["voc"]), "failed": len(v["final_failed"])}
 
 
 def _done_scores(critic, held: list[EpisodeFeatures], failed: list[EpisodeFeatures]
@@ -193,11 +238,25 @@ def _done_metrics(critic, held: list[EpisodeFeatures], failed: list[EpisodeFeatu
             "calibration": cal}
 
 
+def _done_transfer(critic, seen: tuple[list, list], unseen: tuple[list, list],
+                   seed: int = 0) -> dict:
+    """The done threshold chosen on the seen tasks' held-out successes and their failures
+    (validation half), judged on every unseen episode: what a new task gets."""
+    (hv, _), (fv, _) = split_episodes(seen[0], seed), split_episodes(seen[1], seed)
+    cal = calibrate(_done_scores(critic, hv, fv), _done_scores(critic, *unseen))
+    return {"threshold": cal["threshold"], "unseen_at_threshold": cal["test_at_threshold"],
+            "unseen_at_0.5": cal["test_at_0.5"], "unseen_frames": cal["test_frames"]}
+
+
 def _summary(results: dict, neg: dict[str, dict[str, list[bool]]]) -> dict:
     cal = results["done"]["calibration"]
     sr = [x for g in neg.values() for x in g["static"] + g["reversed"]]
     mm = [x for g in neg.values() for x in g["mismatched"]]
     unseen_rows = results["voc"].get("unseen", {})
+    u = neg.get("unseen", {})
+    unseen_sr = u.get("static", []) + u.get("reversed", [])
+    transfer = results["done_transfer"]["unseen_at_threshold"] or (None, None)
+    direct, direct_ref = (_mean_voc(unseen_rows, k) for k in ("voc_direct", "voc_direct_ref"))
     return {
         "voc_seen": _mean_voc(results["voc"]["seen"], "voc"),
         "voc_seen_ref": _mean_voc(results["voc"]["seen"], "voc_ref"),
@@ -212,6 +271,13 @@ def _summary(results: dict, neg: dict[str, dict[str, list[bool]]]) -> dict:
         "done_threshold": cal["threshold"],
         "done_precision_test": (cal["test_at_threshold"] or (None, None))[0],
         "done_recall_test": (cal["test_at_threshold"] or (None, None))[1],
+        "voc_unseen_direct_ref": direct_ref,
+        "ref_gain_unseen": None if direct is None or direct_ref is None else direct_ref - direct,
+        "auc_unseen": _mean_voc(unseen_rows, "auc"),
+        "auc_unseen_ref": _mean_voc(unseen_rows, "auc_ref"),
+        "negatives_ok_unseen": float(np.mean(unseen_sr)) if unseen_sr else None,
+        "done_precision_unseen": transfer[0],
+        "done_recall_unseen": transfer[1],
     }
 
 
@@ -221,7 +287,8 @@ def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
     critic = SmallVLACCritic.load(cfg.critic)
     eps = _load(cfg)
     unseen_ok = [e for e in eps.unseen if e.success]
-    groups = {"seen": eps.held, "unseen": unseen_ok}
+    unseen_failed = [e for e in eps.unseen if not e.success]
+    groups = {"seen": eps.held, "unseen": eps.unseen}  # (failures: the AUC only)
     refs_pool = {"seen": eps.train, "unseen": unseen_ok}
     results: dict = {"voc": {}, "negatives": {}, "done": {}}
     scores = _Scores(neg={g: {k: [] for k in _NEGATIVE_KINDS} for g in groups}, curves={})
@@ -229,7 +296,10 @@ def main(cfg: CriticEvalConfig, console: Console | None = None) -> dict:
         results["voc"][group] = _score_group(critic, cfg, rng, group, group_eps,
                                              refs_pool[group], scores)
     failed = [e for e in eps.seen_all + eps.unseen if not e.success]
+    seen_failed = [e for e in eps.seen_all if not e.success]
     results["done"] = _done_metrics(critic, eps.held, failed, cfg.seed)
+    results["done_transfer"] = _done_transfer(critic, (eps.held, seen_failed),
+                                              (unseen_ok, unseen_failed), cfg.seed)
     if failed:
         ep = failed[0]
         _, prog, done = episode_voc(critic, ep, ep.sentence)
@@ -255,13 +325,17 @@ def _fmt(x) -> str:
 
 
 def _print(console: Console, r: dict) -> None:
-    table = Table(title="critic: value-order correlation per task")
-    for col in ("split", "task", "episodes", "VOC", "VOC with reference", "VOC direct"):
+    table = Table(title="critic per task (ref: with the one-shot reference; AUC: final "
+                  "progress of successes vs failures; negatives: share judged right)")
+    for col in ("split", "task", "ok/failed", "VOC direct", "direct ref", "VOC", "VOC ref",
+                "AUC", "AUC ref", "static", "reversed", "mismatched"):
         table.add_column(col)
     for group, rows in r["voc"].items():
         for task, v in rows.items():
-            table.add_row(group, task, str(v["episodes"]), _fmt(v["voc"]), _fmt(v["voc_ref"]),
-                          _fmt(v["voc_direct"]))
+            table.add_row(group, task, f"{v['episodes']}/{v['failed']}",
+                          *[_fmt(v[k]) for k in ("voc_direct", "voc_direct_ref", "voc",
+                                                 "voc_ref", "auc", "auc_ref", "static",
+                                                 "reversed", "mismatched")])
     console.print(table)
     t3 = Table(title="critic: negatives (share judged correctly)")
     for col in ("split", "static", "reversed", "mismatched", "static (token)",

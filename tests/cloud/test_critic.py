@@ -58,6 +58,15 @@ def test_eval_reports_voc_negatives_and_done(trained):
         assert s[k] is not None and -1 <= s[k] <= 1
     assert s["voc_unseen_ref"] is not None  # one-shot reference from another demo
     assert set(res["voc"]["unseen"]) == {"button-press-v3"}
+    row = res["voc"]["unseen"]["button-press-v3"]
+    for k in ("voc_direct", "voc_direct_ref", "static", "reversed", "mismatched"):
+        assert row[k] is not None and -1 <= row[k] <= 1, k
+    assert s["ref_gain_unseen"] == pytest.approx(s["voc_unseen_direct_ref"]
+                                                 - s["voc_unseen_direct"])
+    assert 0 <= s["negatives_ok_unseen"] <= 1
+    # the AUC needs failures of the task; the threshold chosen on seen tasks meets unseen ones
+    assert (row["auc"] is None) == (row["failed"] == 0)
+    assert res["done_transfer"]["unseen_frames"] > 0
     # the done threshold: chosen on one half of the episodes, judged on the other
     cal = res["done"]["calibration"]
     assert cal["min_precision"] == 0.9 and cal["val_frames"] > 0

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from vlac.cloud.critic.data import EpisodeFeatures
-from vlac.cloud.critic.evaluate import ZERO_TOKEN, direct_voc, episode_voc, negatives
+from vlac.cloud.critic.evaluate import (
+    ZERO_TOKEN,
+    direct_voc,
+    episode_voc,
+    final_progress,
+    negatives,
+    success_auc,
+)
 
 
 class _Text:
@@ -71,3 +78,18 @@ def test_negative_rates_by_hand():
     assert len(out["reversed"]) == 21  # pairs j >= i + 4 among 10 frames: 6+5+...+1
     assert all(out["reversed"]) and all(out["reversed_token"])
     assert not any(out["mismatched"]) and not any(out["mismatched_token"])
+
+
+def test_final_progress_is_the_delta_from_the_first_to_the_last_frame():
+    assert final_progress(ScriptedCritic(0.1, 5), episode(6), "open the drawer") == \
+        pytest.approx(0.5)
+    assert final_progress(ScriptedCritic(0.1, 5), episode(6), "press the button") == 0.5
+
+
+def test_success_auc_by_hand():
+    """Successes 0.9, 0.5, 0.3 against failures 0.4, 0.3: of the 6 pairs the success is
+    higher in 0.9>0.4, 0.9>0.3, 0.5>0.4, 0.5>0.3 and tied in 0.3=0.3: (4 + 0.5) / 6."""
+    assert success_auc([0.9, 0.5, 0.3], [0.4, 0.3]) == pytest.approx(4.5 / 6)
+    assert success_auc([1.0], [0.0]) == 1.0 and success_auc([0.0], [1.0]) == 0.0
+    assert success_auc([0.2, 0.2], [0.2]) == 0.5
+    assert success_auc([0.5], []) is None and success_auc([], [0.5]) is None
