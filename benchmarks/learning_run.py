@@ -237,17 +237,18 @@ def roll_out_and_learn(args: dict, learner, critic, store) -> tuple[list[dict], 
     return log, actor
 
 
-def final_evaluation(args: dict, actor, version: int) -> list[dict]:
+def final_evaluation(args: dict, actor, version: int, modes=MODES) -> list[dict]:
     """The final policy on ``final_eval`` fixed layouts per task (``vlac.infra.evaluate``'s:
-    seed EVAL_SEED + the task's index, never trained on), greedily and sampling at the
-    rollout temperature. The sampling noise is reseeded per (seed, task, layout), so every
-    variant draws the same noise on the same layout."""
+    seed EVAL_SEED + the task's index, never trained on), decoded each of ``modes`` ways
+    (greedy, sampling at the rollout temperature, the mean bin). The sampling noise is
+    reseeded per (seed, task, layout), so every variant draws the same noise on the same
+    layout."""
     from vlac.edge.agent import run_episode
     from vlac.edge.robots.metaworld import MetaWorldRobot, MetaWorldRobotConfig
     from vlac.infra.evaluate import EVAL_SEED, ActorPolicy
 
     rows = []
-    for mode in MODES:
+    for mode in modes:
         for ti, t in enumerate(args["tasks"]):
             cfg = MetaWorldRobotConfig(task=t, seed=EVAL_SEED + ti, max_steps=args["max_steps"],
                                        action_repeat=args.get("action_repeat", 1))
