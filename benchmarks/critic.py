@@ -27,10 +27,11 @@ Steps (each skipped when its output already exists, so a rerun only re-measures)
 
 Ends with ``voc_seen=<x> voc_unseen=<y> negatives_ok=<fraction> pairs_per_s=<z>`` (first
 seed; voc_unseen with the one-shot reference) and then ``voc_direct_test=<x> auc_test=<y>
-ref_gain=<z> done_precision=<p> negatives_ok=<n>``: the test tasks' means over tasks and
-seeds (ref_gain: direct VOC with the reference minus without; done_precision at the
-threshold chosen on the training tasks; negatives_ok: static and reversed pairs of the test
-tasks judged right).
+ref_gain=<z> done_precision=<p> negatives_ok=<n> ref_gain_generic=<g>``: the test tasks'
+means over tasks and seeds (ref_gain: direct VOC with the reference minus without;
+done_precision at the threshold chosen on the training tasks; negatives_ok: static and
+reversed pairs of the test tasks judged right; ref_gain_generic: the reference's gain when
+the sentence names no task, where the reference is all the critic has).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from pathlib import Path
 
 OUT = Path(__file__).parent / "out"
 WORKDIRS = {"ml45": Path(".cache/critic-ml45"), "headline": Path(".cache/critic-data")}
-TEST_COLUMNS = ("voc_direct", "voc_direct_ref", "voc", "voc_ref", "auc", "auc_ref", "static",
-                "reversed", "mismatched")
+TEST_COLUMNS = ("voc_direct", "voc_direct_ref", "voc_generic", "voc_generic_ref", "voc",
+                "voc_ref", "auc", "auc_ref", "static", "reversed", "mismatched")
 
 
 def split_tasks(split: str) -> tuple[list[str], list[str]]:
@@ -138,11 +139,13 @@ def test_summary(results: dict[int, dict]) -> dict:
 
     keys = {"voc_direct_test": "voc_unseen_direct", "auc_test": "auc_unseen",
             "ref_gain": "ref_gain_unseen", "done_precision": "done_precision_unseen",
-            "negatives_ok": "negatives_ok_unseen", "done_recall": "done_recall_unseen"}
+            "negatives_ok": "negatives_ok_unseen", "done_recall": "done_recall_unseen",
+            "voc_generic": "voc_unseen_generic", "voc_generic_ref": "voc_unseen_generic_ref"}
     out = {}
     for name, key in keys.items():
         vals = [r["summary"][key] for r in results.values() if r["summary"][key] is not None]
         out[name] = float(np.mean(vals)) if vals else float("nan")
+    out["ref_gain_generic"] = out["voc_generic_ref"] - out["voc_generic"]
     return out
 
 
@@ -162,6 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="episodes per task whose expert gives up within --stop-after steps")
     ap.add_argument("--stop-after", type=int, default=60)
     ap.add_argument("--seeds", type=int, default=2, help="training seeds")
+    ap.add_argument("--generic", type=float, default=0.0,
+                    help="vlac critic train --generic: share of pairs whose sentence names no "
+                    "task, the reference being the task")
     ap.add_argument("--tasks", default=None, help="TRAIN/TEST comma-separated task ids "
                     "instead of the split's (a small subset: the benchmark's test)")
     args = ap.parse_args(argv)
@@ -191,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
         out = critic_dir(work, seed)
         if not (out / "critic.pt").exists():
             train(CriticTrainConfig(store_root=store_root, out=out, features=features,
-                                    steps=args.steps, tasks=train_tasks, seed=seed))
+                                    steps=args.steps, tasks=train_tasks, seed=seed,
+                                    generic=args.generic))
         results[seed] = evaluate(CriticEvalConfig(
             store_root=store_root, critic=out / "critic.pt", features=features,
             out=out_dir / f"s{seed}", seen_tasks=train_tasks,
@@ -220,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"negatives_ok={s['negatives_ok']:.3f} pairs_per_s={tp['batched']:.1f}")
     print(f"voc_direct_test={key['voc_direct_test']:.3f} auc_test={key['auc_test']:.3f} "
           f"ref_gain={key['ref_gain']:+.3f} done_precision={key['done_precision']:.3f} "
-          f"negatives_ok={key['negatives_ok']:.3f}")
+          f"negatives_ok={key['negatives_ok']:.3f} "
+          f"ref_gain_generic={key['ref_gain_generic']:+.3f}")
     return {**key, **tp, "results": results}
 
 

@@ -158,6 +158,12 @@ ML45_TEST = ("bin-picking-v3", "box-close-v3", "hand-insert-v3", "door-lock-v3",
 """ML45's 5 test tasks: nothing is trained or tuned on them."""
 
 
+GENERIC_SENTENCES = ("do the task shown", "do what the demonstration shows",
+                     "complete the task in the example", "do the same as the reference")
+"""Sentences that name no task: with one of them the reference demonstration is the only
+statement of what counts as progress (the critic's one-shot, in-context case)."""
+
+
 def known(task: str) -> bool:
     return task in INSTRUCTIONS
 

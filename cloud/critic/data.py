@@ -12,7 +12,11 @@ Negatives the paper insists on, each a share of every batch:
 - reversed: o_j before o_i -> the negative delta (half of all ordinary pairs);
 - mismatched task sentence (a sentence of another task) -> delta 0, not done;
 - failed episodes: done 0 everywhere, including their last frame. Their progress is unknown
-  (a failed attempt may have made some), so their progress loss is masked out.
+  (a failed attempt may have made some), so their progress loss is masked out;
+- generic sentences (``PairMix.generic``): a sentence that names no task, with a reference
+  always given, so the reference is the only statement of the task: half of them get the
+  episode's own task's reference (the ordinary label), half another task's (delta 0, not
+  done). The critic must read the reference to tell them apart.
 Sentences are drawn from all paraphrases of the task each time, so language is not an id.
 """
 
@@ -91,6 +95,8 @@ class PairMix:
     end: float = 0.1
     """Share of ordinary pairs whose later frame is the last one (done examples)."""
     with_reference: float = 0.5
+    generic: float = 0.0
+    """Share of ordinary pairs with a generic sentence and the reference as the task."""
     done_tail: float = 0.05
     """Done is labelled on the last max(2, ceil(done_tail * T)) steps of a successful
     episode: the frames just before Meta-World's success check look the same as after."""
@@ -119,7 +125,8 @@ class PairSampler:
         self.task_ids = sorted(self.by_task)
         self.sentences = {t: task_text.instructions(t) for t in self.task_ids}
         all_sentences = sorted({s for v in self.sentences.values() for s in v}
-                               | {e.sentence for e in episodes})
+                               | {e.sentence for e in episodes}
+                               | set(task_text.GENERIC_SENTENCES))
         self.text_emb = {} if text is None else dict(
             zip(all_sentences, text.encode(all_sentences), strict=True))
 
@@ -130,15 +137,20 @@ class PairSampler:
         others = [t for t in self.task_ids if t != task_id]
         return self.rng.choice(others) if others else task_id
 
-    def _reference(self, ep: EpisodeFeatures) -> tuple[np.ndarray, np.ndarray] | None:
-        pool = [e for e in self.by_task.get(ep.task_id, []) if e is not ep]
+    def _reference(self, ep: EpisodeFeatures, task_id: str | None = None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Another successful episode's reference frames, of ``task_id`` (default: the
+        episode's own task)."""
+        pool = [e for e in self.by_task.get(task_id or ep.task_id, []) if e is not ep]
         return self.rng.choice(pool).reference() if pool else None
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
         return self._collate(self.sample_rows(n))
 
     def sample_rows(self, n: int) -> list[tuple]:
-        """``n`` pairs as (episode, i, j, sentence, delta, done, progress known)."""
+        """``n`` pairs as (episode, i, j, sentence, delta, done, progress known, reference
+        task): the reference task is None (a reference of the episode's task, given with
+        ``with_reference``'s probability) or a task id whose reference is always given."""
         m = self.mix
         rows = []
         for _ in range(n):
@@ -147,13 +159,14 @@ class PairSampler:
                 ep = self.rng.choice(self.failed)
                 i = self.rng.randrange(len(ep))
                 j = len(ep) - 1 if self.rng.random() < 0.5 else self.rng.randrange(len(ep))
-                rows.append((ep, i, j, self._sentence(ep.task_id), 0.0, 0, 0))
+                rows.append((ep, i, j, self._sentence(ep.task_id), 0.0, 0, 0, None))
                 continue
             ep = self.rng.choice(self.success)
             t = len(ep)
             if u < m.failed + m.mismatched:
                 i, j = self.rng.randrange(t), self.rng.randrange(t)
-                rows.append((ep, i, j, self._sentence(self._other_task(ep.task_id)), 0.0, 0, 1))
+                rows.append((ep, i, j, self._sentence(self._other_task(ep.task_id)), 0.0, 0, 1,
+                             None))
                 continue
             if u < m.failed + m.mismatched + m.static:
                 i = j = self.rng.randrange(t)
@@ -168,13 +181,28 @@ class PairSampler:
                     i, j = self.rng.randrange(t), self.rng.randrange(t)
             delta = (j - i) / (t - 1)
             done = int(j >= done_from(t, m.done_tail))
-            rows.append((ep, i, j, self._sentence(ep.task_id), delta, done, 1))
+            if self.rng.random() < m.generic and len(self.by_task[ep.task_id]) > 1:
+                rows.append(self._generic_row(ep, i, j, delta, done))
+            else:
+                rows.append((ep, i, j, self._sentence(ep.task_id), delta, done, 1, None))
         return rows
+
+    def _generic_row(self, ep: EpisodeFeatures, i: int, j: int, delta: float,
+                     done: int) -> tuple:
+        sentence = self.rng.choice(task_text.GENERIC_SENTENCES)
+        other = self._other_task(ep.task_id)
+        if other != ep.task_id and self.rng.random() < 0.5:  # another task's demonstration
+            return (ep, i, j, sentence, 0.0, 0, 1, other)
+        return (ep, i, j, sentence, delta, done, 1, ep.task_id)
 
     def _collate(self, rows) -> dict[str, torch.Tensor]:
         refs, ref_pos, ref_mask = [], [], []
-        for ep, *_ in rows:
-            ref = self._reference(ep) if self.rng.random() < self.mix.with_reference else None
+        for ep, *_, ref_task in rows:
+            if ref_task is not None:
+                ref = self._reference(ep, ref_task)
+            else:
+                ref = self._reference(ep) if self.rng.random() < self.mix.with_reference \
+                    else None
             if ref is None:
                 refs.append(np.zeros((REF_FRAMES, 1280), np.float32))
                 ref_pos.append(np.zeros(REF_FRAMES, np.float32))

@@ -6,7 +6,9 @@
   on every successful episode of tasks left out of training ("unseen"), each with and
   without the one-shot reference (frames of one other demonstration of the same task).
   Accumulated VOC rewards a critic that merely says "a bit forward" for every pair, so VOC
-  from the first frame (delta(o_0, o_t) against t, "direct") is reported beside it.
+  from the first frame (delta(o_0, o_t) against t, "direct") is reported beside it, and
+  direct VOC under a generic sentence that names no task ("generic"), with and without the
+  reference: whether the reference alone can say what the task is.
 - Negatives, judged on the decoded delta (the reward the learner gets): static pairs (a
   frame with itself) must score <= +0.005 (it rounds to the zero token or below); reversed
   pairs (later frame first, at least 4 steps apart) must score < 0; mismatched sentences (a
@@ -180,9 +182,12 @@ def _score_group(critic, cfg: CriticEvalConfig, rng: random.Random, group: str,
         voc, prog, done = episode_voc(critic, ep, sentence)
         row["voc"].append(voc)
         row["direct"].append(direct_voc(critic, ep, sentence))
+        generic = task_text.GENERIC_SENTENCES[0]  # the task only in the reference
+        row["direct_generic"].append(direct_voc(critic, ep, generic))
         if ref is not None:
             row["voc_ref"].append(episode_voc(critic, ep, sentence, ref)[0])
             row["direct_ref"].append(direct_voc(critic, ep, sentence, ref))
+            row["direct_generic_ref"].append(direct_voc(critic, ep, generic, ref))
         scores.curves.setdefault(f"{group}-success", (ep, prog, done))
         others = [t for t in cfg.seen_tasks + cfg.unseen_tasks if t != ep.task_id]
         n = negatives(critic, ep, sentence, task_text.instruction(rng.choice(others), rng), rng)
@@ -192,8 +197,9 @@ def _score_group(critic, cfg: CriticEvalConfig, rng: random.Random, group: str,
     return {t: _task_row(v) for t, v in sorted(per_task.items()) if v["voc"]}
 
 
-_ROW_LISTS = ("voc", "voc_ref", "direct", "direct_ref", "final_ok", "final_failed",
-              "final_ref_ok", "final_ref_failed")
+_ROW_LISTS = ("voc", "voc_ref", "direct", "direct_ref", "direct_generic",
+              "direct_generic_ref", "final_ok", "final_failed", "final_ref_ok",
+              "final_ref_failed")
 
 
 def _mean(x: list) -> float | None:
@@ -203,6 +209,8 @@ def _mean(x: list) -> float | None:
 def _task_row(v: dict[str, list]) -> dict:
     return {"voc": _mean(v["voc"]), "voc_ref": _mean(v["voc_ref"]),
             "voc_direct": _mean(v["direct"]), "voc_direct_ref": _mean(v["direct_ref"]),
+            "voc_generic": _mean(v["direct_generic"]),
+            "voc_generic_ref": _mean(v["direct_generic_ref"]),
             "auc": success_auc(v["final_ok"], v["final_failed"]),
             "auc_ref": success_auc(v["final_ref_ok"], v["final_ref_failed"]),
             "static": _mean(v.get("static", [])), "reversed": _mean(v.get("reversed", [])),
@@ -273,6 +281,8 @@ def _summary(results: dict, neg: dict[str, dict[str, list[bool]]]) -> dict:
         "done_recall_test": (cal["test_at_threshold"] or (None, None))[1],
         "voc_unseen_direct_ref": direct_ref,
         "ref_gain_unseen": None if direct is None or direct_ref is None else direct_ref - direct,
+        "voc_unseen_generic": _mean_voc(unseen_rows, "voc_generic"),
+        "voc_unseen_generic_ref": _mean_voc(unseen_rows, "voc_generic_ref"),
         "auc_unseen": _mean_voc(unseen_rows, "auc"),
         "auc_unseen_ref": _mean_voc(unseen_rows, "auc_ref"),
         "negatives_ok_unseen": float(np.mean(unseen_sr)) if unseen_sr else None,
@@ -327,13 +337,15 @@ def _fmt(x) -> str:
 def _print(console: Console, r: dict) -> None:
     table = Table(title="critic per task (ref: with the one-shot reference; AUC: final "
                   "progress of successes vs failures; negatives: share judged right)")
-    for col in ("split", "task", "ok/failed", "VOC direct", "direct ref", "VOC", "VOC ref",
-                "AUC", "AUC ref", "static", "reversed", "mismatched"):
+    for col in ("split", "task", "ok/failed", "VOC direct", "direct ref", "generic",
+                "generic ref", "VOC", "VOC ref", "AUC", "AUC ref", "static", "reversed",
+                "mismatched"):
         table.add_column(col)
     for group, rows in r["voc"].items():
         for task, v in rows.items():
             table.add_row(group, task, f"{v['episodes']}/{v['failed']}",
-                          *[_fmt(v[k]) for k in ("voc_direct", "voc_direct_ref", "voc",
+                          *[_fmt(v[k]) for k in ("voc_direct", "voc_direct_ref",
+                                                 "voc_generic", "voc_generic_ref", "voc",
                                                  "voc_ref", "auc", "auc_ref", "static",
                                                  "reversed", "mismatched")])
     console.print(table)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlac.cloud.critic.data import PairSampler, load_episodes, split_holdout
+from vlac.cloud.critic.data import PairMix, PairSampler, load_episodes, split_holdout
 from vlac.cloud.critic.model import SmallVLACCritic, write_json
 from vlac.cloud.models import engine as eng
 from vlac.cloud.models.encoders import FeatureCache, TextEncoder
@@ -67,6 +67,10 @@ class CriticTrainConfig:
     checkpoint_every: int = opt(500, "Steps between checkpoints (resume points).")
     camera: str = opt("corner", "Camera whose frames the critic sees.")
     seed: int = opt(0, "Seed of initialisation and pair sampling.")
+    generic: float = opt(0.0, "small: share of pairs whose sentence names no task and whose "
+                         "reference demonstration (always given) is the task: half of them "
+                         "another task's, labelled no progress (one-shot in-context "
+                         "training).")
     threads: int = opt(0, "torch threads (0: torch's default).")
 
     def __post_init__(self) -> None:
@@ -84,6 +88,9 @@ class CriticTrainConfig:
               "init", f"--backend transformers fine-tunes a checkpoint folder: {self.init} "
               "is not one (make it with hf_critic.prepare_checkpoint)")
         check(self.lora_rank >= 0, "lora_rank", "must be >= 0 (0: no LoRA)")
+        check(0 <= self.generic <= 1, "generic", "must lie in [0, 1]")
+        check(self.generic == 0 or self.backend == "small", "generic", "the transformers "
+              "critic is trained without reference frames yet; use --generic 0")
         check(self.lora_rank == 0 or self.backend == "transformers", "lora_rank",
               "LoRA adapts a transformers critic only (--backend transformers)")
 
@@ -109,7 +116,7 @@ def main(cfg: CriticTrainConfig) -> dict:
         raise ValueError(f"no episodes for tasks {missing} in {cfg.store_root}; collect them "
                          f"with `vlac demos collect --tasks {','.join(missing)}`")
     train_eps, held = split_holdout(episodes, cfg.holdout)
-    sampler = PairSampler(train_eps, TextEncoder(), seed=cfg.seed)
+    sampler = PairSampler(train_eps, TextEncoder(), PairMix(generic=cfg.generic), seed=cfg.seed)
     model = SmallVLAC(VLACConfig(d_model=cfg.d_model, layers=cfg.layers))
     engine = eng.make_engine(model, lr=cfg.lr, zero_stage=cfg.zero_stage,
                              micro_batch=cfg.batch_size)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 def test_a_tiny_run_reports_the_test_task_per_seed(tmp_path, capsys):
     argv = ["--tasks", "reach-v3,button-press-v3/drawer-close-v3", "--episodes", "3",
-            "--noisy", "0", "--stopped", "2", "--stop-after", "8", "--steps", "20", "--seeds", "2",
+            "--noisy", "0", "--stopped", "2", "--stop-after", "8", "--generic", "0.3", "--steps", "20", "--seeds", "2",
             "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
     res = bench.main(argv)
     out = capsys.readouterr().out
@@ -23,7 +23,7 @@ def test_a_tiny_run_reports_the_test_task_per_seed(tmp_path, capsys):
     assert re.fullmatch(r"voc_seen=\S+ voc_unseen=\S+ negatives_ok=\S+ pairs_per_s=\S+",
                         lines[-2])
     assert re.fullmatch(r"voc_direct_test=-?[\d.]+ auc_test=\S+ ref_gain=[+-][\d.]+ "
-                        r"done_precision=\S+ negatives_ok=[\d.]+", lines[-1])
+                        r"done_precision=\S+ negatives_ok=[\d.]+ ref_gain_generic=\S+", lines[-1])
     assert "drawer-close-v3" in out and "mean" in out
     # 3 clean and 2 stopping episodes per task; the stopping expert gives up within 8 steps,
     # so the test task has failures and an AUC

@@ -95,3 +95,7 @@ def test_bad_transformers_configs_are_refused(setup, tmp_path):
         CriticTrainConfig(backend="transformers", init=tmp_path / "nothing")
     with pytest.raises(ConfigError, match="LoRA adapts a transformers critic only"):
         CriticTrainConfig(lora_rank=4)
+    with pytest.raises(ConfigError, match="without reference frames yet"):
+        CriticTrainConfig(backend="transformers", init=tmp_path, generic=0.2)
+    with pytest.raises(ConfigError, match="`generic`"):
+        CriticTrainConfig(generic=1.5)

@@ -108,6 +108,33 @@ def test_pair_labels():
     assert b["ref_mask"].any() and (~b["ref_mask"]).any()
 
 
+def test_generic_pairs_make_the_reference_the_task():
+    """With a generic sentence the reference is always given: of the episode's own task with
+    the ordinary label, or of another task with delta 0 and not done."""
+    from vlac.shared.tasks import GENERIC_SENTENCES
+
+    eps = [fake_episode("push-v3", 11, k=0), fake_episode("push-v3", 11, k=1),
+           fake_episode("reach-v3", 11, k=2), fake_episode("reach-v3", 11, k=3)]
+    s = PairSampler(eps, FakeText(), PairMix(generic=1.0, with_reference=0.0, failed=0.0,
+                                             mismatched=0.0, static=0.0), seed=1)
+    rows = s.sample_rows(300)
+    assert all(r[3] in GENERIC_SENTENCES and r[7] is not None for r in rows)
+    own = [r for r in rows if r[7] == r[0].task_id]
+    other = [r for r in rows if r[7] != r[0].task_id]
+    assert 100 < len(own) < 200 and len(other) == 300 - len(own)
+    assert all(r[4] == (r[2] - r[1]) / 10 for r in own)
+    assert all(r[4] == 0.0 and r[5] == 0 and r[6] == 1 for r in other)
+    b = s._collate(rows)
+    assert b["ref_mask"].all()  # every generic pair has its reference
+    # a reference's frames are those of an episode of the named task, never the pair's own
+    ref0 = eps[1].reference()[0] if rows[0][0] is eps[0] and rows[0][7] == "push-v3" else None
+    if ref0 is not None:
+        np.testing.assert_allclose(b["ref"][0].numpy(), ref0)
+    # without generic pairs no row names a reference task
+    plain = PairSampler(eps, FakeText(), PairMix(), seed=1).sample_rows(200)
+    assert all(r[7] is None for r in plain)
+
+
 def test_sampler_needs_successful_episodes():
     with pytest.raises(ValueError, match="vlac demos collect"):
         PairSampler([fake_episode("push-v3", 5, False)], FakeText())
