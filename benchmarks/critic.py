@@ -29,7 +29,8 @@ Ends with ``voc_seen=<x> voc_unseen=<y> negatives_ok=<fraction> pairs_per_s=<z>`
 seed; voc_unseen with the one-shot reference) and then ``voc_direct_test=<x> auc_test=<y>
 ref_gain=<z> done_precision=<p> negatives_ok=<n> ref_gain_generic=<g>``: the test tasks'
 means over tasks and seeds (ref_gain: direct VOC with the reference minus without;
-done_precision at the threshold chosen on the training tasks; negatives_ok: static and
+done_precision at the threshold chosen on the training tasks, nan where no threshold
+reaches precision 0.9 there or it calls no test frame done; negatives_ok: static and
 reversed pairs of the test tasks judged right; ref_gain_generic: the reference's gain when
 the sentence names no task, where the reference is all the critic has).
 """
@@ -144,6 +145,9 @@ def test_summary(results: dict[int, dict]) -> dict:
     out = {}
     for name, key in keys.items():
         vals = [r["summary"][key] for r in results.values() if r["summary"][key] is not None]
+        if name == "done_precision":  # a threshold that calls nothing done has no precision
+            vals = [r["summary"][key] for r in results.values()
+                    if r["summary"][key] is not None and r["summary"]["done_recall_unseen"]]
         out[name] = float(np.mean(vals)) if vals else float("nan")
     out["ref_gain_generic"] = out["voc_generic_ref"] - out["voc_generic"]
     return out
