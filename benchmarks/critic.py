@@ -10,7 +10,7 @@ Splits (``--split``):
 Steps (each skipped when its output already exists, so a rerun only re-measures):
 1. episodes for every task of the split, once, into ``WORKDIR/store`` (`vlac demos collect`,
    with progress bars): 14 clean ones at noise 0.1, 4 noisy ones at noise 0.8 (some fail)
-   and 4 whose expert gives up within 60 steps (``--stop-after``: failures with some
+   and (ml45) 4 whose expert gives up within 60 steps (``--stop-after``: failures with some
    progress; 100 steps at most).
    Rewound demonstrations (ReWiND) are not made: the pair sampler already draws every
    reversed pair of every successful episode, which is what rewinding adds to pairs;
@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--episodes", type=int, default=14, help="clean episodes per task")
     ap.add_argument("--noisy", type=int, default=4, help="noise-0.8 episodes per task")
-    ap.add_argument("--stopped", type=int, default=4,
-                    help="episodes per task whose expert gives up within --stop-after steps")
+    ap.add_argument("--stopped", type=int, default=None,
+                    help="episodes per task whose expert gives up within --stop-after steps "
+                    "(default 4 for ml45; 0 for headline, whose data predates them)")
     ap.add_argument("--stop-after", type=int, default=60)
     ap.add_argument("--seeds", type=int, default=2, help="training seeds")
     ap.add_argument("--generic", type=float, default=0.0,
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     store_root, features = work / "store", work / "features"
     out_dir = args.out or OUT / f"critic-{args.split}"
     t0 = time.monotonic()
-    collect_once(store_root, train_tasks + test_tasks, args.episodes, args.noisy, args.stopped,
+    stopped = args.stopped if args.stopped is not None else (4 if args.split == "ml45" else 0)
+    collect_once(store_root, train_tasks + test_tasks, args.episodes, args.noisy, stopped,
                  args.stop_after)
     results: dict[int, dict] = {}
     for seed in range(args.seeds):
