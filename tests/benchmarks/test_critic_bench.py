@@ -15,7 +15,8 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 def test_a_tiny_run_reports_the_test_task_per_seed(tmp_path, capsys):
     argv = ["--tasks", "reach-v3,button-press-v3/drawer-close-v3", "--episodes", "3",
-            "--noisy", "0", "--stopped", "2", "--stop-after", "8", "--generic", "0.3", "--steps", "20", "--seeds", "2",
+            "--noisy", "0", "--stopped", "2", "--stop-after", "8", "--generic", "0.3",
+            "--steps", "20", "--seeds", "2",
             "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
     res = bench.main(argv)
     out = capsys.readouterr().out
