@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--generic", type=float, default=0.0,
                     help="vlac critic train --generic: share of pairs whose sentence names no "
                     "task, the reference being the task")
+    ap.add_argument("--feature-dropout", type=float, default=0.0,
+                    help="dropout on the frozen image features in training (augmentation)")
+    ap.add_argument("--image-grid", type=int, default=2,
+                    help="image tokens per side (4: the whole cached grid)")
     ap.add_argument("--tasks", default=None, help="TRAIN/TEST comma-separated task ids "
                     "instead of the split's (a small subset: the benchmark's test)")
     args = ap.parse_args(argv)
@@ -204,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not (out / "critic.pt").exists():
             train(CriticTrainConfig(store_root=store_root, out=out, features=features,
                                     steps=args.steps, tasks=train_tasks, seed=seed,
-                                    generic=args.generic))
+                                    generic=args.generic, image_grid=args.image_grid,
+                                    feature_dropout=args.feature_dropout))
         results[seed] = evaluate(CriticEvalConfig(
             store_root=store_root, critic=out / "critic.pt", features=features,
             out=out_dir / f"s{seed}", seen_tasks=train_tasks,

@@ -64,6 +64,10 @@ class CriticTrainConfig:
     zero_stage: int = opt(0, "DeepSpeed ZeRO stage (0-3).")
     d_model: int = opt(128, "Width of the fusion transformer.")
     layers: int = opt(3, "Layers of the fusion transformer.")
+    image_grid: int = opt(VLACConfig.image_grid, "Image tokens per side (the cached 4x4 grid "
+                          "pooled to this), plus one global token.")
+    feature_dropout: float = opt(VLACConfig.feature_dropout, "Dropout on the frozen image "
+                                 "features in training (an augmentation).")
     checkpoint_every: int = opt(500, "Steps between checkpoints (resume points).")
     camera: str = opt("corner", "Camera whose frames the critic sees.")
     seed: int = opt(0, "Seed of initialisation and pair sampling.")
@@ -79,6 +83,9 @@ class CriticTrainConfig:
         check(self.steps >= 1, "steps", "must be >= 1")
         check(self.batch_size >= 2, "batch_size", "must be >= 2")
         check(0 <= self.zero_stage <= 3, "zero_stage", "use 0, 1, 2 or 3")
+        check(self.image_grid in (1, 2, 4), "image_grid", "use 1, 2 or 4 (the cached grid "
+              "is 4x4)")
+        check(0 <= self.feature_dropout < 1, "feature_dropout", "must lie in [0, 1)")
         check(self.holdout >= 0, "holdout", "must be >= 0")
         check(len(self.tasks) >= 1, "tasks", "name at least one task id")
         check(self.backend in ("small", "transformers"), "backend", "use small or transformers")
@@ -117,7 +124,9 @@ def main(cfg: CriticTrainConfig) -> dict:
                          f"with `vlac demos collect --tasks {','.join(missing)}`")
     train_eps, held = split_holdout(episodes, cfg.holdout)
     sampler = PairSampler(train_eps, TextEncoder(), PairMix(generic=cfg.generic), seed=cfg.seed)
-    model = SmallVLAC(VLACConfig(d_model=cfg.d_model, layers=cfg.layers))
+    model = SmallVLAC(VLACConfig(d_model=cfg.d_model, layers=cfg.layers,
+                                 image_grid=cfg.image_grid,
+                                 feature_dropout=cfg.feature_dropout))
     engine = eng.make_engine(model, lr=cfg.lr, zero_stage=cfg.zero_stage,
                              micro_batch=cfg.batch_size)
     start, log = resume(engine, cfg, sampler)

@@ -57,6 +57,9 @@ class VLACConfig:
     """Image tokens per side inside the model (the cached 4x4 grid is pooled to this), plus
     one global token per image: 5 tokens per image by default. Fewer tokens is what makes
     training on a 2-core CPU practical."""
+    feature_dropout: float = 0.0
+    """Dropout on the frozen image features the critic reads (observations and reference),
+    in training only: an augmentation of features that cannot themselves be fine-tuned."""
 
 
 class Block(nn.Module):
@@ -108,6 +111,7 @@ class SmallVLAC(nn.Module):
         self.ref_pos = nn.Linear(1, d)
         self.n_img = cfg.image_grid ** 2 + 1
         self.grid_pos = nn.Parameter(torch.randn(self.n_img, d) * 0.02)
+        self.feature_drop = nn.Dropout(cfg.feature_dropout)
         # segments: 0 prompt, 1 text, 2 obs A (the actor's only observation), 3 obs B,
         # 4 reference, 5 outputs, 6 proprioception
         self.segment = nn.Embedding(7, d)
@@ -136,13 +140,16 @@ class SmallVLAC(nn.Module):
         seg = self.segment.weight
         parts = [self.prompt.weight[0].expand(b, 1, -1) + seg[0],
                  self.text_in(text).unsqueeze(1) + seg[1],
-                 self.img_in(self.image_tokens(feat_a)) + self.grid_pos + seg[2],
-                 self.img_in(self.image_tokens(feat_b)) + self.grid_pos + seg[3]]
+                 self.img_in(self.feature_drop(self.image_tokens(feat_a))) + self.grid_pos
+                 + seg[2],
+                 self.img_in(self.feature_drop(self.image_tokens(feat_b))) + self.grid_pos
+                 + seg[3]]
         dev = text.device
         pad = [torch.zeros(b, 2, dtype=torch.bool, device=dev),
                torch.zeros(b, 2 * self.n_img, dtype=torch.bool, device=dev)]
         if ref is not None:  # in-context frames go between the sentence and the images
-            r = self.ref_in(ref.float()) + self.ref_pos(ref_pos.unsqueeze(-1).float()) + seg[4]
+            r = (self.ref_in(self.feature_drop(ref.float()))
+                 + self.ref_pos(ref_pos.unsqueeze(-1).float()) + seg[4])
             parts.insert(2, r)
             pad.insert(1, ~ref_mask.bool() if ref_mask is not None
                        else torch.zeros(r.shape[:2], dtype=torch.bool, device=dev))

@@ -20,6 +20,7 @@ from vlac.cloud.critic.train import main as train_main
 from vlac.cloud.store.episodes import EpisodeStore
 from vlac.infra.demos import DemosCollectConfig
 from vlac.infra.demos import main as collect
+from vlac.shared.config import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -162,3 +163,17 @@ def test_reward_service_answers_a_critic_crash_and_keeps_serving():
         server.stop()
         t.join(5)
         client.close()
+
+
+def test_the_feature_settings_travel_with_the_critic(trained, tmp_path):
+    _, cfg, _ = trained
+    out = tmp_path / "grid4"
+    train_main(CriticTrainConfig(**{**vars(cfg), "out": out, "steps": 3, "image_grid": 4,
+                                    "feature_dropout": 0.3}))
+    critic = SmallVLACCritic.load(out / "critic.pt")
+    assert critic.model.cfg.image_grid == 4 and critic.model.cfg.feature_dropout == 0.3
+    assert critic.model.n_img == 17
+    with pytest.raises(ConfigError, match="image_grid"):
+        CriticTrainConfig(image_grid=3)
+    with pytest.raises(ConfigError, match="feature_dropout"):
+        CriticTrainConfig(feature_dropout=1.0)

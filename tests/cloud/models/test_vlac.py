@@ -138,3 +138,32 @@ def test_generic_pairs_make_the_reference_the_task():
 def test_sampler_needs_successful_episodes():
     with pytest.raises(ValueError, match="vlac demos collect"):
         PairSampler([fake_episode("push-v3", 5, False)], FakeText())
+
+
+def test_feature_dropout_perturbs_training_only_and_reaches_the_reference():
+    model = SmallVLAC(VLACConfig(dropout=0.0, feature_dropout=0.5))
+    b = batch(4, refs=True)
+    args = (b["text"], b["feat_a"], b["feat_b"], torch.zeros(4, dtype=torch.long),
+            b["ref"], b["ref_pos"], b["ref_mask"])
+    model.eval()
+    torch.testing.assert_close(model(*args)[0], model(*args)[0])
+    plain = SmallVLAC(VLACConfig(dropout=0.0))
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(*args)[0], plain.eval()(*args)[0])
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(model(*args)[0], model(*args)[0])
+    # with the observations' features zeroed, only the reference's dropout is left to vary
+    zero = (args[0], args[1] * 0, args[2] * 0, *args[3:])
+    assert not torch.allclose(model(*zero)[0], model(*zero)[0])
+
+
+def test_the_whole_cached_grid_gives_seventeen_tokens_per_image():
+    model = SmallVLAC(VLACConfig(image_grid=4))
+    feats = torch.randn(3, 16, 1280)
+    tokens = model.image_tokens(feats)
+    assert tokens.shape == (3, 17, 1280)
+    torch.testing.assert_close(tokens[:, 1:], feats)  # pooling 4x4 to 4x4 is the identity
+    b = batch(3, refs=True)
+    out = model.eval().critique(b["text"], b["feat_a"], b["feat_b"])
+    assert out.delta.shape == (3,)
